@@ -1,0 +1,32 @@
+# make test: create .venv when missing, install the package with its extras, run the tests.
+# make demo: the whole flow locally (tiny model, local mode, registry, sync).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# A plain `torch` requirement pulls a multi-GB CUDA build; on machines without a GPU take the CPU wheel.
+TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+PYTEST_ARGS ?=
+
+.PHONY: install test demo clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[train,data,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that cannot pass silently.
+test: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m ade_mlflow_plugin.demo
+
+clean:
+	rm -rf $(VENV) .ade build *.egg-info

@@ -1,0 +1,160 @@
+"""Real peers for the tests: a moto server (AWS) and an `mlflow server` on 127.0.0.1.
+
+Both are started once per test session and stopped by PID at the end. Tests reach moto through
+AWS_ENDPOINT_URL (boto3 honours it), the MLflow server through its http:// tracking URI.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+# Set before anything imports mlflow or boto3 (conftest is imported first).
+_TEST_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+os.environ.update(_TEST_ENV)
+for _var in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(_var, None)
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server in this process (so tests can edit job state through moto's backends)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
+    wait_http(f"{endpoint}/moto-api/")
+    yield endpoint
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    os.environ.pop("MLFLOW_S3_ENDPOINT_URL", None)
+
+
+@pytest.fixture
+def aws(moto_server: str) -> str:
+    """Endpoint of the moto server, for tests that call AWS."""
+    return moto_server
+
+
+@pytest.fixture
+def s3_bucket(aws: str) -> str:
+    """A fresh, empty S3 bucket on moto."""
+    import boto3
+
+    name = f"ade-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server`: sqlite backend store, artifacts proxied to an S3 bucket on moto."""
+    import boto3
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    boto3.client("s3").create_bucket(Bucket="mlflow-artifacts")
+    port = free_port()
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "YHJqcTsimaUtrFqr343hRDEKQGPNrb-JNoTRd3lDdEU=")
+    env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
+    env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+    env["MLFLOW_WEBHOOK_CACHE_TTL"] = "1"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination", "s3://mlflow-artifacts/",
+        "--workers", "1",
+    ]
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", timeout=120, proc=proc)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError((root / "server.log").read_text()[-3000:])
+    yield uri
+    # SIGTERM to the parent stops mlflow's workers; the group kill is a backstop.
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture
+def tracking_uri(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point this test's MLflow client at the session's server."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A private sqlite tracking store (artifacts in tmp_path/mlruns) for tests that need no server."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
