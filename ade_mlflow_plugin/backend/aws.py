@@ -1,0 +1,134 @@
+"""The only module that makes boto3 sessions and clients.
+
+Everything else receives an :class:`AwsClients` (or a single client) so tests can hand in clients
+bound to moto or wrapped in botocore's Stubber. Throttling is retried by botocore's own "adaptive"
+retry mode (exponential backoff with jitter plus client-side rate limiting); other errors are
+translated into one clear line by :func:`translate`.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from ade_mlflow_plugin.errors import AwsError, ConfigError
+
+T = TypeVar("T")
+
+RETRY_CONFIG = Config(
+    retries={"mode": "adaptive", "max_attempts": 10},
+    connect_timeout=10,
+    read_timeout=60,
+    user_agent_extra="ade-mlflow-plugin",
+)
+
+# Error codes that mean "the user must fix something", with the fix to suggest.
+_USER_FIXES = {
+    "AccessDenied": "grant the permission (see examples/iam-policy.json) or use another role/profile",
+    "AccessDeniedException": "grant the permission (see examples/iam-policy.json) or use another role/profile",
+    "UnrecognizedClientException": "check your AWS credentials (aws sts get-caller-identity)",
+    "InvalidClientTokenId": "check your AWS credentials (aws sts get-caller-identity)",
+    "ExpiredToken": "refresh your AWS session credentials",
+    "ExpiredTokenException": "refresh your AWS session credentials",
+    "ResourceLimitExceeded": "ask AWS for a higher SageMaker quota for this instance type or pick another",
+    "NoSuchBucket": "create the bucket or set 'bucket' in the backend config to an existing one",
+    "ValidationException": "fix the value AWS names above",
+    "ResourceNotFound": "check the job name and region",
+}
+
+
+@dataclass
+class AwsClients:
+    """Lazily made boto3 clients sharing one session and region."""
+
+    region: str | None = None
+    profile: str | None = None
+    _session: boto3.session.Session | None = field(default=None, repr=False)
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def session(self) -> boto3.session.Session:
+        if self._session is None:
+            self._session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        return self._session
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            region = self.region or self.session.region_name
+            if service == "pricing":
+                region = "us-east-1"  # the Price List API lives in a few regions only
+            if region is None:
+                raise ConfigError(
+                    "no AWS region: set 'region' in the backend config or AWS_DEFAULT_REGION"
+                )
+            self._clients[service] = self.session.client(service, region_name=region, config=RETRY_CONFIG)
+        return self._clients[service]
+
+    def set_client(self, service: str, client: Any) -> None:
+        """Install a ready client (tests: a Stubber-wrapped one)."""
+        self._clients[service] = client
+
+    @property
+    def sagemaker(self) -> Any:
+        return self.client("sagemaker")
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    @property
+    def logs(self) -> Any:
+        return self.client("logs")
+
+    @property
+    def cloudwatch(self) -> Any:
+        return self.client("cloudwatch")
+
+    @property
+    def pricing(self) -> Any:
+        return self.client("pricing")
+
+    @property
+    def sts(self) -> Any:
+        return self.client("sts")
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    return ""
+
+
+def translate(action: str, exc: BaseException) -> AwsError:
+    """Turn a botocore error into one line naming what failed and how to fix it."""
+    if isinstance(exc, NoCredentialsError):
+        return AwsError(f"{action}: no AWS credentials found; configure them (aws configure, AWS_PROFILE "
+                        "or an instance role)")
+    if isinstance(exc, NoRegionError):
+        return AwsError(f"{action}: no AWS region; set 'region' in the backend config or AWS_DEFAULT_REGION")
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        fix = _USER_FIXES.get(code, "see the AWS message above")
+        return AwsError(f"{action} failed: {code}: {message} ({fix})")
+    return AwsError(f"{action} failed: {exc}")
+
+
+def aws_call(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator: botocore errors leave the wrapped function as :class:`AwsError`."""
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                raise translate(action, exc) from exc
+
+        return wrapper
+
+    return decorate

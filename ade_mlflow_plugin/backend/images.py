@@ -1,0 +1,32 @@
+"""AWS's PyTorch training image for a config, resolved offline with sagemaker-core's own tables."""
+from __future__ import annotations
+
+import logging
+
+from ade_mlflow_plugin.config import CloudTrainingConfig
+from ade_mlflow_plugin.errors import ConfigError
+
+LOCAL_IMAGE = "ade-mlflow-plugin/local:latest"  # local mode runs on this machine; no image is pulled
+
+
+def resolve_image_uri(config: CloudTrainingConfig, region: str) -> str:
+    """`image_uri` when given; else AWS's PyTorch training image for framework/python version."""
+    if config.image_uri:
+        return config.image_uri
+    if config.mode == "local":
+        return LOCAL_IMAGE
+    # sagemaker-core logs its defaults lookups at INFO on import; keep the console for the job.
+    logging.getLogger("sagemaker").setLevel(logging.WARNING)
+    from sagemaker.core import image_uris
+
+    try:
+        return image_uris.retrieve(
+            "pytorch", region, version=config.framework_version, py_version=config.py_version,
+            instance_type=config.instance_type, image_scope="training",
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"backend config 'framework_version'/'py_version': no AWS PyTorch training image for "
+            f"{config.framework_version}/{config.py_version} on {config.instance_type} in {region} "
+            f"({str(exc).splitlines()[0]}); set 'image_uri' or pick a supported version such as 2.5/py311"
+        ) from None

@@ -1,0 +1,268 @@
+"""The `ade-sagemaker` MLflow project backend: MLproject entry point -> SageMaker (or local) training job.
+
+Order matters: everything the user can get wrong is checked first (config, entry point, params,
+tracking URI, image) with no run created and no AWS call made; then the run is created, code and
+data are shipped content-addressed, the job is submitted and, from the `mlflow run` CLI (which never
+waits for plugin backends), followed to its end unless `"wait": false`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+from urllib.parse import urlsplit
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.projects.backend.abstract_backend import AbstractBackend
+from mlflow.projects.utils import get_or_create_run, load_project
+
+from ade_mlflow_plugin.backend import packaging, spec
+from ade_mlflow_plugin.backend.aws import AwsClients, aws_call
+from ade_mlflow_plugin.backend.images import resolve_image_uri
+from ade_mlflow_plugin.backend.params import ResolvedParams, resolve_params
+from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, JobFollower, SageMakerJob
+from ade_mlflow_plugin.config import CloudTrainingConfig
+from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError
+
+_logger = logging.getLogger(__name__)
+BACKEND_NAME = "ade-sagemaker"
+
+
+@dataclass
+class Submission:
+    """What a submission produced, for the caller and for benchmarks."""
+
+    job_name: str
+    request: dict[str, Any]
+    code: packaging.Upload
+    bytes_uploaded: int
+
+
+def _under_cli() -> bool:
+    """True when called from the `mlflow run` command (exit codes are then ours to set)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.info_name == "run"
+
+
+def _fetch_project(project_uri: str, version: str | None) -> Path:
+    local = Path(project_uri[7:] if project_uri.startswith("file://") else project_uri)
+    if local.is_dir():
+        return local.resolve()
+    from mlflow.projects.utils import _fetch_project as mlflow_fetch  # git URIs, zip URLs
+
+    return Path(mlflow_fetch(uri=project_uri, version=version))
+
+
+def job_tracking_uri(uri: str, mode: str) -> str:
+    """The URI the job logs to: file stores made absolute (the job runs elsewhere)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite" and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if parts.scheme in ("", "file"):
+        return Path(parts.path if parts.scheme else uri).resolve().as_uri()
+    return uri
+
+
+def warn_unreachable(uri: str, console: TextIO) -> None:
+    parts = urlsplit(uri)
+    host = (parts.hostname or "").lower()
+    if parts.scheme in ("", "file", "sqlite") or host in {"localhost", "127.0.0.1", "::1", "0.0.0.0"}:
+        console.write(
+            f"WARNING: the job will log to '{uri}', which a SageMaker job cannot reach. Use a tracking "
+            "server reachable from the job (set \"tracking_uri\" in the backend config or "
+            "MLFLOW_TRACKING_URI), or a SageMaker managed MLflow ARN (pip install "
+            "'ade-mlflow-plugin[sagemaker-mlflow]').\n"
+        )
+
+
+class AdeSageMakerBackend(AbstractBackend):
+    """MLflow project backend plugin; see the module docstring."""
+
+    def __init__(self, clients_factory: Callable[..., AwsClients] = AwsClients,
+                 console: TextIO | None = None) -> None:
+        self.clients_factory = clients_factory
+        self.console = console or sys.stderr
+        self.last_submission: Submission | None = None
+
+    def run(self, project_uri: str, entry_point: str, params: dict[str, Any], version: str | None,
+            backend_config: dict[str, Any] | str | None, tracking_uri: str | None,
+            experiment_id: str) -> AdeSubmittedRun:
+        try:
+            return self._run(project_uri, entry_point, params, version, backend_config or {},
+                             tracking_uri, experiment_id)
+        except AdeError as exc:
+            if not _under_cli():
+                raise
+            self.console.write(f"ade-sagemaker: error: {exc.message}\n")
+            sys.exit(exc.exit_code)
+
+    def _run(self, project_uri: str, entry_point: str, params: dict[str, Any], version: str | None,
+             backend_config: dict[str, Any] | str, tracking_uri: str | None,
+             experiment_id: str) -> AdeSubmittedRun:
+        config = CloudTrainingConfig.from_backend_config(backend_config)
+        synchronous = isinstance(backend_config, dict) and backend_config.get("SYNCHRONOUS", True)
+        project_dir = _fetch_project(project_uri, version)
+        project = load_project(str(project_dir))
+        resolved = resolve_params(project, entry_point, params or {}, project_dir)
+        job_uri = job_tracking_uri(config.tracking_uri or tracking_uri or mlflow.get_tracking_uri(), config.mode)
+        spec.check_tracking_uri(job_uri)
+        clients = self.clients_factory(region=config.region, profile=config.aws_profile)
+        region = self._region(config, clients, resolved)
+        image = resolve_image_uri(config, region)
+        job_name = spec.make_job_name(config.base_job_name if config.base_job_name != "ade" else
+                                      f"ade-{project.name or 'project'}")
+        if config.mode == "sagemaker":
+            warn_unreachable(job_uri, self.console)
+        # ---- everything checked: from here on a run exists and AWS is called ----
+        active = get_or_create_run(None, project_uri, experiment_id, str(project_dir), version,
+                                   entry_point, params or {})
+        run_id = active.info.run_id
+        client = mlflow.MlflowClient()
+        try:
+            submission, job = self._submit(config, clients, project_dir, entry_point, resolved, job_name,
+                                           image, spec.RunInfo(run_id, experiment_id, job_uri), region)
+        except BaseException as exc:
+            client.set_tag(run_id, "ade.submit_error", str(getattr(exc, "message", exc))[:5000])
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.last_submission = submission
+        self._tag_run(client, run_id, submission, config, region, job)
+        submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
+                                                                    job_name))
+        if config.wait and not synchronous:
+            self._follow_from_cli(submitted)
+        elif not synchronous:
+            self.console.write(f"Submitted {job_name} (run {run_id}); follow it with: "
+                               f"ade-mlflow logs {run_id} --follow\n")
+        return submitted
+
+    def _region(self, config: CloudTrainingConfig, clients: AwsClients, resolved: ResolvedParams) -> str:
+        region = config.region or clients.session.region_name
+        needs_aws = config.mode == "sagemaker" or any(p.startswith("s3://") for p in resolved.paths.values())
+        if region is None and needs_aws:
+            raise ConfigError("no AWS region: set \"region\" in the backend config or AWS_DEFAULT_REGION")
+        return region or "us-east-1"
+
+    def _submit(self, config: CloudTrainingConfig, clients: AwsClients, project_dir: Path, entry_point: str,
+                resolved: ResolvedParams, job_name: str, image: str, run: spec.RunInfo,
+                region: str) -> tuple[Submission, Any]:
+        with tempfile.TemporaryDirectory(prefix="ade-pack-") as tmp:
+            tarball = packaging.build_project_tarball(project_dir, Path(tmp))
+            store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
+            code = store.put_file(f"code/{tarball.sha256}.tar.gz", tarball.path)
+        channels, sent = self._channels(config, clients, resolved)
+        inputs = spec.JobInputs(job_name=job_name, entry_point=entry_point, image_uri=image, code_uri=code.uri,
+                                output_uri=output_uri, checkpoint_uri=checkpoint_uri, run=run,
+                                params=resolved.values, channel_params=channels)
+        request = spec.build_training_job_request(config, inputs, region)
+        job = self._start(config, clients, request)
+        return Submission(job_name, request, code, code.bytes_uploaded + sent), job
+
+    def _locations(self, config: CloudTrainingConfig, clients: AwsClients,
+                   job_name: str) -> tuple[Any, str, str]:
+        if config.mode == "local":
+            root = Path(config.job_root or ".ade").resolve()
+            checkpoint = config.checkpoint_s3_uri or (root / "checkpoints" / job_name).as_uri()
+            if checkpoint.startswith("/"):
+                checkpoint = Path(checkpoint).as_uri()
+            return packaging.LocalStore(root / "cache"), (root / "output").as_uri(), checkpoint
+        base = f"s3://{config.bucket}/{config.prefix.strip('/')}".rstrip("/")
+        store = packaging.S3Store(clients.s3, config.bucket, config.prefix, config.output_kms_key_id)
+        store.put_file = aws_call("Uploading the project to S3")(store.put_file)  # type: ignore[method-assign]
+        return store, f"{base}/output", config.checkpoint_s3_uri or f"{base}/checkpoints/{job_name}"
+
+    def _channels(self, config: CloudTrainingConfig, clients: AwsClients,
+                  resolved: ResolvedParams) -> tuple[dict[str, spec.Channel], int]:
+        channels: dict[str, spec.Channel] = {}
+        sent = 0
+        for name, path in resolved.paths.items():
+            path = self._materialise_registry_uri(name, path)
+            if config.mode == "local" and not path.startswith("s3://"):
+                channels[name] = packaging.local_channel(name, path)
+                continue
+            if path.startswith("s3://"):
+                channels[name] = spec.Channel(packaging.channel_name(name), path)
+                continue
+            store = packaging.S3Store(clients.s3, config.bucket, config.prefix, config.output_kms_key_id)
+            channel, uploaded = aws_call(f"Uploading parameter '{name}' to S3")(packaging.s3_channel)(
+                name, path, store)
+            channels[name], sent = channel, sent + uploaded
+        return channels, sent
+
+    @staticmethod
+    def _materialise_registry_uri(name: str, value: str) -> str:
+        if not value.startswith(("models:/", "runs:/")):
+            return value
+        target = Path(tempfile.mkdtemp(prefix=f"ade-{name}-"))
+        return mlflow.artifacts.download_artifacts(artifact_uri=value, dst_path=str(target))
+
+    def _start(self, config: CloudTrainingConfig, clients: AwsClients, request: dict[str, Any]) -> Any:
+        if config.mode == "local":
+            from ade_mlflow_plugin.backend.local import LocalJob
+
+            root = Path(config.job_root or ".ade").resolve() / "jobs" / request["TrainingJobName"]
+            job = LocalJob(request, job_root=root, clients=clients, stream=sys.stdout)
+            job.start()
+            return job
+        aws_call("CreateTrainingJob")(clients.sagemaker.create_training_job)(**request)
+        return SageMakerJob(clients.sagemaker, request["TrainingJobName"])
+
+    def _tag_run(self, client: Any, run_id: str, submission: Submission, config: CloudTrainingConfig,
+                 region: str, job: Any) -> None:
+        description = job.describe()
+        tags = {
+            "sagemaker.job_name": submission.job_name,
+            "sagemaker.job_arn": description.get("TrainingJobArn", ""),
+            "sagemaker.region": region,
+            "sagemaker.instance_type": config.instance_type,
+            "sagemaker.instance_count": str(config.instance_count),
+            "sagemaker.spot": str(config.use_spot).lower(),
+            "sagemaker.mode": config.mode,
+            "sagemaker.code_uri": submission.code.uri,
+        }
+        if config.mode == "sagemaker":
+            tags["sagemaker.console_url"] = spec.console_url(region, submission.job_name)
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.log_dict(run_id, submission.request, "sagemaker/create_training_job.json")
+
+    def _follower(self, config: CloudTrainingConfig, clients: AwsClients, client: Any, run_id: str, job: Any,
+                  job_name: str) -> JobFollower:
+        tailer, log_files = None, []
+        if config.mode == "sagemaker":
+            from ade_mlflow_plugin.backend.logs import LogTailer
+
+            log_dir = Path(tempfile.mkdtemp(prefix="ade-logs-"))
+            tailer = LogTailer(clients.logs, job_name, out_dir=log_dir, console=sys.stdout)
+            log_files = [log_dir]
+        else:
+            log_files = [job.log_path]
+        follower = JobFollower(job=job, run_id=run_id, mlflow_client=client, console=self.console,
+                               poll_interval_s=config.poll_interval_s, tailer=tailer,
+                               observers=self._observers(config, clients, client, run_id, job))
+        follower.log_files = log_files
+        return follower
+
+    @staticmethod
+    def _observers(config: CloudTrainingConfig, clients: AwsClients, client: Any, run_id: str,
+                   job: Any) -> list[Any]:
+        try:
+            from ade_mlflow_plugin.backend.monitor import build_observers
+        except ImportError:
+            return []
+        return build_observers(config=config, clients=clients, mlflow_client=client, run_id=run_id, job=job)
+
+    def _follow_from_cli(self, submitted: AdeSubmittedRun) -> None:
+        if submitted.wait():
+            self.console.write(f"{submitted.job_name} completed; run {submitted.run_id} FINISHED\n")
+            return
+        status = submitted.get_status()
+        raise JobFailedError(f"job {submitted.job_name} ended {status}; run {submitted.run_id} marked "
+                             f"{status} (see its sagemaker.failure_reason tag and logs/ artifacts)")

@@ -1,0 +1,181 @@
+"""PURE: config + project inputs + MLflow run -> a CreateTrainingJob request. No boto3 here.
+
+Everything the job needs travels in the request (docs/job-contract.md), so whatever executes
+DescribeTrainingJob's answer (SageMaker, AWS's toolkit, our local runner) runs the same job.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from ade_mlflow_plugin.config import CloudTrainingConfig
+from ade_mlflow_plugin.errors import ConfigError
+
+CONTAINER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/ade-local-mode"
+_JOB_NAME_MAX = 63
+_HYPERPARAMETER_MAX = 2500
+
+
+@dataclass(frozen=True)
+class Channel:
+    """An input channel: a path param shipped as data."""
+
+    name: str
+    uri: str
+    file_name: str | None = None  # set when the param named one file, not a directory
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What the backend resolved before building the request."""
+
+    job_name: str
+    entry_point: str
+    image_uri: str
+    code_uri: str
+    output_uri: str
+    checkpoint_uri: str
+    run: RunInfo
+    params: dict[str, str] = field(default_factory=dict)
+    channel_params: dict[str, Channel] = field(default_factory=dict)
+
+
+def make_job_name(base: str, now: datetime | None = None, suffix: str | None = None) -> str:
+    """`<base>-<UTC yyyymmdd-hhmmss>-<4 hex>`: unique, sortable and valid for SageMaker (<= 63 chars)."""
+    now = now or datetime.now(timezone.utc)
+    suffix = suffix or secrets.token_hex(2)
+    stem = re.sub(r"[^a-zA-Z0-9-]+", "-", base).strip("-") or "ade"
+    tail = f"-{now:%Y%m%d-%H%M%S}-{suffix}"
+    return stem[: _JOB_NAME_MAX - len(tail)].rstrip("-") + tail
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A tracking URI travels in the request: refuse one that carries a credential."""
+    parts = urlsplit(uri)
+    if parts.password or (parts.username and parts.scheme in {"http", "https"}):
+        raise ConfigError(
+            "the MLflow tracking URI carries a user name or password, which would be visible in the job "
+            "description: drop it from the URI and set MLFLOW_TRACKING_USERNAME/PASSWORD or use an ARN"
+        )
+
+
+def _hp(value: Any) -> str:
+    # AWS's container toolkit json-decodes every hyperparameter; strings must be JSON strings.
+    return json.dumps(value)
+
+
+def hyperparameters(inputs: JobInputs, region: str) -> dict[str, str]:
+    values = {
+        "sagemaker_program": "ade_entry.py",
+        "sagemaker_submit_directory": inputs.code_uri,
+        "sagemaker_region": region,
+        "ade_entry_point": inputs.entry_point,
+        "ade_params": json.dumps(inputs.params, sort_keys=True),
+        "ade_channel_params": json.dumps({k: c.name for k, c in inputs.channel_params.items()}, sort_keys=True),
+        "ade_file_params": json.dumps(
+            {k: c.file_name for k, c in inputs.channel_params.items() if c.file_name}, sort_keys=True),
+        "mlflow_run_id": inputs.run.run_id,
+        "mlflow_experiment_id": inputs.run.experiment_id,
+        "mlflow_tracking_uri": inputs.run.tracking_uri,
+    }
+    encoded = {k: _hp(v) for k, v in values.items()}
+    for key, value in encoded.items():
+        if len(value) > _HYPERPARAMETER_MAX:
+            raise ConfigError(f"parameters too long for SageMaker ({key} is {len(value)} > {_HYPERPARAMETER_MAX} "
+                              "characters): pass long values as a file through a path parameter")
+    return encoded
+
+
+def _channels(inputs: JobInputs) -> list[dict[str, Any]]:
+    unique = {c.name: c for c in inputs.channel_params.values()}
+    return [
+        {
+            "ChannelName": channel.name,
+            "DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": channel.uri, "S3DataDistributionType": "FullyReplicated",
+            }},
+            "InputMode": "File",
+        }
+        for channel in sorted(unique.values(), key=lambda c: c.name)
+    ]
+
+
+def _environment(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, str]:
+    env = dict(config.environment)
+    env.update({
+        "MLFLOW_RUN_ID": inputs.run.run_id,
+        "MLFLOW_EXPERIMENT_ID": inputs.run.experiment_id,
+        "MLFLOW_TRACKING_URI": inputs.run.tracking_uri,
+    })
+    return env
+
+
+def _tags(config: CloudTrainingConfig, inputs: JobInputs) -> list[dict[str, str]]:
+    tags = {"mlflow.run_id": inputs.run.run_id, "mlflow.experiment_id": inputs.run.experiment_id,
+            "ade.entry_point": inputs.entry_point}
+    tags.update(config.tags)
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def _resources(config: CloudTrainingConfig) -> dict[str, Any]:
+    resources: dict[str, Any] = {
+        "InstanceType": config.instance_type,
+        "InstanceCount": config.instance_count,
+        "VolumeSizeInGB": config.volume_size_gb,
+    }
+    if config.volume_kms_key_id:
+        resources["VolumeKmsKeyId"] = config.volume_kms_key_id
+    if config.keep_alive_period_s:
+        resources["KeepAlivePeriodInSeconds"] = config.keep_alive_period_s
+    return resources
+
+
+def build_training_job_request(config: CloudTrainingConfig, inputs: JobInputs, region: str) -> dict[str, Any]:
+    """The complete CreateTrainingJob request (validated against the service model in the tests)."""
+    stopping: dict[str, Any] = {"MaxRuntimeInSeconds": config.max_runtime_s}
+    if config.use_spot:
+        stopping["MaxWaitTimeInSeconds"] = config.max_wait_s
+    output: dict[str, Any] = {"S3OutputPath": inputs.output_uri}
+    if config.output_kms_key_id:
+        output["KmsKeyId"] = config.output_kms_key_id
+    request: dict[str, Any] = {
+        "TrainingJobName": inputs.job_name,
+        "AlgorithmSpecification": {"TrainingImage": inputs.image_uri, "TrainingInputMode": "File"},
+        "RoleArn": config.role_arn or LOCAL_ROLE_ARN,
+        "HyperParameters": hyperparameters(inputs, region),
+        "OutputDataConfig": output,
+        "ResourceConfig": _resources(config),
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": config.use_spot,
+        "CheckpointConfig": {"S3Uri": inputs.checkpoint_uri, "LocalPath": CONTAINER_CHECKPOINT_DIR},
+        "EnableNetworkIsolation": config.enable_network_isolation,
+        "EnableInterContainerTrafficEncryption": config.enable_inter_container_traffic_encryption,
+        "Environment": _environment(config, inputs),
+        "Tags": _tags(config, inputs),
+    }
+    channels = _channels(inputs)
+    if channels:
+        request["InputDataConfig"] = channels
+    if config.subnets:
+        request["VpcConfig"] = {"SecurityGroupIds": config.security_group_ids, "Subnets": config.subnets}
+    if config.max_retry_attempts > 1:
+        request["RetryStrategy"] = {"MaximumRetryAttempts": config.max_retry_attempts}
+    return request
+
+
+def console_url(region: str, job_name: str) -> str:
+    return (f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}"
+            f"#/jobs/{job_name}")

@@ -1,0 +1,173 @@
+"""Follow a training job and mirror it into its MLflow run: wait / get_status / cancel.
+
+One table maps SageMaker's job status to MLflow's run status, for SageMaker jobs and local jobs
+alike (both answer DescribeTrainingJob-shaped dicts).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, TextIO
+
+from mlflow.entities import RunStatus
+from mlflow.projects.submitted_run import SubmittedRun
+
+from ade_mlflow_plugin.backend.aws import aws_call
+
+#: THE status table: SageMaker TrainingJobStatus -> MLflow run status.
+RUN_STATUS = {
+    "InProgress": RunStatus.RUNNING,
+    "Stopping": RunStatus.RUNNING,
+    "Completed": RunStatus.FINISHED,
+    "Failed": RunStatus.FAILED,
+    "Stopped": RunStatus.KILLED,
+}
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+class Job(Protocol):
+    """What the follower needs from a job: SageMaker's (via boto3) or a local one."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+class Observer(Protocol):
+    """Extra work at each poll (cost ticker, CloudWatch metrics mirror, budget); see monitor.py."""
+
+    def on_poll(self, job: dict[str, Any]) -> None: ...
+
+    def on_end(self, job: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class SageMakerJob:
+    sagemaker: Any
+    name: str
+
+    @aws_call("DescribeTrainingJob")
+    def describe(self) -> dict[str, Any]:
+        return self.sagemaker.describe_training_job(TrainingJobName=self.name)
+
+    @aws_call("StopTrainingJob")
+    def stop(self) -> None:
+        self.sagemaker.stop_training_job(TrainingJobName=self.name)
+
+
+@dataclass
+class JobFollower:
+    """Polls a job, prints status changes, tails logs, feeds observers, ends the MLflow run."""
+
+    job: Job
+    run_id: str
+    mlflow_client: Any
+    console: TextIO = sys.stderr
+    poll_interval_s: float = 15.0
+    tailer: Any = None
+    observers: list[Observer] = field(default_factory=list)
+    log_files: list[Path] = field(default_factory=list)
+    sleep: Callable[[float], None] = time.sleep
+    _last: tuple[str, str] | None = None
+    _transitions_seen: int = 0
+
+    def poll(self) -> dict[str, Any]:
+        description = self.job.describe()
+        self._report(description)
+        if self.tailer is not None:
+            self.tailer.poll()
+        for observer in self.observers:
+            observer.on_poll(description)
+        return description
+
+    def follow(self) -> dict[str, Any]:
+        """Poll until the job ends; the delay grows from 1 s to poll_interval_s (quick first feedback)."""
+        delay = 1.0
+        while True:
+            description = self.poll()
+            if description["TrainingJobStatus"] in TERMINAL:
+                return self.finish(description)
+            self.sleep(delay)
+            delay = min(delay * 2, self.poll_interval_s)
+
+    def finish(self, description: dict[str, Any]) -> dict[str, Any]:
+        if self.tailer is not None:
+            self.tailer.drain(pause=self.sleep)
+        for observer in self.observers:
+            observer.on_end(description)
+        self._mirror_end(description)
+        return description
+
+    def _report(self, description: dict[str, Any]) -> None:
+        transitions = description.get("SecondaryStatusTransitions") or []
+        for transition in transitions[self._transitions_seen:]:
+            message = transition.get("StatusMessage", "")
+            self.console.write(f"{description['TrainingJobName']}: {transition['Status']}"
+                               f"{' - ' + message if message else ''}\n")
+        self._transitions_seen = max(self._transitions_seen, len(transitions))
+        state = (description["TrainingJobStatus"], description.get("SecondaryStatus", ""))
+        if state != self._last and not transitions:
+            self.console.write(f"{description['TrainingJobName']}: {state[0]} ({state[1]})\n")
+        self._last = state
+        self.console.flush()
+
+    def _mirror_end(self, description: dict[str, Any]) -> None:
+        status = description["TrainingJobStatus"]
+        tags = {"sagemaker.status": status}
+        if description.get("FailureReason"):
+            tags["sagemaker.failure_reason"] = description["FailureReason"][:5000]
+            self.console.write(f"{description['TrainingJobName']} failed: {description['FailureReason']}\n")
+        artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        if artifacts:
+            tags["sagemaker.model_artifacts"] = artifacts
+        for key, value in tags.items():
+            self.mlflow_client.set_tag(self.run_id, key, value)
+        for path in map(Path, self.log_files):
+            if path.is_file():
+                self.mlflow_client.log_artifact(self.run_id, str(path), "logs")
+            elif path.is_dir() and any(path.iterdir()):
+                self.mlflow_client.log_artifacts(self.run_id, str(path), "logs")
+        self.mlflow_client.set_terminated(self.run_id, RunStatus.to_string(RUN_STATUS[status]))
+
+
+class AdeSubmittedRun(SubmittedRun):
+    """MLflow's handle on a submitted job."""
+
+    def __init__(self, run_id: str, job_name: str, follower: JobFollower) -> None:
+        self._run_id = run_id
+        self.job_name = job_name
+        self.follower = follower
+        self.final: dict[str, Any] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    def wait(self) -> bool:
+        """Follow the job to its end (Ctrl-C stops it); True when it completed."""
+        if self.final is None:
+            try:
+                self.final = self.follower.follow()
+            except KeyboardInterrupt:
+                self.follower.console.write(f"\nInterrupted: stopping {self.job_name} ...\n")
+                self.cancel()
+        return self.final is not None and self.final["TrainingJobStatus"] == "Completed"
+
+    def get_status(self) -> str:
+        if self.final is not None:
+            return RunStatus.to_string(RUN_STATUS[self.final["TrainingJobStatus"]])
+        return RunStatus.to_string(RUN_STATUS[self.follower.job.describe()["TrainingJobStatus"]])
+
+    def cancel(self) -> None:
+        """StopTrainingJob, then wait until the job reports Stopped (or another end state)."""
+        if self.final is not None:
+            return
+        self.follower.job.stop()
+        while True:
+            description = self.follower.poll()
+            if description["TrainingJobStatus"] in TERMINAL:
+                self.final = self.follower.finish(description)
+                return
+            self.follower.sleep(min(5.0, self.follower.poll_interval_s))
