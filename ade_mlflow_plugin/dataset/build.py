@@ -1,0 +1,220 @@
+"""Codebase -> datasets.DatasetDict (train/eval), stats.json, digest; logged to an active MLflow run."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ade_mlflow_plugin.dataset import dedup, examples, select
+from ade_mlflow_plugin.dataset.languages import SPECS
+from ade_mlflow_plugin.dataset.mine import MinedFile, MineOptions
+from ade_mlflow_plugin.dataset.pool import mine_all
+from ade_mlflow_plugin.dataset.prompts import Formatter
+from ade_mlflow_plugin.dataset.walk import DEFAULT_MAX_FILE_BYTES, walk_codebase
+from ade_mlflow_plugin.errors import AdeError, ConfigError
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "eval")
+STATS_FILE = "stats.json"
+DIGEST_CHARS = 16  # MLflow shows (and stores) short dataset digests
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset: the DatasetDict, its stats, a content digest and where it was saved."""
+
+    dataset: Any  # datasets.DatasetDict with splits "train" and "eval"
+    stats: dict
+    digest: str
+    path: Path | None
+
+
+def _validate(codebase: Path, num_examples: Any, synthetic_ratio: Any, eval_fraction: Any, max_tokens: Any) -> None:
+    if not codebase.is_dir():
+        what = "does not exist" if not codebase.exists() else "is not a directory"
+        raise ConfigError(f"codebase '{codebase}' {what}: pass the root folder of the code to mine")
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise ConfigError(f"num_examples must be a whole number >= 1, got {num_examples!r}: pass e.g. 1000")
+    if not isinstance(synthetic_ratio, (int, float)) or not 0.0 <= synthetic_ratio <= 1.0:
+        raise ConfigError(f"synthetic_ratio must be between 0 and 1, got {synthetic_ratio!r}: pass e.g. 0.3")
+    if not isinstance(eval_fraction, (int, float)) or not 0.0 <= eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}: pass e.g. 0.1")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
+        raise ConfigError(f"max_tokens must be a whole number >= 16, got {max_tokens!r}: pass e.g. 2048")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output '{out_dir}' is a file: pass a folder path for the dataset")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "dataset_dict.json").exists():
+        raise ConfigError(f"output folder '{out_dir}' is not empty and holds no prepared dataset: "
+                          "pass a new or empty folder")
+
+
+def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examples: int,
+                  synthetic_ratio: float, eval_fraction: float = 0.1, seed: int = 42, tokenizer: Any = None,
+                  max_tokens: int = 2048, log_to_mlflow: bool = True, exclude: list[str] | tuple[str, ...] = (),
+                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, workers: int | None = None,
+                  progress: bool = True) -> PreparedDataset:
+    """Mine `codebase` into a train/eval DatasetDict of prompt/completion examples.
+
+    `exclude` takes extra .gitignore-style patterns; `workers` defaults to the CPUs available.
+    """
+    codebase = Path(codebase).expanduser()
+    _validate(codebase, num_examples, synthetic_ratio, eval_fraction, max_tokens)
+    out = Path(out_dir).expanduser() if out_dir is not None else None
+    if out is not None:
+        _check_out_dir(out)
+    timer = _Timer()
+    walked = walk_codebase(codebase, exclude=list(exclude), max_file_bytes=max_file_bytes)
+    timer.lap("walk")
+    if not walked.files:
+        raise ConfigError(f"codebase '{codebase}' has no source files in a supported language "
+                          f"({', '.join(sorted(SPECS))}): point it at a code repository")
+    files = mine_all(walked.files, MineOptions(), workers=workers, progress=progress)
+    timer.lap("mine")
+    drops = Counter(walked.skipped)
+    for mf in files:
+        drops.update(mf.drops)
+        if mf.skipped:
+            drops[mf.skipped] += 1
+    kept, dup_drops = dedup.dedup_units(files)
+    drops.update(dup_drops)
+    drops.update(dedup.drop_repeating_chunks(files, kept))
+    timer.lap("dedup")
+    mined, synthetic = examples.candidates(files, kept)
+    renderer = examples.Renderer(files, Formatter(tokenizer), seed)
+    rows = select.select(mined, synthetic, limit=num_examples, ratio=float(synthetic_ratio), seed=seed,
+                         renderer=renderer, count=select.TokenCounter(tokenizer), max_tokens=max_tokens,
+                         drops=drops)
+    timer.lap("render_tokenise")
+    if not rows:
+        raise ConfigError(f"codebase '{codebase}' yields no training examples (files mined: "
+                          f"{sum(1 for f in files if not f.skipped)}): point it at a folder with functions or classes")
+    train, evals = select.split_by_file(rows, float(eval_fraction), seed)
+    dataset = _to_dataset_dict(train, evals)
+    digest = compute_digest(dataset)
+    timer.lap("split_build")
+    stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic,
+                   num_examples=num_examples, ratio=float(synthetic_ratio), eval_fraction=float(eval_fraction),
+                   seed=seed, tokenizer=tokenizer, max_tokens=max_tokens, digest=digest)
+    if stats["examples"]["shortfall"]:
+        logger.warning(stats["examples"]["shortfall"])
+    if out is not None:
+        dataset.save_to_disk(str(out))
+        timer.lap("save")
+    stats["timings_s"] = timer.laps
+    stats["worker_cpu_s"] = _worker_timings(files)
+    if out is not None:
+        (out / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True))
+    prepared = PreparedDataset(dataset=dataset, stats=stats, digest=digest, path=out)
+    if log_to_mlflow:
+        from ade_mlflow_plugin.dataset.tracking import log_to_active_run
+
+        if log_to_active_run(prepared, codebase):
+            timer.lap("mlflow")
+    return prepared
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
+
+
+def _worker_timings(files: list[MinedFile]) -> dict[str, float]:
+    total: Counter = Counter()
+    for mf in files:
+        total.update(mf.timings)
+    return {k: round(v, 4) for k, v in sorted(total.items())}
+
+
+def _to_dataset_dict(train: list, evals: list):
+    import datasets
+
+    features = datasets.Features({c: datasets.Value("string") for c in examples.COLUMNS})
+
+    def build(rows):
+        return datasets.Dataset.from_dict(
+            {c: [getattr(r[0], c) for r in rows] for c in examples.COLUMNS}, features=features)
+
+    return datasets.DatasetDict({"train": build(train), "eval": build(evals)})
+
+
+def compute_digest(dataset) -> str:
+    """sha256 of every row of every split, in order: equal for equal content."""
+    sha = hashlib.sha256()
+    for split in SPLITS:
+        columns = [dataset[split][c] for c in examples.COLUMNS]
+        for row in zip(*columns):
+            sha.update(json.dumps([split, *row], ensure_ascii=False).encode("utf-8"))
+            sha.update(b"\n")
+    return sha.hexdigest()[:DIGEST_CHARS]
+
+
+def _split_stats(rows: list) -> dict:
+    return {
+        "examples": len(rows),
+        "files": len({r[0].path for r in rows}),
+        "by_source": dict(sorted(Counter(r[0].source for r in rows).items())),
+        "by_task": dict(sorted(Counter(r[0].task for r in rows).items())),
+        "by_language": dict(sorted(Counter(r[0].language for r in rows).items())),
+        "tokens": {"prompt": sum(r[1] for r in rows), "completion": sum(r[2] for r in rows)},
+    }
+
+
+def _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, *, num_examples,
+           ratio, eval_fraction, seed, tokenizer, max_tokens, digest) -> dict:
+    total = len(rows)
+    shortfall = None
+    if total < num_examples:
+        shortfall = (f"the codebase yields {total} usable examples at synthetic_ratio {ratio}, "
+                     f"fewer than num_examples={num_examples}: using all {total}")
+    units_by_language = Counter()
+    for fi, mf in enumerate(files):
+        units_by_language[mf.language] += sum(kept[fi])
+    return {
+        "codebase": str(codebase),
+        "params": {"num_examples": num_examples, "synthetic_ratio": ratio, "eval_fraction": eval_fraction,
+                   "seed": seed, "max_tokens": max_tokens},
+        "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None,
+        "token_count": "tokenizer" if tokenizer is not None else "approximate (regex words and symbols)",
+        "files": {"source_files": len(walked.files), "mined": sum(1 for f in files if not f.skipped),
+                  "lines": sum(f.lines for f in files),
+                  "by_language": dict(sorted(Counter(f.language for f in files if not f.skipped).items()))},
+        "units": {"found": sum(len(k) for k in kept) + drops.get("unit_secret", 0) + drops.get("unit_too_long", 0),
+                  "kept": sum(sum(k) for k in kept), "by_language": dict(sorted(units_by_language.items()))},
+        "drops": dict(sorted(drops.items())),
+        "examples": {"available": {"mined": len(mined), "synthetic": len(synthetic)}, "total": total,
+                     "mined": sum(1 for r in rows if r[0].source == "mined"),
+                     "synthetic": sum(1 for r in rows if r[0].source == "synthetic"), "shortfall": shortfall},
+        "splits": {"train": _split_stats(train), "eval": _split_stats(evals)},
+        "digest": digest,
+    }
+
+
+def load_prepared(path: str | Path) -> PreparedDataset:
+    """Read a dataset saved by build_dataset (save_to_disk folder with stats.json)."""
+    import datasets
+
+    path = Path(path).expanduser()
+    stats_file = path / STATS_FILE
+    if not (path / "dataset_dict.json").is_file() or not stats_file.is_file():
+        raise ConfigError(f"'{path}' is not a prepared dataset (no dataset_dict.json and stats.json): "
+                          "run `ade-mlflow prepare-data` first and pass its --out folder")
+    try:
+        dataset = datasets.load_from_disk(str(path))
+        stats = json.loads(stats_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise AdeError(f"could not read prepared dataset '{path}': {exc}") from exc
+    return PreparedDataset(dataset=dataset, stats=stats, digest=stats["digest"], path=path)

@@ -1,0 +1,134 @@
+"""Mine one file: read, strip licence, find secret lines, parse, cut units and chunks, sketch units.
+
+Runs in worker processes (see pool.py), so it imports no torch/transformers/datasets and returns only
+plain, picklable data.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS, parser_for
+from ade_mlflow_plugin.dataset.licence import strip_licence_header
+from ade_mlflow_plugin.dataset.minhash import sketch_batch
+from ade_mlflow_plugin.dataset.secrets import secret_rows
+from ade_mlflow_plugin.dataset.units import CodeUnit, extract_units
+from ade_mlflow_plugin.dataset.walk import SourceFile, content_skip_reason
+
+
+@dataclass(frozen=True)
+class MineOptions:
+    """Knobs of mining; the defaults suit a 2k-token context."""
+
+    chunk_lines: int = 16
+    context_lines: int = 32
+    min_chunk_nonblank: int = 4
+    max_unit_chars: int = 16_000  # larger units cannot fit max_tokens anyway; skip before tokenising
+
+
+@dataclass(slots=True)
+class Chunk:
+    """The next `chunk_lines` of a file after its preceding context."""
+
+    start_line: int  # 1-based first line of the chunk
+    end_line: int
+    context: str
+    text: str
+
+
+@dataclass(slots=True)
+class MinedFile:
+    path: str
+    language: str
+    lines: int = 0
+    units: list[CodeUnit] = field(default_factory=list)
+    sketches: np.ndarray | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    drops: Counter = field(default_factory=Counter)
+    skipped: str | None = None  # reason the whole file was skipped
+    timings: Counter = field(default_factory=Counter)
+
+
+def _read(source: SourceFile, mined: MinedFile) -> bytes | None:
+    try:
+        with open(source.abs, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        mined.skipped = "unreadable"
+        return None
+    mined.skipped = content_skip_reason(data)
+    return None if mined.skipped else data
+
+
+def mine_file(source: SourceFile, options: MineOptions = MineOptions()) -> MinedFile:
+    """Everything the dataset builder needs from one file."""
+    mined = MinedFile(path=source.rel, language=DISPLAY_NAME.get(source.language, source.language))
+    clock = time.perf_counter()
+    data = _read(source, mined)
+    if data is None:
+        return mined
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    mined.lines = len(lines)
+    if strip_licence_header(lines, SPECS[source.language].line_comment):
+        mined.drops["licence_header"] += 1
+        text = "\n".join(lines)
+    src = text.encode("utf-8")
+    now = time.perf_counter()
+    mined.timings["read"] += now - clock
+    secrets = secret_rows(text, lines, source.rel)
+    clock, now = now, time.perf_counter()
+    mined.timings["secret_scan"] += now - clock
+    tree = parser_for(source.language).parse(src)
+    clock, now = now, time.perf_counter()
+    mined.timings["parse"] += now - clock
+    units = extract_units(source.rel, source.language, src, lines, tree)
+    mined.units = _keep_units(units, secrets, options, mined.drops)
+    mined.chunks = _chunks(lines, secrets, options, mined.drops)
+    clock, now = now, time.perf_counter()
+    mined.timings["extract"] += now - clock
+    mined.sketches = sketch_batch([u.raw for u in mined.units])
+    mined.timings["sketch"] += time.perf_counter() - now
+    return mined
+
+
+def _touches(rows: set[int], first: int, last: int) -> bool:
+    """Whether any 0-based row in rows lies in [first, last]."""
+    if not rows:
+        return False
+    if last - first < len(rows):
+        return any(r in rows for r in range(first, last + 1))
+    return any(first <= r <= last for r in rows)
+
+
+def _keep_units(units: list[CodeUnit], secrets: set[int], options: MineOptions, drops: Counter) -> list[CodeUnit]:
+    kept = []
+    for unit in units:
+        if _touches(secrets, unit.doc_start_line - 1, unit.end_line - 1):
+            drops["unit_secret"] += 1
+        elif unit.chars > options.max_unit_chars:
+            drops["unit_too_long"] += 1
+        else:
+            kept.append(unit)
+    return kept
+
+
+def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Counter) -> list[Chunk]:
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
+    chunks = []
+    for start in range(first + options.chunk_lines, len(lines), options.chunk_lines):
+        end = min(start + options.chunk_lines, len(lines))
+        body = lines[start:end]
+        if sum(1 for ln in body if ln.strip()) < options.min_chunk_nonblank:
+            continue
+        ctx_start = max(first, start - options.context_lines)
+        if _touches(secrets, ctx_start, end - 1):
+            drops["chunk_secret"] += 1
+            continue
+        context = "\n".join(lines[ctx_start:start]).strip("\n")
+        if context.strip():
+            chunks.append(Chunk(start + 1, end, context + "\n", "\n".join(body).rstrip() + "\n"))
+    return chunks

@@ -1,0 +1,85 @@
+"""MinHash sketches of code units, batched with numpy, bit-compatible with datasketch's MinHash.
+
+datasketch hashes one set per call (~30 us per unit with its LSH); a codebase has tens of thousands of
+units, so the sketches of a whole file are computed in one vectorised pass here, using datasketch's own
+permutations and its "affine32" scheme (tests check the values equal datasketch's update_batch).
+Shingles are 8-byte windows of whitespace-normalised text; only those whose hash is 0 mod SAMPLE_MOD
+are kept, a content-defined sample, so two copies of the same code keep the same shingles.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+NUM_PERM = 64
+SEED = 1
+SHINGLE_BYTES = 8
+SAMPLE_MOD = 4
+EMPTY = np.uint32(0xFFFFFFFF)
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 64-bit window -> well-spread 32 bits
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+
+
+@lru_cache(maxsize=1)
+def permutations() -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a odd, b) for NUM_PERM and SEED.
+
+    Drawn exactly as datasketch.MinHash draws them (tests compare the two), without importing datasketch
+    in every worker: its import pulls scipy and costs ~1 s.
+    """
+    gen = np.random.RandomState(SEED)
+    a = gen.randint(0, 1 << 31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, NUM_PERM, dtype=np.uint32)
+    return a, b
+
+
+def normalise(text: str) -> str:
+    """Whitespace-collapsed text: the form both exact and near-duplicate checks compare."""
+    return " ".join(text.split())
+
+
+def fmix32(hv: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, as datasketch applies it before its permutations."""
+    s1, m1, s2, m2, s3 = _FMIX32
+    hv = hv ^ (hv >> s1)
+    hv = hv * m1
+    hv = hv ^ (hv >> s2)
+    hv = hv * m2
+    return hv ^ (hv >> s3)
+
+
+def shingle_hashes(buf: np.ndarray) -> np.ndarray:
+    """32-bit hashes of every SHINGLE_BYTES window of a uint8 buffer (one per start position)."""
+    n = len(buf) - SHINGLE_BYTES + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint32)
+    words = np.zeros(n, dtype=np.uint64)
+    for i in range(SHINGLE_BYTES):
+        words |= buf[i:i + n].astype(np.uint64) << np.uint64(8 * i)
+    return ((words * _MIX) >> np.uint64(32)).astype(np.uint32)
+
+
+def sketch_batch(texts: list[str]) -> np.ndarray:
+    """(len(texts), NUM_PERM) uint32 MinHash values; a row of EMPTY where a text kept no shingle."""
+    out = np.full((len(texts), NUM_PERM), EMPTY, dtype=np.uint32)
+    if not texts:
+        return out
+    encoded = [normalise(t).encode("utf-8") for t in texts]
+    starts = np.cumsum([0] + [len(e) for e in encoded[:-1]])
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    hashes = shingle_hashes(buf)
+    positions = np.nonzero(hashes % SAMPLE_MOD == 0)[0]
+    if len(positions) == 0:
+        return out
+    owner = np.searchsorted(starts, positions, side="right") - 1
+    ends = starts + np.array([len(e) for e in encoded])
+    inside = positions + SHINGLE_BYTES <= ends[owner]  # drop windows that straddle two texts
+    positions, owner = positions[inside], owner[inside]
+    if len(positions) == 0:
+        return out
+    a, b = permutations()
+    permuted = fmix32(hashes[positions])[:, None] * a[None, :] + b[None, :]
+    segment_starts = np.nonzero(np.r_[True, owner[1:] != owner[:-1]])[0]
+    out[owner[segment_starts]] = np.minimum.reduceat(permuted, segment_starts, axis=0)
+    return out

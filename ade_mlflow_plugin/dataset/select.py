@@ -1,0 +1,115 @@
+"""Pick examples: exact synthetic ratio, num_examples cap, token-length limit, train/eval split by file."""
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from typing import Any
+
+from ade_mlflow_plugin.dataset.examples import Candidate, Example, Renderer
+
+_APPROX_TOKEN = re.compile(r"\w+|[^\w\s]")
+_BATCH = 256
+
+
+def synthetic_count(total: int, ratio: float) -> int:
+    """round(total * ratio), halves up (never banker's rounding, so the count is predictable)."""
+    return math.floor(total * ratio + 0.5)
+
+
+def plan(limit: int, mined: int, synthetic: int, ratio: float) -> int:
+    """Largest total <= limit whose exact split fits the available mined and synthetic examples."""
+    total = min(limit, mined + synthetic)
+    while total > 0:
+        n_syn = synthetic_count(total, ratio)
+        if n_syn <= synthetic and total - n_syn <= mined:
+            return total
+        total -= 1
+    return 0
+
+
+class TokenCounter:
+    """Token lengths with the base tokenizer, or a regex estimate when there is none."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        if self.tokenizer is None:
+            return [len(_APPROX_TOKEN.findall(t)) for t in texts]
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+
+class Pool:
+    """One source's candidates in seeded order, rendered and length-checked lazily in batches."""
+
+    def __init__(self, cands: list[Candidate], rng: random.Random, renderer: Renderer,
+                 count: TokenCounter, max_tokens: int, drops: Counter) -> None:
+        self.cands = list(cands)
+        rng.shuffle(self.cands)
+        self.pos, self.ready = 0, []
+        self.renderer, self.count, self.max_tokens, self.drops = renderer, count, max_tokens, drops
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.cands)
+
+    def fill(self, want: int) -> None:
+        """Render until `want` examples fit max_tokens or the candidates run out."""
+        while len(self.ready) < want and not self.exhausted:
+            batch = self.cands[self.pos:self.pos + max(_BATCH, want - len(self.ready))]
+            self.pos += len(batch)
+            rendered = [self.renderer.render(c) for c in batch]
+            prompt_len = self.count([e.prompt for e in rendered])
+            completion_len = self.count([e.completion for e in rendered])
+            for example, p, c in zip(rendered, prompt_len, completion_len):
+                if p + c > self.max_tokens or not example.completion.strip():
+                    self.drops["too_long" if p + c > self.max_tokens else "empty"] += 1
+                else:
+                    self.ready.append((example, p, c))
+
+
+def select(mined: list[Candidate], synthetic: list[Candidate], *, limit: int, ratio: float, seed: int,
+           renderer: Renderer, count: TokenCounter, max_tokens: int,
+           drops: Counter) -> list[tuple[Example, int, int]]:
+    """Exactly synthetic_count(total, ratio) synthetic examples; total as large as allowed."""
+    rng = random.Random(seed)
+    pools = {"mined": Pool(mined, rng, renderer, count, max_tokens, drops),
+             "synthetic": Pool(synthetic, rng, renderer, count, max_tokens, drops)}
+    while True:
+        caps = {k: (len(p.ready) if p.exhausted else len(p.cands) - p.pos + len(p.ready)) for k, p in pools.items()}
+        total = plan(limit, caps["mined"], caps["synthetic"], ratio)
+        want = {"synthetic": synthetic_count(total, ratio)}
+        want["mined"] = total - want["synthetic"]
+        for key, pool in pools.items():
+            pool.fill(want[key])
+        if all(len(p.ready) >= want[k] for k, p in pools.items()):
+            break
+    chosen = pools["mined"].ready[:want["mined"]] + pools["synthetic"].ready[:want["synthetic"]]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def split_by_file(rows: list[tuple[Example, int, int]], eval_fraction: float,
+                  seed: int) -> tuple[list, list]:
+    """(train, eval): whole files go to eval until it holds about eval_fraction of the examples."""
+    per_file = Counter(row[0].path for row in rows)
+    files = sorted(per_file)
+    random.Random(seed + 1).shuffle(files)
+    target = eval_fraction * len(rows)
+    eval_files: set[str] = set()
+    size = 0
+    for path in files:
+        if abs(size + per_file[path] - target) < abs(size - target) and len(eval_files) < len(files) - 1:
+            eval_files.add(path)
+            size += per_file[path]
+    if eval_fraction > 0 and not eval_files and len(files) > 1:
+        smallest = min(files, key=lambda p: (per_file[p], p))
+        eval_files.add(smallest)
+    train = [r for r in rows if r[0].path not in eval_files]
+    evals = [r for r in rows if r[0].path in eval_files]
+    return train, evals
+
+

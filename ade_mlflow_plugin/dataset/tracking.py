@@ -1,0 +1,37 @@
+"""Record a prepared dataset on the active MLflow run: run input with its digest, stats.json, a tag."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ade_mlflow_plugin.dataset.build import PreparedDataset
+
+DATASET_NAME = "codebase"
+CONTEXT = "training"
+DIGEST_TAG = "ade.dataset_digest"
+
+
+def log_to_active_run(prepared: "PreparedDataset", codebase: Path) -> bool:
+    """Log to the active run, if any; returns whether there was one."""
+    import mlflow
+    import pandas as pd
+
+    if mlflow.active_run() is None:
+        return False
+    frames = []
+    for split in ("train", "eval"):
+        frame = prepared.dataset[split].to_pandas()
+        frame.insert(0, "split", split)
+        frames.append(frame)
+    data = mlflow.data.from_pandas(pd.concat(frames, ignore_index=True), source=str(codebase.resolve()),
+                                   name=DATASET_NAME, digest=prepared.digest)
+    mlflow.log_input(data, context=CONTEXT)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_path = Path(tmp) / "stats.json"
+        stats_path.write_text(json.dumps(prepared.stats, indent=2, sort_keys=True))
+        mlflow.log_artifact(str(stats_path))
+    mlflow.set_tag(DIGEST_TAG, prepared.digest)
+    return True
