@@ -97,8 +97,9 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
         raise ConfigError(f"codebase '{codebase}' yields no training examples (files mined: "
                           f"{sum(1 for f in files if not f.skipped)}): point it at a folder with functions or classes")
     train, evals = select.split_by_file(rows, float(eval_fraction), seed)
-    dataset = _to_dataset_dict(train, evals)
-    digest = compute_digest(dataset)
+    columns = {"train": _columns(train), "eval": _columns(evals)}
+    dataset = _to_dataset_dict(columns)
+    digest = compute_digest(columns)
     timer.lap("split_build")
     stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic,
                    num_examples=num_examples, ratio=float(synthetic_ratio), eval_fraction=float(eval_fraction),
@@ -139,24 +140,23 @@ def _worker_timings(files: list[MinedFile]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in sorted(total.items())}
 
 
-def _to_dataset_dict(train: list, evals: list):
+def _columns(rows: list) -> dict[str, list[str]]:
+    return {c: [getattr(r[0], c) for r in rows] for c in examples.COLUMNS}
+
+
+def _to_dataset_dict(columns: dict[str, dict[str, list[str]]]):
     import datasets
 
     features = datasets.Features({c: datasets.Value("string") for c in examples.COLUMNS})
-
-    def build(rows):
-        return datasets.Dataset.from_dict(
-            {c: [getattr(r[0], c) for r in rows] for c in examples.COLUMNS}, features=features)
-
-    return datasets.DatasetDict({"train": build(train), "eval": build(evals)})
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(columns[split], features=features)
+                                 for split in SPLITS})
 
 
-def compute_digest(dataset) -> str:
+def compute_digest(columns: dict[str, dict[str, list[str]]]) -> str:
     """sha256 of every row of every split, in order: equal for equal content."""
     sha = hashlib.sha256()
     for split in SPLITS:
-        columns = [dataset[split][c] for c in examples.COLUMNS]
-        for row in zip(*columns):
+        for row in zip(*(columns[split][c] for c in examples.COLUMNS)):
             sha.update(json.dumps([split, *row], ensure_ascii=False).encode("utf-8"))
             sha.update(b"\n")
     return sha.hexdigest()[:DIGEST_CHARS]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS, LanguageSpec, parser_for, unit_query
 
 _NAME_RE = re.compile(r"([A-Za-z_~][A-Za-z0-9_]*)\s*(?:<[^()]*>)?\s*\(")
+_TYPE_NAME_RE = re.compile(r"\b(?:type|struct|class|impl(?:\s*<[^>]*>)?|trait|enum|interface)\s+([A-Za-z_][A-Za-z0-9_]*)")
 _COMMENT_MARKERS = re.compile(r"^\s*(?:/\*+|\*+/|\*(?!/)|//+!?|#+)\s?")
 
 
@@ -85,11 +86,12 @@ def _node_text(src: bytes, node) -> str:
     return src[node.start_byte:node.end_byte].decode("utf-8", "replace")
 
 
-def _name_of(node, src: bytes, signature: str) -> str:
+def _name_of(node, src: bytes, signature: str, is_class: bool) -> str:
     name = node.child_by_field_name("name")
     if name is not None:
         return _node_text(src, name)
-    match = _NAME_RE.search(signature)
+    pattern = _TYPE_NAME_RE if is_class else _NAME_RE
+    match = pattern.search(signature)
     return match.group(1) if match else ""
 
 
@@ -118,7 +120,7 @@ def _doc_comment(outer, spec: LanguageSpec, src: bytes) -> tuple[str, int] | Non
     parts: list[str] = []
     node, row = outer.prev_named_sibling, outer.start_point[0]
     first_row = row
-    while node is not None and node.end_point[0] >= row - 1:
+    while node is not None and _last_row(node) >= row - 1:
         if node.type in spec.comments:
             parts.append(_node_text(src, node))
             first_row = node.start_point[0]
@@ -130,6 +132,12 @@ def _doc_comment(outer, spec: LanguageSpec, src: bytes) -> tuple[str, int] | Non
         return None
     text = _clean_comment("\n".join(reversed(parts)))
     return (text, first_row) if text else None
+
+
+def _last_row(node) -> int:
+    """Last row holding text of a node (line comments may end at column 0 of the next row)."""
+    end_row, end_col = node.end_point
+    return end_row - 1 if end_col == 0 and end_row > node.start_point[0] else end_row
 
 
 def _kind(node, spec: LanguageSpec) -> str:
@@ -190,7 +198,7 @@ def _unit(node, spec: LanguageSpec, path: str, src: bytes, lines: list[str]) -> 
         split = -1
     return CodeUnit(
         path=path, language=DISPLAY_NAME.get(spec.name, spec.name), kind=_kind(node, spec),
-        name=_name_of(node, src, signature), start_line=sr + 1, end_line=er + 1, signature=signature,
+        name=_name_of(node, src, signature, spec.defs[node.type] == "class"), start_line=sr + 1, end_line=er + 1, signature=signature,
         docstring=docstring, doc_start_line=doc_row + 1, lines=lines, indent=_indent_of(lines[sr]),
         chars=node.end_byte - node.start_byte, doc_rows=doc_rows, split_row=split,
     )
