@@ -42,6 +42,7 @@ def codebase(tmp_path: Path) -> Path:
     shutil.copytree(CODEBASES / "polyglot", root)
     shutil.copytree(CODEBASES / "ignored_extras", root, dirs_exist_ok=True)
     (root / "README.md").unlink()
+    (root / "_build").rename(root / "build")
     return root
 
 
