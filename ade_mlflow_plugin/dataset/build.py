@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ade_mlflow_plugin.dataset import dedup, examples, select
-from ade_mlflow_plugin.dataset.languages import SPECS
+from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS
 from ade_mlflow_plugin.dataset.mine import MinedFile, MineOptions
 from ade_mlflow_plugin.dataset.pool import mine_all
 from ade_mlflow_plugin.dataset.prompts import Formatter
@@ -75,7 +75,7 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     timer.lap("walk")
     if not walked.files:
         raise ConfigError(f"codebase '{codebase}' has no source files in a supported language "
-                          f"({', '.join(sorted(SPECS))}): point it at a code repository")
+                          f"({', '.join(sorted({DISPLAY_NAME.get(n, n) for n in SPECS}))}): point it at a code repository")
     files = mine_all(walked.files, MineOptions(), workers=workers, progress=progress)
     timer.lap("mine")
     drops = Counter(walked.skipped)

@@ -1,0 +1,66 @@
+"""Duplicates: exact and near copies of a unit are mined once; sketches match datasketch's."""
+from __future__ import annotations
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from ade_mlflow_plugin.dataset import build_dataset, dedup, minhash
+from ade_mlflow_plugin.dataset.pool import mine_all
+from ade_mlflow_plugin.dataset.walk import walk_codebase
+
+DUPLICATE_BODY = "running -= values[index - window]"
+
+
+def test_planted_duplicate_function_is_mined_once(codebase):
+    files = mine_all(walk_codebase(codebase).files, progress=False)
+    kept, drops = dedup.dedup_units(files)
+    survivors = [(mf.path, u.name) for mf, flags in zip(files, kept) for u, k in zip(mf.units, flags)
+                 if k and u.name == "planted_duplicate_function"]
+    assert survivors == [("src/app/analytics.py", "planted_duplicate_function")]  # first in path order
+    assert drops["duplicate_exact"] == 1  # stats.py: same code, other whitespace
+    assert drops["duplicate_near"] == 1  # reports.py: one message changed
+
+
+def test_planted_duplicate_appears_once_in_the_dataset(codebase):
+    prepared = build_dataset(codebase, None, num_examples=100_000, synthetic_ratio=0.5, log_to_mlflow=False,
+                             progress=False)
+    paths = set()
+    for split in ("train", "eval"):
+        for row in prepared.dataset[split]:
+            if DUPLICATE_BODY in minhash.normalise(row["prompt"] + "\n" + row["completion"]):
+                paths.add(row["path"])
+    assert paths == {"src/app/analytics.py"}
+    # the other units of the files holding copies are still mined
+    assert {"src/app/stats.py", "src/app/reports.py"} <= set(prepared.dataset["train"]["path"]) | set(
+        prepared.dataset["eval"]["path"])
+
+
+def test_sketches_equal_datasketch_update_batch():
+    texts = ["def f(x):\n    return x + 1  # a comment long enough to shingle", "tiny",
+             "class A:\n    pass\n" * 20, ""]
+    batch = minhash.sketch_batch(texts)
+    a, b = MinHash(num_perm=minhash.NUM_PERM, seed=minhash.SEED).permutations
+    assert np.array_equal(minhash.permutations()[0], a) and np.array_equal(minhash.permutations()[1], b)
+    for text, row in zip(texts, batch):
+        hashes = minhash.shingle_hashes(np.frombuffer(minhash.normalise(text).encode(), np.uint8))
+        sampled = [int(h) for h in hashes if h % minhash.SAMPLE_MOD == 0]
+        reference = MinHash(num_perm=minhash.NUM_PERM, seed=minhash.SEED, hashfunc=lambda v: v)
+        if sampled:
+            reference.update_batch(sampled)
+        assert np.array_equal(reference.hashvalues, row)
+
+
+def test_band_parameters_are_datasketch_choice():
+    lsh = MinHashLSH(threshold=dedup.DEFAULT_THRESHOLD, num_perm=minhash.NUM_PERM)
+    assert dedup.band_params(dedup.DEFAULT_THRESHOLD) == (lsh.b, lsh.r)
+    other = MinHashLSH(threshold=0.7, num_perm=minhash.NUM_PERM)
+    assert dedup.band_params(0.7) == (other.b, other.r)
+
+
+def test_near_duplicate_estimate_tracks_jaccard():
+    base = "\n".join(f"    total += values[{i}] * weights[{i}]" for i in range(60))
+    edited = base.replace("values[7]", "items[7]")
+    unrelated = "\n".join(f"    name_{i} = lookup('{i * 7}')" for i in range(60))
+    sk = minhash.sketch_batch([base, edited, unrelated])
+    assert (sk[0] == sk[1]).mean() >= dedup.DEFAULT_THRESHOLD
+    assert (sk[0] == sk[2]).mean() < 0.3
