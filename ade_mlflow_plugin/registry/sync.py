@@ -1,7 +1,8 @@
 """ModelSyncManager: copy a registered model version into ADE provider storage, safely.
 
-Download (mlflow.artifacts.download_artifacts) into a staging dir on the same filesystem, check the
-files against the artifact store's listing, hash them, write metadata, then rename into place. A file
+Download (MLflow's models:/ artifact repository, as mlflow.artifacts.download_artifacts does) into a
+staging dir on the same filesystem, check the files against the artifact store's listing, hash them,
+write metadata, then rename into place. A file
 lock serialises syncs of one root; a copy already present with matching checksums is not downloaded
 again; providers.json is reconciled with the registry's aliases and stages and replaced atomically.
 """
@@ -10,17 +11,18 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import filelock
-import mlflow
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from ade_mlflow_plugin.errors import AdeError, ConfigError
 from ade_mlflow_plugin.registry import store as st
@@ -87,10 +89,13 @@ class ModelSyncManager:
                         f"model version {name}/{version} does not exist")
         self._hook("ade_before_sync", name=name, version=version, destination=final)
         self.store.ensure()
-        with self._lock():
+        # The run (metrics, tags) and the registry's labels are fetched while the files download.
+        with ThreadPoolExecutor(max_workers=2) as pool, self._lock():
+            run = pool.submit(self._run, mv.run_id)
+            labels = pool.submit(self._registry_labels, name)
             self.store.clean_leftovers()
-            downloaded = self._sync_locked(mv, final)
-            changed = self._reconcile_locked(name)
+            downloaded = self._sync_locked(mv, final, run)
+            changed = self._reconcile_locked(name, labels.result())
             self._prune_locked(name)
         self._hook("ade_after_sync", name=name, version=version, path=final, downloaded_bytes=downloaded)
         return SyncResult(name, version, final, downloaded, changed)
@@ -99,20 +104,20 @@ class ModelSyncManager:
         """Bring providers.json in line with the registry's aliases/stages of ``name``."""
         self.store.ensure()
         with self._lock():
-            return self._reconcile_locked(name)
+            return self._reconcile_locked(name, self._registry_labels(name))
 
     # -- sync steps -----------------------------------------------------------------------------
-    def _sync_locked(self, mv: ModelVersion, final: Path) -> int:
+    def _sync_locked(self, mv: ModelVersion, final: Path, run: Future) -> int:
         if final.is_dir() and self.store.is_intact(final):
             meta = self.store.read_metadata(final) or {}
             meta.update(_registry_state(mv))
-            st.write_json_atomic(final / st.METADATA, meta)
+            st.write_json_atomic(final / st.METADATA, meta, durable=False)
             _log.info("%s v%s already present and verified; nothing downloaded", mv.name, mv.version)
             return 0
         staging = self.store.new_staging()
         try:
             files = self._download_verified(mv, staging / st.ARTIFACTS)
-            self._write_metadata(mv, staging, files)
+            self._write_metadata(mv, staging, files, run.result())
             self.store.install(staging, final)
         except BaseException:
             # A kill -9 cannot reach this; the next sync's clean_leftovers() removes such staging dirs.
@@ -121,17 +126,19 @@ class ModelSyncManager:
         return sum(info["size"] for info in files.values())
 
     def _download_verified(self, mv: ModelVersion, dst: Path) -> dict[str, dict[str, Any]]:
-        source = self.client.get_model_version_download_uri(mv.name, mv.version)
-        expected = _remote_listing(source)
+        # One ModelsArtifactRepository serves the listing and the download: this is what
+        # mlflow.artifacts.download_artifacts("models:/NAME/N") runs, without resolving the URI twice.
+        repo = get_artifact_repository(f"models:/{mv.name}/{mv.version}",
+                                       tracking_uri=self.config.tracking_uri,
+                                       registry_uri=self.config.tracking_uri)
+        expected = _remote_listing(repo, f"models:/{mv.name}/{mv.version}")
         dst.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}",
-                                            dst_path=str(dst), tracking_uri=self.config.tracking_uri)
+        repo.download_artifacts("", str(dst))
         files = st.checksum_tree(dst)
         _verify_against_listing(files, expected, f"{mv.name}/{mv.version}")
         return files
 
-    def _write_metadata(self, mv: ModelVersion, version_dir: Path, files: dict[str, Any]) -> None:
-        run = self._run(mv.run_id)
+    def _write_metadata(self, mv: ModelVersion, version_dir: Path, files: dict[str, Any], run: Any) -> None:
         run_tags = run.data.tags if run else {}
         meta: dict[str, Any] = {
             "name": mv.name,
@@ -150,14 +157,15 @@ class ModelSyncManager:
         if not meta["base_model"] and run:
             meta["base_model"] = run.data.params.get("base_model")
         meta.update(_registry_state(mv))
-        st.write_json_atomic(version_dir / st.METADATA, meta)
-        st.write_json_atomic(version_dir / st.METRICS, dict(run.data.metrics) if run else {})
+        # No fsync inside staging: a kill -9 keeps the page cache, and a copy torn by power loss
+        # fails is_intact() on the next sync and is downloaded again.
+        st.write_json_atomic(version_dir / st.METADATA, meta, durable=False)
+        st.write_json_atomic(version_dir / st.METRICS, dict(run.data.metrics) if run else {}, durable=False)
 
     # -- providers.json -------------------------------------------------------------------------
-    def _reconcile_locked(self, name: str) -> bool:
+    def _reconcile_locked(self, name: str, labels: dict[str, dict[str, str]]) -> bool:
         providers = self.store.read_providers()
         before = providers["models"].get(name)
-        labels = self._registry_labels(name)
         entry = _reconcile_model(self.store, name, before or {}, labels)
         if entry == (before or {"aliases": {}, "stages": {}}):
             return False
@@ -211,7 +219,7 @@ class ModelSyncManager:
             return fn()
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise ConfigError(f"{what}; check the name with `mlflow models` / the MLflow UI") from exc
+                raise ConfigError(f"{what}; check the model name and version in the MLflow UI") from exc
             raise AdeError(f"MLflow registry call failed: {_first_line(exc.message)}; "
                            "check MLFLOW_TRACKING_URI and that the server is up") from exc
 
@@ -251,11 +259,8 @@ def _registry_state(mv: ModelVersion) -> dict[str, Any]:
     return {"aliases": sorted(mv.aliases or []), "stage": mv.current_stage}
 
 
-def _remote_listing(uri: str) -> dict[str, int | None]:
-    """{relative path: size} of every file under an artifact URI, paths checked to stay inside."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    repo = get_artifact_repository(uri)
+def _remote_listing(repo: Any, uri: str) -> dict[str, int | None]:
+    """{relative path: size} of every file in an artifact repository, paths checked to stay inside."""
     found: dict[str, int | None] = {}
     pending: list[str | None] = [None]
     while pending:
