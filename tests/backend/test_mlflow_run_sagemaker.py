@@ -1,0 +1,97 @@
+"""`mlflow run -b ade-sagemaker` against the moto server: submit, follow, mirror, exit code = job outcome."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import boto3
+import mlflow
+import pytest
+
+from tests.backend.conftest import write_config
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+
+
+def _start(project, data_dir, tmp_path, tracking, **overrides):
+    boto3.client("s3").create_bucket(Bucket="ade-backend-test")
+    config = write_config(tmp_path, **overrides)
+    cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-b", "ade-sagemaker",
+           "--backend-config", str(config), "-P", f"data={data_dir}", "-P", "lr=0.5"]
+    return subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _put_logs(job_name: str, lines: list[str]) -> None:
+    logs = boto3.client("logs")
+    try:
+        logs.create_log_group(logGroupName=LOG_GROUP)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    stream = f"{job_name}/algo-1-1700000000"
+    try:
+        logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    now = int(time.time() * 1000)
+    logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream,
+                        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)])
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_completed_job_finishes_the_run_with_tags_and_logs(project, data_dir, tmp_path, moto_jobs, tracking):
+    proc = _start(project, data_dir, tmp_path, tracking)
+    job = moto_jobs.wait_for_job()
+    _put_logs(job.training_job_name, ["epoch 1 loss 0.9", "epoch 2 loss 0.5"])
+    time.sleep(2)
+    moto_jobs.finish(job, "Completed")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "[algo-1-1700000000] epoch 2 loss 0.5" in out
+
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job.training_job_name)
+    hp = {k: json.loads(v) for k, v in described["HyperParameters"].items()}
+    assert hp["ade_entry_point"] == "main" and json.loads(hp["ade_params"])["lr"] == "0.5"
+    code_uri = hp["sagemaker_submit_directory"]
+    bucket, key = code_uri[5:].split("/", 1)
+    assert boto3.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
+    data_channel = described["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=data_channel[5:].split("/", 1)[1])
+    assert {o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]} >= {"a.txt", "b.txt"}
+
+    mlflow.set_tracking_uri(tracking)
+    run = mlflow.get_run(hp["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["sagemaker.job_name"] == job.training_job_name
+    assert tags["sagemaker.job_arn"].startswith("arn:aws:sagemaker:us-east-1:")
+    assert tags["sagemaker.region"] == "us-east-1" and tags["sagemaker.instance_type"] == "ml.g5.2xlarge"
+    assert tags["sagemaker.spot"] == "false" and "console.aws.amazon.com" in tags["sagemaker.console_url"]
+    assert tags["mlflow.project.backend"] == "ade-sagemaker"
+    assert run.data.params["lr"] == "0.5"
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "logs")]
+    assert artifacts, "the CloudWatch log was not mirrored into logs/"
+    mlflow.set_tracking_uri(None)
+
+
+def test_failed_job_fails_the_run_and_the_command(project, data_dir, tmp_path, moto_jobs, tracking):
+    proc = _start(project, data_dir, tmp_path, tracking, use_spot=True)
+    job = moto_jobs.wait_for_job()
+    time.sleep(1)
+    moto_jobs.finish(job, "Failed", "AlgorithmError: CUDA out of memory")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1, err
+    assert "CUDA out of memory" in err and "Traceback" not in err
+    mlflow.set_tracking_uri(tracking)
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["sagemaker.failure_reason"] == "AlgorithmError: CUDA out of memory"
+    assert run.data.tags["sagemaker.spot"] == "true"
+    mlflow.set_tracking_uri(None)

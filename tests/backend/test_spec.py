@@ -1,0 +1,95 @@
+"""Every request the pure builder produces passes botocore's own validation against the service model."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from ade_mlflow_plugin.backend import spec
+from ade_mlflow_plugin.config import CloudTrainingConfig
+from ade_mlflow_plugin.errors import ConfigError
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+BASE = {"role_arn": ROLE, "bucket": "ade-bucket", "region": "eu-west-1"}
+VARIANTS = {
+    "minimal": {},
+    "spot": {"use_spot": True, "max_runtime_s": 3600, "checkpoint_s3_uri": "s3://ade-bucket/ckpt"},
+    "vpc-kms-isolation": {"subnets": ["subnet-0abc"], "security_group_ids": ["sg-0def"],
+                          "volume_kms_key_id": "alias/ade", "output_kms_key_id": "alias/ade",
+                          "enable_network_isolation": True, "enable_inter_container_traffic_encryption": True},
+    "warm-pool-retry-multi": {"keep_alive_period_s": 900, "max_retry_attempts": 3, "instance_count": 2,
+                              "tags": {"team": "ml"}, "environment": {"NCCL_DEBUG": "WARN"}},
+    "local": {"mode": "local"},
+}
+
+
+def _inputs(job_name: str = "ade-test-20261129-000000-abcd") -> spec.JobInputs:
+    return spec.JobInputs(
+        job_name=job_name, entry_point="main", image_uri="763104351884.dkr.ecr.eu-west-1.amazonaws.com/x:2.5",
+        code_uri="s3://ade-bucket/ade-mlflow/code/abc.tar.gz", output_uri="s3://ade-bucket/ade-mlflow/output",
+        checkpoint_uri="s3://ade-bucket/ade-mlflow/checkpoints/j",
+        run=spec.RunInfo("0123abcd", "7", "https://mlflow.example.com"),
+        params={"lr": "0.1", "note": "hello"},
+        channel_params={"data": spec.Channel("data", "s3://ade-bucket/ade-mlflow/data/ff/"),
+                        "config": spec.Channel("config", "s3://ade-bucket/ade-mlflow/data/ee/", "c.yaml")},
+    )
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_request_validates_against_service_model(variant):
+    config = CloudTrainingConfig.from_backend_config({**BASE, **VARIANTS[variant]})
+    request = spec.build_training_job_request(config, _inputs(), "eu-west-1")
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    shape = model.operation_model("CreateTrainingJob").input_shape
+    report = ParamValidator().validate(request, shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_request_carries_what_the_worker_needs():
+    config = CloudTrainingConfig.from_backend_config({**BASE, **VARIANTS["spot"]})
+    request = spec.build_training_job_request(config, _inputs(), "eu-west-1")
+    hp = {k: json.loads(v) for k, v in request["HyperParameters"].items()}
+    assert hp["sagemaker_program"] == "ade_entry.py"
+    assert hp["sagemaker_submit_directory"].endswith("abc.tar.gz")
+    assert hp["ade_entry_point"] == "main"
+    assert json.loads(hp["ade_params"]) == {"lr": "0.1", "note": "hello"}
+    assert json.loads(hp["ade_channel_params"]) == {"data": "data", "config": "config"}
+    assert json.loads(hp["ade_file_params"]) == {"config": "c.yaml"}
+    assert hp["mlflow_run_id"] == "0123abcd" and hp["mlflow_tracking_uri"] == "https://mlflow.example.com"
+    assert request["Environment"]["MLFLOW_RUN_ID"] == "0123abcd"
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    assert request["CheckpointConfig"] == {"S3Uri": "s3://ade-bucket/ade-mlflow/checkpoints/j",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert {c["ChannelName"] for c in request["InputDataConfig"]} == {"data", "config"}
+    assert {"Key": "mlflow.run_id", "Value": "0123abcd"} in request["Tags"]
+    blob = json.dumps(request)
+    assert "testing" not in blob and "SECRET" not in blob.upper()
+
+
+def test_job_names_are_unique_valid_and_bounded():
+    now = datetime(2026, 11, 29, 5, 0, 0, tzinfo=timezone.utc)
+    names = {spec.make_job_name("ade-" + "x" * 80, now) for _ in range(50)}
+    assert len(names) > 40
+    import re
+
+    for name in names:
+        assert len(name) <= 63 and re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", name)
+    assert spec.make_job_name("my_project!", now, "beef") == "my-project-20261129-050000-beef"
+
+
+def test_tracking_uri_with_credentials_is_refused():
+    with pytest.raises(ConfigError, match="user name or password"):
+        spec.check_tracking_uri("https://alice:s3cret@mlflow.example.com")
+    spec.check_tracking_uri("https://mlflow.example.com")
+
+
+def test_overlong_params_are_refused_with_the_fix():
+    inputs = _inputs()
+    inputs = spec.JobInputs(**{**inputs.__dict__, "params": {"note": "x" * 3000}})
+    config = CloudTrainingConfig.from_backend_config(BASE)
+    with pytest.raises(ConfigError, match="path parameter"):
+        spec.build_training_job_request(config, inputs, "eu-west-1")
