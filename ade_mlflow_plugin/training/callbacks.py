@@ -1,0 +1,62 @@
+"""Trainer callbacks: step metrics to MLflow, SIGTERM -> save and stop, complete-checkpoint markers.
+
+The HF MLflowCallback is not used (report_to="none"): it ignores MLFLOW_RUN_ID and opens a run of its own.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ade_mlflow_plugin.training.checkpoints import StopFlag, mark_complete
+
+# Trainer log key -> metric name users see (DESIGN.md).
+STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "epoch": "epoch"}
+
+
+class MetricsCallback(TrainerCallback):
+    """Per-step train_loss, learning_rate, grad_norm, epoch and tokens_per_second into the MetricLogger."""
+
+    def __init__(self, metric_logger: Any) -> None:
+        self.metric_logger = metric_logger
+        self._last_time: float | None = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time, self._last_tokens = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The end-of-training summary also carries "train_loss" (a mean) but no "loss": skip it.
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
+            return
+        metrics = {name: logs[key] for key, name in STEP_METRICS.items() if key in logs}
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        if self._last_time is not None and now > self._last_time and tokens > self._last_tokens:
+            metrics["tokens_per_second"] = (tokens - self._last_tokens) / (now - self._last_time)
+        self._last_time, self._last_tokens = now, tokens
+        self.metric_logger.log(metrics, step=state.global_step)
+
+
+class StopOnSigterm(TrainerCallback):
+    """After the step in progress: save a checkpoint and stop."""
+
+    def __init__(self, flag: StopFlag) -> None:
+        self.flag = flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.flag:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class MarkComplete(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it (and rotated old ones)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                mark_complete(folder)

@@ -1,0 +1,115 @@
+"""Base model and tokenizer from a hub id or a local folder, optional 4/8-bit loading, LoRA on top."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.training.config import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+def device_and_dtype() -> tuple[str, Any]:
+    """cuda with bf16 where the GPU has it (fp16 otherwise), else cpu with fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return "cpu", torch.float32
+
+
+def check_quantization(quantization: str) -> None:
+    """Fail early, naming the option, when the quantization library is missing."""
+    if quantization == "none":
+        return
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"quantization={quantization} needs bitsandbytes, which is not installed: "
+                          "pip install bitsandbytes, or pass quantization=none")
+
+
+def quantization_config(quantization: str, dtype: Any) -> Any:
+    """bitsandbytes settings: QLoRA's NF4 with double quantisation, or LLM.int8()."""
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def local_model_dir(base_model: str) -> Path | None:
+    """The folder holding the base model: the path itself, or the hub cache snapshot of a hub id."""
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(base_model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or not a valid id): the caller decides
+        return None
+
+
+def load_tokenizer(base_model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"base_model '{base_model}' could not be loaded ({type(exc).__name__}): pass a hub id "
+                          "such as deepseek-ai/deepseek-coder-1.3b-instruct or a folder with config.json") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding only fills masked-out slots
+    return tokenizer
+
+
+def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    check_quantization(config.quantization)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    quant = quantization_config(config.quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"base_model '{config.base_model}' could not be loaded: {str(exc).splitlines()[0][:200]}; "
+                          "pass a hub id or a folder with config.json and weights") from None
+    if quant is None:
+        model.to(device)
+    # Training never reuses a KV cache, and with one transformers skips packed-sequence masking.
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(model: Any, config: TrainingConfig) -> Any:
+    """Wrap the model with a LoRA adapter (all linear projections but the LM head by default)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_module_list, task_type="CAUSAL_LM", bias="none")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ConfigError(f"target_modules '{config.target_modules}' does not match the model's layers "
+                          f"({str(exc).splitlines()[0][:160]}): pass all-linear or names such as q_proj,v_proj") from None
+
+
+def load_for_training(config: TrainingConfig) -> tuple[Any, Any, str]:
+    """(peft model, tokenizer, device) ready for the Trainer."""
+    device, dtype = device_and_dtype()
+    tokenizer = load_tokenizer(config.base_model)
+    model = load_base_model(config, device, dtype)
+    return add_lora(model, config), tokenizer, device

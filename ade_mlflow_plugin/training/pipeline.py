@@ -1,0 +1,203 @@
+"""The job's work, end to end: data -> LoRA training -> eval -> logged model -> registered version.
+
+`run_main` (MLproject `main`) mines the codebase first; `run_train` (`train`) reads a prepared dataset;
+`run_evaluate` (`evaluate`) scores a logged model. All attach to the run in MLFLOW_RUN_ID and only
+rank 0 talks to MLflow.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.training.checkpoints import SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, latest_checkpoint
+from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, attach_run, is_main_process,
+                                                 log_params_once, logged_steps)
+
+logger = logging.getLogger(__name__)
+METRIC_KEYS = ["train_loss", "learning_rate", "grad_norm", "epoch", "tokens_per_second", "eval_loss",
+               "perplexity", "exact_match"]
+
+
+class Stopped(SystemExit):
+    """SIGTERM: a checkpoint is saved; the entry exits 143."""
+
+    def __init__(self) -> None:
+        super().__init__(SIGTERM_EXIT_CODE)
+
+
+@dataclass
+class Outcome:
+    run_id: str | None
+    global_step: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    version: str | None = None
+
+
+class Session:
+    """The MLflow run (rank 0), the metric sink and the stop flag for one entry invocation."""
+
+    def __init__(self, config: TrainingConfig) -> None:
+        self.config = config
+        self.stop = StopFlag().install()
+        self.main = is_main_process()
+        self.run = None
+        self.metrics: Any = NullLogger()
+        if self.main:
+            from mlflow import MlflowClient
+
+            self.run = attach_run()
+            client = MlflowClient()
+            log_params_once(client, self.run.info.run_id, config.to_params())
+            self.metrics = MetricLogger(client, self.run.info.run_id,
+                                        logged_steps(client, self.run.info.run_id, METRIC_KEYS))
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.info.run_id if self.run else None
+
+    def close(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        if not self.metrics.close(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300"))):
+            logger.error("some metrics could not reach the tracking server before exit")
+        if self.run is not None:
+            mlflow.end_run(status)
+
+
+def run_main(config: TrainingConfig) -> Outcome:
+    """MLproject `main`: codebase -> dataset -> train -> eval -> log model -> register."""
+    from ade_mlflow_plugin.training.model import check_quantization, load_tokenizer
+
+    if not config.codebase:
+        raise ConfigError("parameter 'codebase' is required: pass the folder of code to train on")
+    check_quantization(config.quantization)
+    return _run(config, lambda session: _mine(config, load_tokenizer(config.base_model), session))
+
+
+def run_train(config: TrainingConfig) -> Outcome:
+    """MLproject `train`: a prepared dataset (from `prepare_data`) -> train -> eval -> log -> register."""
+    from ade_mlflow_plugin.dataset import load_prepared
+    from ade_mlflow_plugin.training.model import check_quantization
+
+    if not config.dataset:
+        raise ConfigError("parameter 'dataset' is required: pass the folder `ade-mlflow prepare-data` wrote")
+    check_quantization(config.quantization)
+    return _run(config, lambda session: load_prepared(config.dataset))
+
+
+def _mine(config: TrainingConfig, tokenizer: Any, session: Session) -> Any:
+    from ade_mlflow_plugin.dataset import build_dataset
+
+    return build_dataset(config.codebase, None, num_examples=config.num_examples,
+                         synthetic_ratio=config.synthetic_ratio, eval_fraction=config.eval_fraction,
+                         seed=config.seed, tokenizer=tokenizer, max_tokens=config.max_seq_len,
+                         log_to_mlflow=session.main, progress=False)
+
+
+def _run(config: TrainingConfig, get_data) -> Outcome:
+    session = Session(config)
+    try:
+        outcome = _train_and_log(config, session, get_data(session))
+    except SystemExit as exc:  # SIGTERM (Stopped, or the handler itself before training began)
+        session.close("KILLED" if exc.code == SIGTERM_EXIT_CODE else "FAILED")
+        raise
+    except BaseException:
+        session.close("FAILED")
+        raise
+    session.close("FINISHED")
+    return outcome
+
+
+def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> Outcome:
+    from ade_mlflow_plugin.training import evaluation
+    from ade_mlflow_plugin.training.model import load_for_training, local_model_dir
+    from ade_mlflow_plugin.training.packing import build_rows
+    from ade_mlflow_plugin.training.trainer import train
+
+    model, tokenizer, device = load_for_training(config)
+    train_split = prepared.dataset["train"].shuffle(seed=config.seed)
+    rows, stats = build_rows(tokenizer, train_split, config.max_seq_len, config.packing)
+    if not rows:
+        raise ConfigError(f"no training example fits max_seq_len={config.max_seq_len} "
+                          f"({stats.dropped_too_long} too long): raise max_seq_len")
+    eval_split = prepared.dataset["eval"]
+    eval_rows, _ = build_rows(tokenizer, eval_split, config.max_seq_len, config.packing)
+    samples = [eval_split[i] for i in range(min(config.eval_samples, len(eval_split)))]
+    logger.info("train: %d examples in %d rows (%.0f%% full), %d completion tokens; eval: %d rows",
+                stats.examples, stats.rows, 100 * stats.fill, stats.completion_tokens, len(eval_rows))
+    out_dir = checkpoint_dir()
+    if latest_checkpoint(out_dir) is None and session.main:
+        before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
+        session.metrics.log(before, step=0)
+    state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
+                           metric_logger=session.metrics, stop=session.stop)
+    if stopped:
+        logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
+        raise Stopped()
+    outcome = Outcome(session.run_id, state.global_step)
+    if not session.main:
+        return outcome
+    outcome.metrics = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
+    session.metrics.log(outcome.metrics, step=state.global_step)
+    _publish(config, session, model, tokenizer, prepared, outcome, local_model_dir(config.base_model))
+    return outcome
+
+
+def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: Any, prepared: Any,
+             outcome: Outcome, base_dir: Path | None) -> None:
+    """Model files to SM_MODEL_DIR, the model into the run, a registered version."""
+    import mlflow
+
+    from ade_mlflow_plugin.training import modelio
+
+    final = model
+    if config.merge_adapter:
+        final = modelio.merged_model(modelio.adapter_snapshot(model), config.base_model)
+    if os.environ.get("SM_MODEL_DIR"):
+        modelio.save_files(final, tokenizer, Path(os.environ["SM_MODEL_DIR"]))
+    info = modelio.log_model(final, tokenizer, base_dir=base_dir, merge=config.merge_adapter,
+                             quantized=config.quantization != "none", max_new_tokens=config.max_new_tokens)
+    outcome.model_uri = info.model_uri
+    mlflow.set_tag("ade.base_model", config.base_model)
+    if config.registered_model_name:
+        tags = modelio.version_tags(base_model=config.base_model, digest=getattr(prepared, "digest", None),
+                                    commit=modelio.git_commit(session.run.data.tags if session.run else {}),
+                                    metrics=outcome.metrics)
+        version = modelio.register(info.model_uri, config.registered_model_name, tags)
+        outcome.version = str(version.version)
+
+
+def run_evaluate(model_uri: str, dataset: str, max_new_tokens: int, num_samples: int,
+                 max_seq_len: int = 2048) -> dict[str, float]:
+    """MLproject `evaluate`: eval_loss, perplexity and exact_match of a logged model on a prepared dataset."""
+    import mlflow
+
+    from ade_mlflow_plugin.dataset import load_prepared
+    from ade_mlflow_plugin.training import evaluation
+    from ade_mlflow_plugin.training.packing import build_rows
+
+    prepared = load_prepared(dataset)
+    try:
+        parts = mlflow.transformers.load_model(model_uri, return_type="components")
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConfigError(f"model_uri '{model_uri}' could not be loaded ({exc.message.splitlines()[0][:200]}): "
+                          "pass runs:/<run_id>/model or models:/<name>/<version>") from None
+    model, tokenizer = parts["model"], parts["tokenizer"]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    split = prepared.dataset["eval"]
+    rows, _ = build_rows(tokenizer, split, max_seq_len)
+    samples = [split[i] for i in range(min(num_samples, len(split)))]
+    metrics = evaluation.eval_metrics(model, tokenizer, rows, samples, max_new_tokens)
+    if is_main_process():
+        with attach_run(system_metrics=False) as run:
+            mlflow.log_metrics(metrics)
+            log_params_once(mlflow.MlflowClient(), run.info.run_id,
+                            {"model_uri": model_uri, "num_samples": str(num_samples)})
+    return metrics

@@ -1,0 +1,169 @@
+"""MLflow side of training: attach to the launcher's run and log metrics without ever blocking a step.
+
+MLflow's own async logging drops a batch when the server does not answer, so metrics go through
+MetricLogger instead: the training loop only appends to a queue; one thread sends batches with
+log_batch and, when the tracking server is down, keeps the batch and retries with backoff until it
+answers. Steps already in the run (a resumed job) are skipped so that no step is logged twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+logger = logging.getLogger(__name__)
+BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
+MAX_BACKOFF_S = 10.0
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun at all): the only process that talks to MLflow."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class MetricLogger:
+    """Non-blocking, retrying metric sink for one run."""
+
+    def __init__(self, client: Any, run_id: str, logged_steps: dict[str, int] | None = None,
+                 retry_for_s: float = 3600.0) -> None:
+        self.client, self.run_id = client, run_id
+        self._last_step = dict(logged_steps or {})
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._retry_for_s = retry_for_s
+        self._inflight = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="ade-metric-logger", daemon=True)
+        self._thread.start()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Queue metrics for `step`; keys already logged at this step or later are left out."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            if value is None or step <= self._last_step.get(key, -1):
+                continue
+            self._last_step[key] = step
+            items.append(Metric(key=key, value=float(value), timestamp=now, step=int(step)))
+        if items:
+            with self._cond:
+                self._queue.extend(items)
+                self._cond.notify()
+
+    def _take(self) -> list:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait(timeout=1.0)
+            batch = [self._queue.popleft() for _ in range(min(BATCH_LIMIT, len(self._queue)))]
+            self._inflight = len(batch)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            self._send(batch)
+            with self._cond:
+                self._inflight = 0
+                self._cond.notify_all()
+
+    def _send(self, batch: list) -> None:
+        backoff, deadline = 0.5, time.monotonic() + self._retry_for_s
+        while True:
+            try:
+                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                return
+            except Exception as exc:  # noqa: BLE001 - any transport error: keep the batch and retry
+                self.failures += 1
+                if time.monotonic() > deadline:
+                    logger.error("dropping %d metrics after %.0f s of failed logging: %s",
+                                 len(batch), self._retry_for_s, exc)
+                    return
+                if self.failures == 1 or self.failures % 20 == 0:
+                    logger.warning("tracking server unreachable (%s); keeping %d metrics and retrying",
+                                   type(exc).__name__, len(batch))
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._inflight
+
+    def flush(self, timeout: float = 120.0) -> bool:
+        """Wait until everything queued has reached the server; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self._queue or self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(timeout=min(left, 0.5))
+        return True
+
+    def close(self, timeout: float = 120.0) -> bool:
+        done = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=1.0)
+        return done
+
+
+class NullLogger:
+    """What non-zero ranks get: logging is rank 0's job."""
+
+    failures = 0
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def pending(self) -> int:
+        return 0
+
+
+def logged_steps(client: Any, run_id: str, keys: list[str]) -> dict[str, int]:
+    """Highest step already logged for each key (a resumed job continues after it)."""
+    steps = {}
+    for key in keys:
+        history = client.get_metric_history(run_id, key)
+        if history:
+            steps[key] = max(m.step for m in history)
+    return steps
+
+
+def log_params_once(client: Any, run_id: str, params: dict[str, str]) -> dict[str, str]:
+    """Log params the run does not have yet (the launcher may have logged the MLproject ones as given)."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    new = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
+    items = [Param(k, v) for k, v in sorted(new.items())]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+    return new
+
+
+def attach_run(system_metrics: bool = True):
+    """The launcher's run (MLFLOW_RUN_ID) as the active run; a new run only when started standalone."""
+    import mlflow
+
+    run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(float(os.environ.get("ADE_SYSTEM_METRICS_INTERVAL_S", "10")))
+    return mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
