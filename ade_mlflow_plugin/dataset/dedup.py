@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 
 from ade_mlflow_plugin.dataset.mine import MinedFile
-from ade_mlflow_plugin.dataset.minhash import EMPTY, NUM_PERM, normalise
+from ade_mlflow_plugin.dataset.minhash import EMPTY, NUM_PERM
 
 DEFAULT_THRESHOLD = 0.85
 
@@ -54,7 +54,7 @@ def dedup_units(files: list[MinedFile], threshold: float = DEFAULT_THRESHOLD) ->
         return kept, drops
     seen: set[bytes] = set()
     for fi, ui in flat:
-        digest = hashlib.blake2b(normalise(files[fi].units[ui].raw).encode(), digest_size=16).digest()
+        digest = files[fi].unit_keys[ui]
         if digest in seen:
             kept[fi][ui] = False
             drops["duplicate_exact"] += 1
@@ -91,7 +91,7 @@ def drop_repeating_chunks(files: list[MinedFile], kept: list[list[bool]]) -> Cou
         dup_spans = [(u.doc_start_line, u.end_line) for u, k in zip(mf.units, kept[fi]) if not k]
         chunks = []
         for chunk in mf.chunks:
-            digest = hashlib.blake2b(normalise(chunk.text).encode(), digest_size=16).digest()
+            digest = hashlib.blake2b("".join(chunk.text.split()).encode(), digest_size=16).digest()
             first = chunk.start_line - chunk.context.count("\n")
             if digest in seen:
                 drops["duplicate_exact"] += 1

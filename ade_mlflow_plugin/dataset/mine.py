@@ -13,7 +13,7 @@ import numpy as np
 
 from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS, parser_for
 from ade_mlflow_plugin.dataset.licence import strip_licence_header
-from ade_mlflow_plugin.dataset.minhash import sketch_batch
+from ade_mlflow_plugin.dataset.minhash import sketch_spans
 from ade_mlflow_plugin.dataset.secrets import secret_rows
 from ade_mlflow_plugin.dataset.units import CodeUnit, extract_units
 from ade_mlflow_plugin.dataset.walk import SourceFile, content_skip_reason
@@ -45,7 +45,8 @@ class MinedFile:
     language: str
     lines: int = 0
     units: list[CodeUnit] = field(default_factory=list)
-    sketches: np.ndarray | None = None
+    sketches: np.ndarray | None = None  # (units, NUM_PERM) MinHash values
+    unit_keys: list[bytes] = field(default_factory=list)  # exact-duplicate keys, one per unit
     chunks: list[Chunk] = field(default_factory=list)
     drops: Counter = field(default_factory=Counter)
     skipped: str | None = None  # reason the whole file was skipped
@@ -90,9 +91,15 @@ def mine_file(source: SourceFile, options: MineOptions = MineOptions()) -> Mined
     mined.chunks = _chunks(lines, secrets, options, mined.drops)
     clock, now = now, time.perf_counter()
     mined.timings["extract"] += now - clock
-    mined.sketches = sketch_batch([u.raw for u in mined.units])
+    mined.sketches, mined.unit_keys = sketch_spans(src, _byte_spans(src, mined.units))
     mined.timings["sketch"] += time.perf_counter() - now
     return mined
+
+
+def _byte_spans(src: bytes, units: list[CodeUnit]) -> list[tuple[int, int]]:
+    """[start, end) byte offsets of each unit's whole lines."""
+    line_starts = np.concatenate([[0], np.nonzero(np.frombuffer(src, dtype=np.uint8) == 10)[0] + 1, [len(src) + 1]])
+    return [(int(line_starts[u.start_line - 1]), int(line_starts[u.end_line]) - 1) for u in units]
 
 
 def _touches(rows: set[int], first: int, last: int) -> bool:

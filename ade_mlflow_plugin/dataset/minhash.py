@@ -3,11 +3,12 @@
 datasketch hashes one set per call (~30 us per unit with its LSH); a codebase has tens of thousands of
 units, so the sketches of a whole file are computed in one vectorised pass here, using datasketch's own
 permutations and its "affine32" scheme (tests check the values equal datasketch's update_batch).
-Shingles are 8-byte windows of whitespace-normalised text; only those whose hash is 0 mod SAMPLE_MOD
-are kept, a content-defined sample, so two copies of the same code keep the same shingles.
+Shingles are 8-byte windows of the text with whitespace removed; only those whose hash is 0 mod
+SAMPLE_MOD are kept, a content-defined sample, so two copies of the same code keep the same shingles.
 """
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import numpy as np
@@ -60,26 +61,41 @@ def shingle_hashes(buf: np.ndarray) -> np.ndarray:
     return ((words * _MIX) >> np.uint64(32)).astype(np.uint32)
 
 
-def sketch_batch(texts: list[str]) -> np.ndarray:
-    """(len(texts), NUM_PERM) uint32 MinHash values; a row of EMPTY where a text kept no shingle."""
-    out = np.full((len(texts), NUM_PERM), EMPTY, dtype=np.uint32)
-    if not texts:
-        return out
-    encoded = [normalise(t).encode("utf-8") for t in texts]
-    starts = np.cumsum([0] + [len(e) for e in encoded[:-1]])
-    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    hashes = shingle_hashes(buf)
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
+
+
+def sketch_spans(src: bytes, spans: list[tuple[int, int]]) -> tuple[np.ndarray, list[bytes]]:
+    """MinHash values and exact-duplicate keys of byte ranges [start, end) of one file.
+
+    Whitespace is removed before shingling, so reindented or reflowed copies shingle alike. The file is
+    shingled and permuted once; a unit's sketch is the minimum over the windows inside its range, so a
+    class and the methods inside it share the work.
+    """
+    out = np.full((len(spans), NUM_PERM), EMPTY, dtype=np.uint32)
+    buf = np.frombuffer(src, dtype=np.uint8)
+    keep = ~_WHITESPACE[buf]
+    compact = buf[keep]
+    # position in `compact` of each original byte (or of the next kept byte), plus one past the end
+    index = np.concatenate([np.cumsum(keep) - keep, [len(compact)]])
+    starts = index[[s for s, _ in spans]] if spans else np.zeros(0, dtype=np.int64)
+    ends = index[[e for _, e in spans]] if spans else np.zeros(0, dtype=np.int64)
+    raw = compact.tobytes()
+    keys = [hashlib.blake2b(raw[s:e], digest_size=16).digest() for s, e in zip(starts.tolist(), ends.tolist())]
+    hashes = shingle_hashes(compact)
     positions = np.nonzero(hashes % SAMPLE_MOD == 0)[0]
-    if len(positions) == 0:
-        return out
-    owner = np.searchsorted(starts, positions, side="right") - 1
-    ends = starts + np.array([len(e) for e in encoded])
-    inside = positions + SHINGLE_BYTES <= ends[owner]  # drop windows that straddle two texts
-    positions, owner = positions[inside], owner[inside]
-    if len(positions) == 0:
-        return out
+    if len(positions) == 0 or not spans:
+        return out, keys
     a, b = permutations()
     permuted = fmix32(hashes[positions])[:, None] * a[None, :] + b[None, :]
-    segment_starts = np.nonzero(np.r_[True, owner[1:] != owner[:-1]])[0]
-    out[owner[segment_starts]] = np.minimum.reduceat(permuted, segment_starts, axis=0)
-    return out
+    lo = np.searchsorted(positions, starts, side="left")
+    hi = np.searchsorted(positions, ends - SHINGLE_BYTES, side="right")
+    for i in np.nonzero(hi > lo)[0].tolist():
+        out[i] = permuted[lo[i]:hi[i]].min(axis=0)
+    return out, keys
+
+
+def sketch_batch(texts: list[str]) -> np.ndarray:
+    """Sketches of whole texts (one row each), as sketch_spans computes them."""
+    rows = [sketch_spans(t.encode("utf-8"), [(0, len(t.encode("utf-8")))])[0] for t in texts]
+    return np.concatenate(rows, axis=0) if rows else np.zeros((0, NUM_PERM), dtype=np.uint32)

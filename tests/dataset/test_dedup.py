@@ -42,7 +42,7 @@ def test_sketches_equal_datasketch_update_batch():
     a, b = MinHash(num_perm=minhash.NUM_PERM, seed=minhash.SEED).permutations
     assert np.array_equal(minhash.permutations()[0], a) and np.array_equal(minhash.permutations()[1], b)
     for text, row in zip(texts, batch):
-        hashes = minhash.shingle_hashes(np.frombuffer(minhash.normalise(text).encode(), np.uint8))
+        hashes = minhash.shingle_hashes(np.frombuffer("".join(text.split()).encode(), np.uint8))
         sampled = [int(h) for h in hashes if h % minhash.SAMPLE_MOD == 0]
         reference = MinHash(num_perm=minhash.NUM_PERM, seed=minhash.SEED, hashfunc=lambda v: v)
         if sampled:
@@ -55,6 +55,16 @@ def test_band_parameters_are_datasketch_choice():
     assert dedup.band_params(dedup.DEFAULT_THRESHOLD) == (lsh.b, lsh.r)
     other = MinHashLSH(threshold=0.7, num_perm=minhash.NUM_PERM)
     assert dedup.band_params(0.7) == (other.b, other.r)
+
+
+def test_spans_share_one_pass_and_match_whole_texts():
+    src = b"class A:\n    def f(self):\n        return 1 + 2 + 3 + 4\n\n    def g(self):\n        return 5\n"
+    spans = [(0, len(src)), (13, 58)]
+    sketches, keys = minhash.sketch_spans(src, spans)
+    assert np.array_equal(sketches, minhash.sketch_batch([src.decode(), src[13:58].decode()]))
+    reindented = b"def f(self):\n  return 1+2+3+4"
+    again, again_keys = minhash.sketch_spans(reindented, [(0, len(reindented))])
+    assert again_keys[0] == keys[1] and np.array_equal(again[0], sketches[1])
 
 
 def test_near_duplicate_estimate_tracks_jaccard():
