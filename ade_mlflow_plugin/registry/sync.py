@@ -128,12 +128,18 @@ class ModelSyncManager:
     def _download_verified(self, mv: ModelVersion, dst: Path) -> dict[str, dict[str, Any]]:
         # One ModelsArtifactRepository serves the listing and the download: this is what
         # mlflow.artifacts.download_artifacts("models:/NAME/N") runs, without resolving the URI twice.
-        repo = get_artifact_repository(f"models:/{mv.name}/{mv.version}",
-                                       tracking_uri=self.config.tracking_uri,
+        uri = f"models:/{mv.name}/{mv.version}"
+        repo = get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
                                        registry_uri=self.config.tracking_uri)
-        expected = _remote_listing(repo, f"models:/{mv.name}/{mv.version}")
         dst.mkdir(parents=True)
-        repo.download_artifacts("", str(dst))
+        # MLflow keeps each download inside dst itself, so our own listing (to check paths, names and
+        # sizes) can run alongside the download; nothing is installed unless both agree.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            listing = pool.submit(_remote_listing, repo, uri)
+            try:
+                repo.download_artifacts("", str(dst))
+            finally:
+                expected = listing.result()
         files = st.checksum_tree(dst)
         _verify_against_listing(files, expected, f"{mv.name}/{mv.version}")
         return files

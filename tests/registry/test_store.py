@@ -93,3 +93,17 @@ def test_registry_config_defaults_and_validation(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown registry config key\\(s\\) rot; valid keys"):
         ModelRegistryConfig.from_dict({"rot": "/x"})
     assert ModelRegistryConfig.from_dict({"root": str(tmp_path), "keep_versions": 5}).keep_versions == 5
+
+
+def test_listing_with_an_escaping_path_is_refused_before_install():
+    from mlflow.entities import FileInfo
+
+    from ade_mlflow_plugin.registry.sync import _remote_listing
+
+    class MaliciousListing:  # what a compromised artifact server could answer
+        def list_artifacts(self, path=None):  # noqa: ANN001, ANN201
+            return {None: [FileInfo("MLmodel", False, 10), FileInfo("sub", True, None)],
+                    "sub": [FileInfo("sub/../../../etc/cron.d/x", False, 5)]}[path]
+
+    with pytest.raises(AdeError, match="would leave the ADE storage root"):
+        _remote_listing(MaliciousListing(), "models:/m/1")
