@@ -229,6 +229,8 @@ class AdeSageMakerBackend(AbstractBackend):
         }
         if config.mode == "sagemaker":
             tags["sagemaker.console_url"] = spec.console_url(region, submission.job_name)
+        else:
+            tags["ade.local_log"] = str(job.log_path)
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         client.log_dict(run_id, submission.request, "sagemaker/create_training_job.json")
