@@ -170,3 +170,20 @@ def test_sync_cli_reports_bytes(make_version, model_name, root, capsys):
     assert code == 0 and "downloaded" in out and "(downloaded 0 bytes)" not in out
     code, out, _ = run_cli(["sync", f"{model_name}/{version}", "--root", str(root)], capsys)
     assert code == 0 and "(downloaded 0 bytes)" in out
+
+
+def test_before_sync_hook_can_abort_and_nothing_is_written(make_version, model_name, root):
+    from ade_mlflow_plugin import hookimpl
+
+    class Veto:
+        @hookimpl
+        def ade_before_sync(self, name, version, destination):  # noqa: ANN001
+            raise RuntimeError(f"not syncing {name} into {destination.name}")
+
+    version = make_version(model_name)
+    manager = _manager(root)
+    register_plugin(manager.pm, Veto(), "veto")
+    with pytest.raises(RuntimeError, match=f"not syncing {model_name} into {model_name}-v{version}"):
+        manager.sync(model_name, version)
+    assert not (root / "registry").exists() or not any((root / "registry").iterdir())
+    assert not (root / "providers.json").exists()
