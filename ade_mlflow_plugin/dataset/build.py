@@ -101,7 +101,10 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     dataset = _to_dataset_dict(columns)
     digest = compute_digest(columns)
     timer.lap("split_build")
-    stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic,
+    count = select.TokenCounter(tokenizer)
+    tokens = {"train": select.token_totals(train, count, seed), "eval": select.token_totals(evals, count, seed)}
+    timer.lap("token_stats")
+    stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, tokens,
                    num_examples=num_examples, ratio=float(synthetic_ratio), eval_fraction=float(eval_fraction),
                    seed=seed, tokenizer=tokenizer, max_tokens=max_tokens, digest=digest)
     if stats["examples"]["shortfall"]:
@@ -141,7 +144,7 @@ def _worker_timings(files: list[MinedFile]) -> dict[str, float]:
 
 
 def _columns(rows: list) -> dict[str, list[str]]:
-    return {c: [getattr(r[0], c) for r in rows] for c in examples.COLUMNS}
+    return {c: [getattr(r, c) for r in rows] for c in examples.COLUMNS}
 
 
 def _to_dataset_dict(columns: dict[str, dict[str, list[str]]]):
@@ -162,18 +165,18 @@ def compute_digest(columns: dict[str, dict[str, list[str]]]) -> str:
     return sha.hexdigest()[:DIGEST_CHARS]
 
 
-def _split_stats(rows: list) -> dict:
+def _split_stats(rows: list, tokens: dict) -> dict:
     return {
         "examples": len(rows),
-        "files": len({r[0].path for r in rows}),
-        "by_source": dict(sorted(Counter(r[0].source for r in rows).items())),
-        "by_task": dict(sorted(Counter(r[0].task for r in rows).items())),
-        "by_language": dict(sorted(Counter(r[0].language for r in rows).items())),
-        "tokens": {"prompt": sum(r[1] for r in rows), "completion": sum(r[2] for r in rows)},
+        "files": len({r.path for r in rows}),
+        "by_source": dict(sorted(Counter(r.source for r in rows).items())),
+        "by_task": dict(sorted(Counter(r.task for r in rows).items())),
+        "by_language": dict(sorted(Counter(r.language for r in rows).items())),
+        "tokens": tokens,
     }
 
 
-def _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, *, num_examples,
+def _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, tokens, *, num_examples,
            ratio, eval_fraction, seed, tokenizer, max_tokens, digest) -> dict:
     total = len(rows)
     shortfall = None
@@ -196,9 +199,9 @@ def _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synt
                   "kept": sum(sum(k) for k in kept), "by_language": dict(sorted(units_by_language.items()))},
         "drops": dict(sorted(drops.items())),
         "examples": {"available": {"mined": len(mined), "synthetic": len(synthetic)}, "total": total,
-                     "mined": sum(1 for r in rows if r[0].source == "mined"),
-                     "synthetic": sum(1 for r in rows if r[0].source == "synthetic"), "shortfall": shortfall},
-        "splits": {"train": _split_stats(train), "eval": _split_stats(evals)},
+                     "mined": sum(1 for r in rows if r.source == "mined"),
+                     "synthetic": sum(1 for r in rows if r.source == "synthetic"), "shortfall": shortfall},
+        "splits": {"train": _split_stats(train, tokens["train"]), "eval": _split_stats(evals, tokens["eval"])},
         "digest": digest,
     }
 

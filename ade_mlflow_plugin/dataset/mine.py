@@ -5,6 +5,8 @@ plain, picklable data.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -124,18 +126,19 @@ def _keep_units(units: list[CodeUnit], secrets: set[int], options: MineOptions, 
 
 
 def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Counter) -> list[Chunk]:
+    nonblank = list(itertools.accumulate((1 if ln.strip() else 0 for ln in lines), initial=0))
     first = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
+    secret_rows = sorted(secrets)
     chunks = []
     for start in range(first + options.chunk_lines, len(lines), options.chunk_lines):
         end = min(start + options.chunk_lines, len(lines))
-        body = lines[start:end]
-        if sum(1 for ln in body if ln.strip()) < options.min_chunk_nonblank:
+        if nonblank[end] - nonblank[start] < options.min_chunk_nonblank:
             continue
         ctx_start = max(first, start - options.context_lines)
-        if _touches(secrets, ctx_start, end - 1):
+        if secret_rows and bisect.bisect_left(secret_rows, ctx_start) < bisect.bisect_left(secret_rows, end):
             drops["chunk_secret"] += 1
             continue
         context = "\n".join(lines[ctx_start:start]).strip("\n")
         if context.strip():
-            chunks.append(Chunk(start + 1, end, context + "\n", "\n".join(body).rstrip() + "\n"))
+            chunks.append(Chunk(start + 1, end, context + "\n", "\n".join(lines[start:end]).rstrip() + "\n"))
     return chunks

@@ -16,7 +16,7 @@ import numpy as np
 NUM_PERM = 64
 SEED = 1
 SHINGLE_BYTES = 8
-SAMPLE_MOD = 4
+SAMPLE_MOD = 8
 EMPTY = np.uint32(0xFFFFFFFF)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: 64-bit window -> well-spread 32 bits
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))

@@ -23,28 +23,41 @@ _LITERALS = (
     "-----begin", "putty-user-key", "ssh-rsa", "ssh-dss", "ssh-ed25519", "akia", "asia", "abia", "acca",
     "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "gldt-", "glptt-", "glrt-", "glsoat-", "glcbt-",
     "glimt-", "glagent-", "gloas-", "glft-", "xox", "hooks.slack.com", "k_live", "sq0csp", "sq0atp",
-    "sg.", "eyj", "pypi-ag", "npm_", "akc", "t3blbkfj", "bearer",
+    "sg.", "eyj", "pypi-ag", "npm_", "akc", "t3blbkfj", "bearer", "cloudant",
 )
-# Literals too common to take alone: an occurrence counts when this pattern matches around it.
+# Keywords too common to take alone: an occurrence counts when its pattern matches around it, or when a
+# long key-like value follows on its line (IBM Cloud IAM, IBM COS and SoftLayer accept any key/pass/token
+# name followed by a 40-64 character value).
 _CHECKED = {
     "key": re.compile(r"(?:api|auth|service|account|db|database|priv|private|client|access|secret|signing"
                       r"|encryption)[_-]?key|key[_-]?pass"),
-    "://": re.compile(r"://[^\s/:@'\"]+:[^\s/@'\"]+@"),
+    "pass": re.compile(r"(?:db|database|key)[_-]?pass"),
     "token": re.compile(r"token\s*[=:]"),
-    "cl": re.compile(r"cl(?:oudant|ou)?[_-]?(?:api)?(?:key|pwd|pw|password|pass|token)"),
 }
-_CHECK_BEFORE = 16  # characters before the literal the check pattern may start at
-# Literals matched case-sensitively with a check (Artifactory passwords: AP + hex digit + 8 more).
-_CHECKED_EXACT = {"AP": re.compile(r"(?:\s|=|:|\"|^)AP[\dABCDEF][a-zA-Z0-9]{8,}(?:\s|\"|$)", re.MULTILINE)}
-# Quoted strings detect-secrets' entropy plugins examine (whole string in their charset); only those
-# above the plugins' entropy limits (base64 4.5, hex 3.0) can fire, and 4.5 bits needs 23+ characters.
-_QUOTED_B64 = re.compile(r"""(["'])([A-Za-z0-9+/=_\-]{23,})\1""")
-_QUOTED_HEX = re.compile(r"""(["'])([0-9a-fA-F]{9,})\1""")
-_B64_LIMIT, _HEX_LIMIT = 4.5, 3.0
-# Unquoted runs the fixed-format plugins match (Twilio, Mailchimp, Telegram, Discord, IBM, SoftLayer:
-# all 24+ characters of random letters and digits).
-_LONG_RUN = re.compile(r"[A-Za-z0-9+/=_\-]{24,}")
-_HAS_DIGIT = re.compile(r"\d")
+_CHECK_BEFORE = 16  # characters before the keyword its pattern may start at
+_CHECK_AFTER = 200  # characters after it searched for a long value
+_LONG_VALUE = re.compile(r"[a-z0-9_\-]{40,}")
+# Patterns that start with a literal, which Python's re scans for quickly. On lower-cased text: URLs with
+# a password (Basic Auth, Cloudant), Cloudant keywords, Mailchimp's "-us<N>" suffix, SoftLayer's API URL.
+_PREFIXED_LOW = (
+    re.compile(r"://[^\s/:@'\"]+:[^\s/@'\"]+@"),
+    re.compile(r"cl(?:oudant|ou)?[_-]?(?:api)?(?:key|pwd|pw|password|pass|token)"),
+    re.compile(r"-us\d"),
+    re.compile(r"softlayer"),
+)
+# On the original text: Twilio (AC/SK + 32), Telegram (digits:35), Discord (.6.27), Artifactory (AP...).
+_PREFIXED = (
+    re.compile(r"AC[a-z0-9]{32}"),
+    re.compile(r"SK[a-z0-9]{32}"),
+    re.compile(r":[0-9A-Za-z_-]{35}"),
+    re.compile(r"\.[a-zA-Z\d_-]{6}\.[a-zA-Z\d_-]{27}"),
+    re.compile(r"AP[\dABCDEF][a-zA-Z0-9]{8}"),
+)
+# Quoted strings detect-secrets' entropy plugins examine (the whole string in their charset); only those
+# above the plugins' entropy limits can fire: base64 4.5 bits (needs 23+ characters), hex 3.0 bits.
+_QUOTED = re.compile(r"""(["'])([A-Za-z0-9+/=_\-]{9,})\1""")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_B64_LIMIT, _HEX_LIMIT, _B64_MIN = 4.5, 3.0, 23
 _KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 _-]*PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File")
 _KEY_END = re.compile(r"-----END[A-Z0-9 _-]*PRIVATE KEY(?: BLOCK)?-----|Private-MAC:")
 #: How far a private key block without an END marker is assumed to reach.
@@ -76,15 +89,23 @@ def _literal_offsets(low: str) -> list[int]:
     offsets = []
     for literal in _LITERALS:
         offsets += _find_all(low, literal)
-    return offsets + _checked_offsets(low, _CHECKED)
-
-
-def _checked_offsets(text: str, checked: dict[str, re.Pattern]) -> list[int]:
-    offsets = []
-    for literal, pattern in checked.items():
-        for pos in _find_all(text, literal):
-            if pattern.search(text, max(0, pos - _CHECK_BEFORE), pos + 80):
+    for keyword, pattern in _CHECKED.items():
+        for pos in _find_all(low, keyword):
+            if pattern.search(low, max(0, pos - _CHECK_BEFORE), pos + 40) or \
+                    _LONG_VALUE.search(low, pos, pos + _CHECK_AFTER):
                 offsets.append(pos)
+    for pattern in _PREFIXED_LOW:
+        offsets += [m.start() for m in pattern.finditer(low)]
+    return offsets
+
+
+def _quoted_offsets(text: str) -> list[int]:
+    offsets = []
+    for match in _QUOTED.finditer(text):
+        value = match.group(2)
+        entropy = _entropy(value)
+        if (len(value) >= _B64_MIN and entropy > _B64_LIMIT) or (entropy > _HEX_LIMIT and _HEX.fullmatch(value)):
+            offsets.append(match.start())
     return offsets
 
 
@@ -96,12 +117,9 @@ def _entropy(value: str) -> float:
 
 def candidate_rows(text: str) -> list[int]:
     """0-based rows a detect-secrets plugin could fire on (a superset, by design)."""
-    low = text.lower()
-    offsets = _literal_offsets(low)
-    offsets += _checked_offsets(text, _CHECKED_EXACT)
-    offsets += [m.start() for m in _QUOTED_B64.finditer(text) if _entropy(m.group(2)) > _B64_LIMIT]
-    offsets += [m.start() for m in _QUOTED_HEX.finditer(text) if _entropy(m.group(2)) > _HEX_LIMIT]
-    offsets += [m.start() for m in _LONG_RUN.finditer(text) if _HAS_DIGIT.search(m.group())]
+    offsets = _literal_offsets(text.lower()) + _quoted_offsets(text)
+    for pattern in _PREFIXED:
+        offsets += [m.start() for m in pattern.finditer(text)]
     return _rows_of(text, offsets)
 
 

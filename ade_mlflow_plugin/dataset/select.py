@@ -11,6 +11,8 @@ from ade_mlflow_plugin.dataset.examples import Candidate, Example, Renderer
 
 _APPROX_TOKEN = re.compile(r"\w+|[^\w\s]")
 _BATCH = 256
+_SEAM_TOKENS = 4  # slack for a word-start marker and merges across the prompt/completion seam
+TOKEN_SAMPLE = 2000
 
 
 def synthetic_count(total: int, ratio: float) -> int:
@@ -36,10 +38,22 @@ class TokenCounter:
         self.tokenizer = tokenizer
 
     def __call__(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
         if self.tokenizer is None:
             return [len(_APPROX_TOKEN.findall(t)) for t in texts]
         encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
         return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _may_exceed(example: Example, max_tokens: int) -> bool:
+    """Whether an example could exceed max_tokens. Tokenisers make at most one token per UTF-8 byte
+    (byte-level BPE, SentencePiece with byte fallback) plus a word-start marker, so short examples fit
+    without tokenising: BPE runs only on the few that need an exact count (it costs ~1 s per 3 MB)."""
+    size = len(example.prompt) + len(example.completion)
+    if size * 4 + _SEAM_TOKENS <= max_tokens:
+        return False
+    return len(example.prompt.encode()) + len(example.completion.encode()) + _SEAM_TOKENS > max_tokens
 
 
 class Pool:
@@ -62,18 +76,31 @@ class Pool:
             batch = self.cands[self.pos:self.pos + max(_BATCH, want - len(self.ready))]
             self.pos += len(batch)
             rendered = [self.renderer.render(c) for c in batch]
-            prompt_len = self.count([e.prompt for e in rendered])
-            completion_len = self.count([e.completion for e in rendered])
-            for example, p, c in zip(rendered, prompt_len, completion_len):
-                if p + c > self.max_tokens or not example.completion.strip():
-                    self.drops["too_long" if p + c > self.max_tokens else "empty"] += 1
+            long = [e for e in rendered if _may_exceed(e, self.max_tokens)]
+            lengths = dict(zip(map(id, long), self.count([e.prompt + e.completion for e in long])))
+            for example in rendered:
+                if not example.completion.strip():
+                    self.drops["empty"] += 1
+                elif lengths.get(id(example), 0) > self.max_tokens:
+                    self.drops["too_long"] += 1
                 else:
-                    self.ready.append((example, p, c))
+                    self.ready.append(example)
+
+
+def token_totals(rows: list[Example], count: TokenCounter, seed: int) -> dict:
+    """Prompt and completion tokens of a split: exact up to TOKEN_SAMPLE examples, else scaled up from a
+    seeded sample of that many (tokenising every example of a large dataset costs more than all mining)."""
+    sample = rows if len(rows) <= TOKEN_SAMPLE else random.Random(seed).sample(rows, TOKEN_SAMPLE)
+    prompt = sum(count([e.prompt for e in sample]))
+    completion = sum(count([e.completion for e in sample]))
+    scale = len(rows) / len(sample) if sample else 0.0
+    return {"prompt": round(prompt * scale), "completion": round(completion * scale),
+            "exact": len(sample) == len(rows), "counted_examples": len(sample)}
 
 
 def select(mined: list[Candidate], synthetic: list[Candidate], *, limit: int, ratio: float, seed: int,
            renderer: Renderer, count: TokenCounter, max_tokens: int,
-           drops: Counter) -> list[tuple[Example, int, int]]:
+           drops: Counter) -> list[Example]:
     """Exactly synthetic_count(total, ratio) synthetic examples; total as large as allowed."""
     rng = random.Random(seed)
     pools = {"mined": Pool(mined, rng, renderer, count, max_tokens, drops),
@@ -92,10 +119,10 @@ def select(mined: list[Candidate], synthetic: list[Candidate], *, limit: int, ra
     return chosen
 
 
-def split_by_file(rows: list[tuple[Example, int, int]], eval_fraction: float,
+def split_by_file(rows: list[Example], eval_fraction: float,
                   seed: int) -> tuple[list, list]:
     """(train, eval): whole files go to eval until it holds about eval_fraction of the examples."""
-    per_file = Counter(row[0].path for row in rows)
+    per_file = Counter(row.path for row in rows)
     files = sorted(per_file)
     random.Random(seed + 1).shuffle(files)
     target = eval_fraction * len(rows)
@@ -108,8 +135,8 @@ def split_by_file(rows: list[tuple[Example, int, int]], eval_fraction: float,
     if eval_fraction > 0 and not eval_files and len(files) > 1:
         smallest = min(files, key=lambda p: (per_file[p], p))
         eval_files.add(smallest)
-    train = [r for r in rows if r[0].path not in eval_files]
-    evals = [r for r in rows if r[0].path in eval_files]
+    train = [r for r in rows if r.path not in eval_files]
+    evals = [r for r in rows if r.path in eval_files]
     return train, evals
 
 

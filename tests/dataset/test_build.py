@@ -159,3 +159,18 @@ def test_save_and_load_round_trip(codebase, tmp_path):
     assert loaded.dataset["train"].to_list() == prepared.dataset["train"].to_list()
     again = _build(codebase, out, num_examples=25)  # overwriting a prepared dataset is allowed
     assert again.digest == prepared.digest
+
+
+def test_token_totals_exact_when_small_scaled_from_a_sample_when_large(codebase, plain_tokenizer, monkeypatch):
+    from ade_mlflow_plugin.dataset import select
+
+    prepared = _build(codebase, num_examples=30, tokenizer=plain_tokenizer)
+    train = prepared.stats["splits"]["train"]["tokens"]
+    rows = prepared.dataset["train"]
+    exact = sum(len(x) for x in plain_tokenizer(list(rows["completion"]), add_special_tokens=False)["input_ids"])
+    assert train["exact"] and train["completion"] == exact
+    monkeypatch.setattr(select, "TOKEN_SAMPLE", 10)
+    sampled = \
+        _build(codebase, num_examples=30, tokenizer=plain_tokenizer).stats["splits"]["train"]["tokens"]
+    assert not sampled["exact"] and sampled["counted_examples"] == 10
+    assert 0.4 * exact < sampled["completion"] < 2.5 * exact
