@@ -126,7 +126,7 @@ def _keep_units(units: list[CodeUnit], secrets: set[int], options: MineOptions, 
 
 
 def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Counter) -> list[Chunk]:
-    nonblank = list(itertools.accumulate((1 if ln.strip() else 0 for ln in lines), initial=0))
+    nonblank = list(itertools.accumulate((ln != "" and not ln.isspace() for ln in lines), initial=0))
     first = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
     secret_rows = sorted(secrets)
     chunks = []

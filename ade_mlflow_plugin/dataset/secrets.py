@@ -19,11 +19,9 @@ from functools import lru_cache
 # (AWS, GitHub, GitLab, Slack, Stripe, Square, SendGrid, JWT, PyPI, npm, OpenAI, Artifactory, ...).
 # str.find per literal is ~10x faster than one big regex alternation over the same text.
 _LITERALS = (
-    "passw", "passphrase", "pwd", "secret", "contrase", "credential", "authtoken", "accountkey",
-    "-----begin", "putty-user-key", "ssh-rsa", "ssh-dss", "ssh-ed25519", "akia", "asia", "abia", "acca",
-    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat-", "gldt-", "glptt-", "glrt-", "glsoat-", "glcbt-",
-    "glimt-", "glagent-", "gloas-", "glft-", "xox", "hooks.slack.com", "k_live", "sq0csp", "sq0atp",
-    "sg.", "eyj", "pypi-ag", "npm_", "akc", "t3blbkfj", "bearer", "cloudant",
+    "pwd", "secret", "contrase", "credential", "authtoken", "accountkey", "-----begin", "putty-user-key",
+    "akia", "asia", "abia", "acca", "xox", "hooks.slack.com", "k_live", "sg.", "eyj", "pypi-ag", "npm_", "akc",
+    "t3blbkfj", "bearer", "cloudant",
 )
 # Keywords too common to take alone: an occurrence counts when its pattern matches around it, or when a
 # long key-like value follows on its line (IBM Cloud IAM, IBM COS and SoftLayer accept any key/pass/token
@@ -31,15 +29,20 @@ _LITERALS = (
 _CHECKED = {
     "key": re.compile(r"(?:api|auth|service|account|db|database|priv|private|client|access|secret|signing"
                       r"|encryption)[_-]?key|key[_-]?pass"),
-    "pass": re.compile(r"(?:db|database|key)[_-]?pass"),
+    "pass": re.compile(r"(?:db|database|key)[_-]?pass|pass(?:w|phrase)"),
     "token": re.compile(r"token\s*[=:]"),
 }
 _CHECK_BEFORE = 16  # characters before the keyword its pattern may start at
 _CHECK_AFTER = 200  # characters after it searched for a long value
 _LONG_VALUE = re.compile(r"[a-z0-9_\-]{40,}")
-# Patterns that start with a literal, which Python's re scans for quickly. On lower-cased text: URLs with
-# a password (Basic Auth, Cloudant), Cloudant keywords, Mailchimp's "-us<N>" suffix, SoftLayer's API URL.
+# Patterns that start with a literal, which Python's re scans for quickly. On lower-cased text: GitHub,
+# GitLab, SSH, Square prefixes, URLs with a password (Basic Auth, Cloudant), Cloudant keywords,
+# Mailchimp's "-us<N>" suffix, SoftLayer's API URL.
 _PREFIXED_LOW = (
+    re.compile(r"gh[pousr]_"),
+    re.compile(r"gl(?:pat|dt|ptt|rt|soat|cbt|imt|agent|oas|ft)-"),
+    re.compile(r"ssh-(?:rsa|dss|ed25519)"),
+    re.compile(r"sq0(?:csp|atp)"),
     re.compile(r"://[^\s/:@'\"]+:[^\s/@'\"]+@"),
     re.compile(r"cl(?:oudant|ou)?[_-]?(?:api)?(?:key|pwd|pw|password|pass|token)"),
     re.compile(r"-us\d"),

@@ -12,7 +12,7 @@ from ade_mlflow_plugin.dataset.examples import Candidate, Example, Renderer
 _APPROX_TOKEN = re.compile(r"\w+|[^\w\s]")
 _BATCH = 256
 _SEAM_TOKENS = 4  # slack for a word-start marker and merges across the prompt/completion seam
-TOKEN_SAMPLE = 2000
+TOKEN_SAMPLE = 1000
 
 
 def synthetic_count(total: int, ratio: float) -> int:
