@@ -25,6 +25,13 @@ RETRY_CONFIG = Config(
     read_timeout=60,
     user_agent_extra="ade-mlflow-plugin",
 )
+# Prices are optional (a bundled table stands in): fail fast instead of retrying for a minute.
+PRICING_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 2},
+    connect_timeout=3,
+    read_timeout=10,
+    user_agent_extra="ade-mlflow-plugin",
+)
 
 # Error codes that mean "the user must fix something", with the fix to suggest.
 _USER_FIXES = {
@@ -59,13 +66,15 @@ class AwsClients:
     def client(self, service: str) -> Any:
         if service not in self._clients:
             region = self.region or self.session.region_name
+            config = RETRY_CONFIG
             if service == "pricing":
                 region = "us-east-1"  # the Price List API lives in a few regions only
+                config = PRICING_CONFIG
             if region is None:
                 raise ConfigError(
                     "no AWS region: set 'region' in the backend config or AWS_DEFAULT_REGION"
                 )
-            self._clients[service] = self.session.client(service, region_name=region, config=RETRY_CONFIG)
+            self._clients[service] = self.session.client(service, region_name=region, config=config)
         return self._clients[service]
 
     def set_client(self, service: str, client: Any) -> None:

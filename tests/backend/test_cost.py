@@ -1,0 +1,223 @@
+"""Prices (Price List API through botocore's Stubber, moto's HTTP 500, disk cache, bundled table) and cost
+arithmetic on DescribeTrainingJob answers."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from ade_mlflow_plugin.backend import cost
+from ade_mlflow_plugin.backend.aws import AwsClients
+from ade_mlflow_plugin.backend.cost import PriceBook
+from ade_mlflow_plugin.config import CloudTrainingConfig
+
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
+
+
+def price_item(instance: str, usage: str, usd: str, region: str = "us-east-1", component: str = "Training",
+               unit: str = "Hrs") -> str:
+    """One PriceList entry as GetProducts returns it: a JSON document in a string."""
+    sku, term, rate = "7KYW9A3B2EXAMPLE", "JRTCKXETXF", "6YS6EN2CT7"
+    return json.dumps({
+        "product": {
+            "productFamily": "ML Instance",
+            "attributes": {
+                "regionCode": region, "servicecode": "AmazonSageMaker", "usagetype": usage,
+                "locationType": "AWS Region", "location": "US East (N. Virginia)",
+                "servicename": "Amazon SageMaker", "instanceName": instance, "operation": "RunInstance",
+                "component": component, "vCpu": "8", "memory": "32 GiB", "gpu": "1", "gpuMemory": "24",
+            },
+            "sku": sku,
+        },
+        "serviceCode": "AmazonSageMaker",
+        "terms": {"OnDemand": {f"{sku}.{term}": {
+            "priceDimensions": {f"{sku}.{term}.{rate}": {
+                "unit": unit, "endRange": "Inf", "beginRange": "0", "appliesTo": [],
+                "description": f"${usd} per hour for {usage}", "rateCode": f"{sku}.{term}.{rate}",
+                "pricePerUnit": {"USD": usd},
+            }},
+            "sku": sku, "effectiveDate": "2026-11-01T00:00:00Z", "offerTermCode": term, "termAttributes": {},
+        }}},
+        "version": "20261101000000",
+        "publicationDate": "2026-11-01T00:00:00Z",
+    })
+
+
+def g5_answer(usd: str = "1.2120000000") -> dict:
+    """A training row plus the hosting, notebook and processing rows the same instance name also matches."""
+    return {"FormatVersion": "aws_v1", "PriceList": [
+        price_item("ml.g5.2xlarge", "USE1-Host:ml.g5.2xlarge", "1.5150000000", component="Hosting"),
+        price_item("ml.g5.2xlarge", "USE1-Train:ml.g5.2xlarge", usd),
+        price_item("ml.g5.2xlarge", "USE1-Notebk:ml.g5.2xlarge", "1.4100000000", component="Notebook"),
+        price_item("ml.g5.2xlarge", "USE1-Processing:ml.g5.2xlarge", "1.3000000000", component="Processing"),
+    ]}
+
+
+def expected(instance: str = "ml.g5.2xlarge", region: str = "us-east-1") -> dict:
+    return {"ServiceCode": "AmazonSageMaker", "FormatVersion": "aws_v1", "Filters": [
+        {"Type": "TERM_MATCH", "Field": "regionCode", "Value": region},
+        {"Type": "TERM_MATCH", "Field": "instanceName", "Value": instance}]}
+
+
+def stubbed_pricing(*answers: dict | Exception) -> tuple[AwsClients, Stubber]:
+    client = boto3.client("pricing", region_name="us-east-1")
+    stubber = Stubber(client)
+    for answer in answers:
+        if isinstance(answer, Exception):
+            stubber.add_client_error("get_products", "ServiceUnavailableException", "Rate exceeded", 503)
+        else:
+            stubber.add_response("get_products", answer, expected())
+    stubber.activate()
+    clients = AwsClients(region="us-east-1")
+    clients.set_client("pricing", client)
+    return clients, stubber
+
+
+class Clock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_price_list_training_row_is_used_and_cached_until_the_ttl(tmp_path):
+    path, clock = tmp_path / "prices.json", Clock(T0.timestamp())
+    clients, stubber = stubbed_pricing(g5_answer())
+    quote = PriceBook(path, clock=clock).quote(clients, "ml.g5.2xlarge", "us-east-1")
+    stubber.assert_no_pending_responses()
+    assert (quote.usd_per_hour, quote.source, quote.as_of, quote.warning) == (
+        1.212, "AWS Price List API", "2026-11-29", None)
+    assert json.loads(path.read_text())["us-east-1/ml.g5.2xlarge"]["usd_per_hour"] == 1.212
+
+    # A new process (new PriceBook) within the TTL reads the cache: a call would hit the empty Stubber.
+    clients, stubber = stubbed_pricing()
+    clock.now += 6 * 86400
+    assert PriceBook(path, clock=clock).quote(clients, "ml.g5.2xlarge", "us-east-1").usd_per_hour == 1.212
+
+    clock.now += 2 * 86400  # past 7 days: asked again, the new answer replaces the cached one
+    clients, stubber = stubbed_pricing(g5_answer("1.3000000000"))
+    quote = PriceBook(path, clock=clock).quote(clients, "ml.g5.2xlarge", "us-east-1")
+    stubber.assert_no_pending_responses()
+    assert quote.usd_per_hour == 1.3 and quote.as_of == "2026-12-07"
+
+
+def test_paginated_answer_is_read_to_the_end(tmp_path):
+    client = boto3.client("pricing", region_name="us-east-1")
+    stubber = Stubber(client)
+    first = {"FormatVersion": "aws_v1", "NextToken": "page2",
+             "PriceList": [price_item("ml.g5.2xlarge", "USE1-Host:ml.g5.2xlarge", "1.51", component="Hosting")]}
+    stubber.add_response("get_products", first, expected())
+    stubber.add_response("get_products", g5_answer(), {**expected(), "NextToken": "page2"})
+    stubber.activate()
+    clients = AwsClients(region="us-east-1")
+    clients.set_client("pricing", client)
+    assert PriceBook(tmp_path / "p.json").quote(clients, "ml.g5.2xlarge", "us-east-1").usd_per_hour == 1.212
+    stubber.assert_no_pending_responses()
+
+
+def test_moto_price_list_500_falls_back_to_the_bundled_table_with_a_warning(aws, tmp_path):
+    book = PriceBook(tmp_path / "prices.json")
+    quote = book.quote(AwsClients(region="us-east-1"), "ml.g5.2xlarge", "us-east-1")
+    assert quote.usd_per_hour == cost.FALLBACK_PRICES["us-east-1"]["ml.g5.2xlarge"]
+    assert quote.label == f"bundled price table, {cost.FALLBACK_AS_OF}"
+    assert "Price List API failed" in quote.warning and "bundled price table of" in quote.warning
+    assert "\n" not in quote.warning
+    assert not (tmp_path / "prices.json").exists()  # fallback figures are never cached as API answers
+    # The failure is remembered for this process: the next lookup does not wait on the API again.
+    assert book.quote(None, "ml.g5.2xlarge", "us-east-1").usd_per_hour == quote.usd_per_hour
+
+
+def test_stale_cache_is_preferred_over_the_table_when_the_api_fails(tmp_path):
+    path, clock = tmp_path / "prices.json", Clock(T0.timestamp())
+    PriceBook(path, clock=clock).quote(stubbed_pricing(g5_answer())[0], "ml.g5.2xlarge", "us-east-1")
+    clock.now += 30 * 86400
+    clients, stubber = stubbed_pricing(RuntimeError("throttled"))
+    quote = PriceBook(path, clock=clock).quote(clients, "ml.g5.2xlarge", "us-east-1")
+    stubber.assert_no_pending_responses()
+    assert quote.usd_per_hour == 1.212 and quote.as_of == "2026-11-29"
+    assert "ServiceUnavailableException" in quote.warning and "cached price of 2026-11-29" in quote.warning
+
+
+@pytest.mark.parametrize("instance,region", [("ml.x9.4xlarge", "us-east-1"), ("ml.g5.2xlarge", "ap-south-2")])
+def test_unknown_instance_or_region_gives_no_price_and_a_warning(tmp_path, instance, region):
+    client = boto3.client("pricing", region_name="us-east-1")
+    stubber = Stubber(client)
+    stubber.add_response("get_products", {"FormatVersion": "aws_v1", "PriceList": []}, expected(instance, region))
+    stubber.activate()
+    clients = AwsClients(region="us-east-1")
+    clients.set_client("pricing", client)
+    quote = PriceBook(tmp_path / "p.json").quote(clients, instance, region)
+    assert not quote.known and quote.usd_per_hour is None
+    assert f"no training price for {instance} in {region}" in quote.warning
+    assert "cost figures are omitted" in quote.warning
+
+
+def test_unparseable_cache_file_is_ignored(tmp_path):
+    path = tmp_path / "prices.json"
+    path.write_text("{not json")
+    clients, _ = stubbed_pricing(g5_answer())
+    assert PriceBook(path).quote(clients, "ml.g5.2xlarge", "us-east-1").usd_per_hour == 1.212
+    assert "us-east-1/ml.g5.2xlarge" in json.loads(path.read_text())
+
+
+def _job(**extra) -> dict:
+    answer = {"TrainingJobName": "j", "TrainingJobStatus": "Completed",
+              "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2, "VolumeSizeInGB": 50},
+              "EnableManagedSpotTraining": True, "TrainingTimeInSeconds": 3600, "BillableTimeInSeconds": 1200,
+              "TrainingStartTime": T0, "TrainingEndTime": T0 + timedelta(seconds=3600)}
+    answer.update(extra)
+    return answer
+
+
+def test_exact_cost_and_spot_savings_of_two_spot_instances():
+    job = _job()
+    assert cost.exact_cost(job, 1.212) == pytest.approx(0.808)
+    assert cost.spot_savings_pct(job) == 66.7
+    assert cost.spot_savings_usd(job, 1.212) == pytest.approx(1.616)
+    on_demand = _job(EnableManagedSpotTraining=False, BillableTimeInSeconds=3600)
+    assert cost.exact_cost(on_demand, 1.212) == pytest.approx(2.424)
+    assert cost.spot_savings_pct(on_demand) is None and cost.spot_savings_usd(on_demand, 1.212) == 0.0
+    assert cost.exact_cost(_job(BillableTimeInSeconds=None), 1.212) is None
+
+
+def test_running_estimate_uses_wall_time_since_training_start():
+    running = _job(TrainingJobStatus="InProgress", TrainingEndTime=None)
+    del running["BillableTimeInSeconds"], running["TrainingTimeInSeconds"]
+    assert cost.running_cost(running, 1.212, T0 + timedelta(seconds=600)) == pytest.approx(0.404)
+    assert cost.elapsed_s(running, T0 + timedelta(seconds=600)) == 600
+    assert cost.running_cost({**running, "TrainingStartTime": None}, 1.212, T0) is None
+    # Once ended, the end time bounds the estimate whatever the clock says.
+    assert cost.running_cost(_job(), 1.212, T0 + timedelta(days=3)) == pytest.approx(2.424)
+
+
+def test_instance_groups_count_every_instance():
+    groups = {"InstanceGroups": [{"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2, "InstanceGroupName": "a"},
+                                 {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "InstanceGroupName": "b"}]}
+    assert cost.instances({"ResourceConfig": groups}) == ("ml.g5.2xlarge", 3)
+    groups["InstanceGroups"][1]["InstanceType"] = "ml.p4d.24xlarge"
+    assert cost.instances({"ResourceConfig": groups}) == (None, 3)
+
+
+def _config(**overrides) -> CloudTrainingConfig:
+    base = {"role_arn": "arn:aws:iam::123456789012:role/SageMakerRole", "bucket": "ade-cost-test",
+            "region": "us-east-1", "instance_type": "ml.g5.2xlarge", "instance_count": 2, "max_runtime_s": 86400}
+    return CloudTrainingConfig.from_backend_config({**base, **overrides})
+
+
+def test_worst_case_estimate_line(tmp_path):
+    clients, _ = stubbed_pricing(g5_answer())
+    line = cost.worst_case_estimate(_config(use_spot=True), clients, PriceBook(tmp_path / "p.json"))
+    assert line == ("Worst-case cost: 24 h max runtime x 2 x ml.g5.2xlarge at $1.212/h = $58.18 "
+                    f"(price: AWS Price List API, {datetime.now(timezone.utc):%Y-%m-%d}; spot usually bills less)")
+    assert cost.worst_case_estimate(_config(mode="local", role_arn=None, bucket=None), None) is None
+
+
+def test_worst_case_estimate_without_a_price_says_so_on_one_line(tmp_path, aws):
+    line = cost.worst_case_estimate(_config(instance_type="ml.x9.4xlarge"), AwsClients(region="us-east-1"),
+                                    PriceBook(tmp_path / "p.json"))
+    assert line.startswith("Worst-case cost: unknown; WARNING: the AWS Price List API failed")
+    assert "ml.x9.4xlarge" in line and "\n" not in line
