@@ -1,0 +1,285 @@
+"""`"mode": "local"`: execute a CreateTrainingJob request (or DescribeTrainingJob answer) on this machine.
+
+The job root plays /opt/ml: the contract files are written from the request, channels are
+materialised from file:// (linked in place) or s3:// (downloaded), the launcher runs in a subprocess,
+checkpoints are synced to CheckpointConfig.S3Uri while it runs and at the end, and model/ is packed to
+`<S3OutputPath>/<job>/output/model.tar.gz` as SageMaker does. `describe()` answers in
+DescribeTrainingJob's shape, so the backend follows local and SageMaker jobs with the same code.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from ade_mlflow_plugin.backend.aws import AwsClients
+from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
+from ade_mlflow_plugin.errors import ConfigError
+
+STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
+CHECKPOINT_SYNC_S = 30.0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Location:
+    """A file:// / plain path or s3:// location that a dir can be copied to and from."""
+
+    def __init__(self, uri: str, clients: AwsClients | None) -> None:
+        self.uri = uri.rstrip("/")
+        self.clients = clients
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def _local(self) -> Path:
+        return Path(self.uri[7:] if self.uri.startswith("file://") else self.uri)
+
+    def _bucket_key(self) -> tuple[str, str]:
+        bucket, _, key = self.uri[5:].partition("/")
+        return bucket, key
+
+    def download_to(self, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        if not self.is_s3:
+            if self._local().is_dir():
+                shutil.copytree(self._local(), dest, dirs_exist_ok=True)
+            return
+        bucket, prefix = self._bucket_key()
+        s3 = (self.clients or AwsClients()).s3
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+            for item in page.get("Contents", []):
+                relative = item["Key"][len(prefix) + 1:]
+                if not relative or relative.endswith("/") or relative == "_ade_complete.json":
+                    continue
+                target = dest / relative
+                if dest.resolve() not in target.resolve().parents:
+                    raise ConfigError(f"refusing S3 key {item['Key']}: it would land outside {dest}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, item["Key"], str(target))
+
+    def upload_from(self, source: Path) -> None:
+        if not source.is_dir():
+            return
+        if not self.is_s3:
+            shutil.copytree(source, self._local(), dirs_exist_ok=True)
+            return
+        bucket, prefix = self._bucket_key()
+        s3 = (self.clients or AwsClients()).s3
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(source).as_posix()}")
+
+    def put_file(self, source: Path, name: str) -> str:
+        if self.is_s3:
+            bucket, prefix = self._bucket_key()
+            (self.clients or AwsClients()).s3.upload_file(str(source), bucket, f"{prefix}/{name}")
+            return f"{self.uri}/{name}"
+        target = self._local() / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return target.resolve().as_uri()
+
+
+class LocalJob:
+    """One training job run on this machine under the SageMaker container contract."""
+
+    def __init__(self, request: dict[str, Any], *, job_root: Path | None = None, clients: AwsClients | None = None,
+                 stream: TextIO | None = sys.stdout) -> None:
+        self.request = request
+        self.name = request["TrainingJobName"]
+        self.root = Path(job_root or Path(".ade") / "jobs" / self.name).resolve()
+        self.paths = ContainerPaths(self.root)
+        self.clients = clients
+        self.stream = stream
+        self.log_path = self.root / "job.log"
+        self.proc: subprocess.Popen | None = None
+        self._status, self._secondary = "InProgress", "Starting"
+        self._transitions: list[dict[str, Any]] = []
+        self._failure: str | None = None
+        self._model_uri = ""
+        self._created = _now()
+        self._started: datetime | None = None
+        self._ended: datetime | None = None
+        self._stop_requested = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._checkpoints = Location(request["CheckpointConfig"]["S3Uri"], clients) \
+            if request.get("CheckpointConfig") else None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Prepare the job root and start the launcher; returns at once."""
+        self._transition("Starting", "Preparing the job root")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_contract(self.paths, self.request)
+            self.log_path.touch()
+        except OSError as exc:
+            raise ConfigError(f"job root {self.root} is not writable ({exc.strerror}): set \"job_root\" in the "
+                              "backend config to a writable directory") from None
+        self._transition("Downloading", "Downloading input data and checkpoints")
+        self._materialise_channels()
+        if self._checkpoints is not None:
+            self._checkpoints.download_to(self.paths.checkpoint_dir)
+        self._transition("Training", "Training in progress on this machine")
+        self._started = _now()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ade_mlflow_plugin.container.launcher"], cwd=self.root, env=self._env(),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        threading.Thread(target=self._pump_output, daemon=True).start()
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.request.get("Environment", {}))
+        env.update({"SAGEMAKER_BASE_DIR": str(self.root), "TRAINING_JOB_NAME": self.name,
+                    "TRAINING_JOB_ARN": self.arn, "PYTHONUNBUFFERED": "1"})
+        return env
+
+    def _materialise_channels(self) -> None:
+        for channel in self.request.get("InputDataConfig", []):
+            uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+            target = self.paths.channel_dir(channel["ChannelName"])
+            if target.is_symlink() or target.exists():
+                continue
+            if uri.startswith("s3://"):
+                Location(uri, self.clients).download_to(target)
+                continue
+            source = Path(uri[7:] if uri.startswith("file://") else uri)
+            if not source.exists():
+                raise ConfigError(f"input channel '{channel['ChannelName']}': {source} does not exist")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve(), target_is_directory=True)  # read in place, no copy
+
+    def _pump_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                if self.stream is not None:
+                    self.stream.write(line)
+                    self.stream.flush()
+
+    def _supervise(self) -> None:
+        assert self.proc is not None
+        while True:
+            try:
+                code = self.proc.wait(timeout=CHECKPOINT_SYNC_S)
+                break
+            except subprocess.TimeoutExpired:
+                self._sync_checkpoints()
+        self._finish(code)
+
+    def _sync_checkpoints(self) -> None:
+        if self._checkpoints is not None:
+            try:
+                self._checkpoints.upload_from(self.paths.checkpoint_dir)
+            except Exception as exc:  # a failed sync must not kill the job; the final sync retries
+                self._log(f"local runner: checkpoint sync failed: {exc}")
+
+    def _finish(self, code: int) -> None:
+        self._transition("Uploading", "Uploading generated training model")
+        self._sync_checkpoints()
+        try:
+            self._model_uri = self._upload_model()
+        except Exception as exc:
+            self._failure = f"ClientError: uploading the model failed: {exc}"
+            code = code or 1
+        if self._stop_requested:
+            status = "Stopped"
+        elif code == 0:
+            status = "Completed"
+        else:
+            status = "Failed"
+            self._failure = self._failure or self._failure_reason(code)
+        self._ended = _now()
+        self._transition(status, {"Completed": "Training job completed", "Stopped": "Training job stopped",
+                                  "Failed": self._failure or ""}[status])
+        with self._lock:
+            self._status, self._secondary = status, status
+        self._done.set()
+
+    def _failure_reason(self, code: int) -> str:
+        detail = self.paths.failure_file.read_text().strip() if self.paths.failure_file.is_file() else ""
+        last = detail.splitlines()[-1] if detail else f"exit code {code}"
+        return f"AlgorithmError: {last}"
+
+    def _upload_model(self) -> str:
+        output = self.request["OutputDataConfig"]["S3OutputPath"]
+        archive = self.paths.output_dir / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(self.paths.model_dir.rglob("*")):
+                tar.add(path, arcname=path.relative_to(self.paths.model_dir).as_posix(), recursive=False)
+        return Location(output, self.clients).put_file(archive, f"{self.name}/output/model.tar.gz")
+
+    def stop(self) -> None:
+        """SIGTERM to the launcher's process group; SIGKILL after the grace period."""
+        if self.proc is None or self._done.is_set():
+            return
+        self._stop_requested = True
+        with self._lock:
+            self._status, self._secondary = "Stopping", "Stopping"
+        self._signal(signal.SIGTERM)
+        threading.Timer(STOP_GRACE_S, self._signal, args=(signal.SIGKILL,)).start()
+
+    def _signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        self._done.wait(timeout)
+        return self.describe()
+
+    # ------------------------------------------------------------ answers
+    @property
+    def arn(self) -> str:
+        return f"arn:aws:sagemaker:local:000000000000:training-job/{self.name}"
+
+    def _transition(self, status: str, message: str) -> None:
+        now = _now()
+        with self._lock:
+            if self._transitions:
+                self._transitions[-1]["EndTime"] = now
+            self._transitions.append({"Status": status, "StartTime": now, "StatusMessage": message})
+            self._secondary = status
+
+    def _log(self, line: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+    def describe(self) -> dict[str, Any]:
+        with self._lock:
+            answer = {key: self.request[key] for key in (
+                "AlgorithmSpecification", "RoleArn", "HyperParameters", "InputDataConfig", "OutputDataConfig",
+                "ResourceConfig", "StoppingCondition", "CheckpointConfig", "Environment",
+                "EnableManagedSpotTraining") if key in self.request}
+            answer.update({
+                "TrainingJobName": self.name, "TrainingJobArn": self.arn, "TrainingJobStatus": self._status,
+                "SecondaryStatus": self._secondary,
+                "SecondaryStatusTransitions": [dict(t) for t in self._transitions],
+                "CreationTime": self._created, "ModelArtifacts": {"S3ModelArtifacts": self._model_uri},
+                "BillableTimeInSeconds": 0,
+            })
+            if self._started:
+                answer["TrainingStartTime"] = self._started
+                end = self._ended or _now()
+                answer["TrainingTimeInSeconds"] = int((end - self._started).total_seconds())
+            if self._ended:
+                answer["TrainingEndTime"] = self._ended
+            if self._failure and self._status == "Failed":
+                answer["FailureReason"] = self._failure
+        return answer

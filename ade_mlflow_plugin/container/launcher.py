@@ -1,0 +1,253 @@
+"""The job's entry: container contract -> MLflow run -> the MLproject entry command.
+
+Started either by AWS's toolkit through the `ade_entry.py` shim (code already unpacked next to it)
+or by the local runner as `python -m ade_mlflow_plugin.container.launcher` (code fetched from
+`sagemaker_submit_directory` and unpacked safely). It ends the MLflow run itself (FINISHED, FAILED,
+KILLED), so the run is right even when nobody follows the job, and writes output/failure on error.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ade_mlflow_plugin.container import contract
+from ade_mlflow_plugin.container.deps import install_missing_requirements
+
+EXIT_STOPPED = 143
+FAILURE_TAIL_LINES = 40
+
+
+class LaunchError(Exception):
+    """A problem with the job's inputs: one line, written to output/failure."""
+
+
+@dataclass
+class Launch:
+    """Everything the launcher resolved before starting the entry."""
+
+    paths: contract.ContainerPaths
+    hyperparameters: dict[str, Any]
+    resource: dict[str, Any]
+    project_dir: Path = Path(".")
+    command: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- code
+def _safe_extract(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            # The "data" filter refuses absolute paths, "..", device files and links leaving dest.
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        raise LaunchError(f"refusing the code archive: {exc}; rebuild it from the project directory") from None
+    except (tarfile.ReadError, EOFError, OSError) as exc:
+        raise LaunchError(f"the code archive {archive} is not a readable tar.gz ({exc}); resubmit the job") from None
+
+
+def _fetch_code(uri: str, dest: Path) -> None:
+    """Download (s3://) or locate (file://, path) the code archive and unpack it into dest."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if uri.startswith("s3://"):
+            import boto3
+
+            bucket, key = uri[5:].split("/", 1)
+            archive = Path(tmp) / "code.tar.gz"
+            try:
+                boto3.client("s3").download_file(bucket, key, str(archive))
+            except Exception as exc:  # botocore raises several types; the message is what matters
+                raise LaunchError(f"cannot download the code archive {uri}: {exc}") from None
+        else:
+            archive = Path(uri[7:] if uri.startswith("file://") else uri)
+            if not archive.is_file():
+                raise LaunchError(f"the code archive {uri} does not exist; resubmit the job")
+        dest.mkdir(parents=True, exist_ok=True)
+        _safe_extract(archive, dest)
+
+
+def locate_project(paths: contract.ContainerPaths, hyperparameters: dict[str, Any]) -> Path:
+    shim_dir = Path(sys.argv[0]).resolve().parent
+    for candidate in (shim_dir, Path.cwd(), paths.code_dir):
+        if (candidate / "MLproject").is_file():
+            return candidate
+    uri = hyperparameters.get("sagemaker_submit_directory")
+    if not uri:
+        raise LaunchError("no MLproject in the code dir and no sagemaker_submit_directory hyperparameter")
+    _fetch_code(str(uri), paths.code_dir)
+    if not (paths.code_dir / "MLproject").is_file():
+        raise LaunchError(f"the code archive {uri} holds no MLproject at its root")
+    return paths.code_dir
+
+
+# ---------------------------------------------------------------- command
+def _param_values(launch: Launch) -> dict[str, str]:
+    import json
+
+    def as_dict(key: str) -> dict[str, str]:
+        value = launch.hyperparameters.get(key) or {}
+        return json.loads(value) if isinstance(value, str) else value
+
+    values = dict(as_dict("ade_params"))
+    files = as_dict("ade_file_params")
+    for param, channel in as_dict("ade_channel_params").items():
+        directory = launch.paths.channel_dir(channel)
+        if not directory.exists():
+            raise LaunchError(f"input channel '{channel}' (parameter '{param}') is missing from "
+                              f"{directory.parent}; check the job's InputDataConfig")
+        values[param] = str(directory / files[param]) if param in files else str(directory)
+    return values
+
+
+def build_command(launch: Launch) -> str:
+    from mlflow.projects._project_spec import load_project
+
+    entry_point = launch.hyperparameters.get("ade_entry_point") or "main"
+    try:
+        project = load_project(str(launch.project_dir))
+        entry = project.get_entry_point(entry_point)
+        with tempfile.TemporaryDirectory() as storage:
+            return entry.compute_command(_param_values(launch), storage)
+    except LaunchError:
+        raise
+    except Exception as exc:  # MLflow's ExecutionException for unknown entry points and missing params
+        raise LaunchError(f"cannot build the command of entry point '{entry_point}': {exc}") from None
+
+
+def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
+    """Wrap a `python script.py ...` command in torchrun for >1 GPU/process or >1 host."""
+    hosts = resource.get("hosts", ["algo-1"])
+    nproc = int(os.environ.get("ADE_NPROC_PER_NODE") or max(num_gpus, 1))
+    if nproc <= 1 and len(hosts) <= 1:
+        return command
+    parts = shlex.split(command)
+    if not parts or Path(parts[0]).name not in {"python", "python3"}:
+        print(f"launcher: entry command does not start with python; running it once per host: {command}")
+        return command
+    current = resource.get("current_host", hosts[0])
+    master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
+                f"--node_rank={hosts.index(current)}", f"--nproc_per_node={nproc}",
+                f"--master_addr={master}", f"--master_port={os.environ.get('ADE_MASTER_PORT', '29500')}"]
+    return shlex.join(torchrun + parts[1:])
+
+
+def child_env(launch: Launch, num_gpus: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(contract.sm_environment(launch.paths, launch.resource, num_gpus))
+    hp = launch.hyperparameters
+    for var, key in (("MLFLOW_RUN_ID", "mlflow_run_id"), ("MLFLOW_EXPERIMENT_ID", "mlflow_experiment_id"),
+                     ("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")):
+        if not env.get(var) and hp.get(key):
+            env[var] = str(hp[key])
+    # `python` in the entry command means this interpreter (the image's, or the local venv's).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    bundle = launch.project_dir / "_ade_bundle"
+    if bundle.is_dir():  # the entry scripts import this package from the bundle when the image lacks it
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(bundle), env.get("PYTHONPATH")]))
+    return env
+
+
+# ---------------------------------------------------------------- run
+class EntryProcess:
+    """The entry command in its own process group; SIGTERM is forwarded; output is teed and its tail kept."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+        self.tail: collections.deque[str] = collections.deque(maxlen=FAILURE_TAIL_LINES)
+        self.terminated = False
+        self.proc = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, errors="replace",
+                                     start_new_session=True)
+        self._pump = threading.Thread(target=self._copy_output, daemon=True)
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            self.tail.append(line.rstrip("\n"))
+
+    def forward(self, signum: int, _frame: Any = None) -> None:
+        self.terminated = True
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._pump.join(timeout=10)
+        return code
+
+
+def _end_run(env: dict[str, str], status: str) -> None:
+    run_id = env.get("MLFLOW_RUN_ID")
+    if not run_id or int(env.get("RANK", "0")) != 0:
+        return
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=env.get("MLFLOW_TRACKING_URI"))
+        client.set_terminated(run_id, status)
+    except Exception as exc:  # the job's outcome must not depend on the tracking server being up
+        print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+
+
+def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
+    try:
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(text[-20000:] + "\n")
+    except OSError as exc:
+        print(f"launcher: cannot write {paths.failure_file}: {exc}", file=sys.stderr)
+
+
+def prepare(paths: contract.ContainerPaths) -> tuple[Launch, int]:
+    launch = Launch(paths, contract.read_hyperparameters(paths), contract.read_resource_config(paths))
+    launch.project_dir = locate_project(paths, launch.hyperparameters)
+    install_missing_requirements(launch.project_dir)
+    num_gpus = contract.gpu_count()
+    launch.command = distributed(build_command(launch), launch.resource, num_gpus)
+    launch.env = child_env(launch, num_gpus)
+    return launch, num_gpus
+
+
+def main() -> int:
+    paths = contract.ContainerPaths.from_env()
+    fallback_env = child_env(Launch(paths, contract.read_hyperparameters(paths), {}), 0)
+    try:
+        paths.make_dirs()
+        launch, _ = prepare(paths)
+    except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
+        message = f"ade launcher: {exc}"
+        print(message, file=sys.stderr)
+        _write_failure(paths, message)
+        _end_run(fallback_env, "FAILED")
+        return 1
+    print(f"launcher: running in {launch.project_dir}: {launch.command}", flush=True)
+    entry = EntryProcess(launch.command, launch.project_dir, launch.env)
+    signal.signal(signal.SIGTERM, entry.forward)
+    signal.signal(signal.SIGINT, entry.forward)
+    code = entry.wait()
+    if entry.terminated:
+        _end_run(launch.env, "KILLED")
+        return EXIT_STOPPED
+    if code != 0:
+        _write_failure(paths, "\n".join(entry.tail) or f"entry exited with code {code}")
+        _end_run(launch.env, "FAILED")
+        return code if 0 < code < 256 else 1
+    _end_run(launch.env, "FINISHED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
