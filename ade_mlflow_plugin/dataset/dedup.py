@@ -6,7 +6,6 @@ costs ~30 us per unit in Python), then the estimated Jaccard of each candidate p
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 
 import numpy as np
@@ -31,13 +30,17 @@ def band_params(threshold: float) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def _band_keys(sketches: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) int64 ids: equal ids in a column mean equal band values."""
+def _band_keys(sketches: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, bands) int64 ids (equal ids in a column mean equal band values), and whether each sketch
+    shares at least one band with another: only those can be near duplicates."""
     keys = np.empty((len(sketches), bands), dtype=np.int64)
+    shared = np.zeros(len(sketches), dtype=bool)
     for band in range(bands):
         block = np.ascontiguousarray(sketches[:, band * rows:(band + 1) * rows])
-        _, keys[:, band] = np.unique(block.view(f"V{block.shape[1] * 4}").ravel(), return_inverse=True)
-    return keys
+        _, keys[:, band], counts = np.unique(block.view(f"V{block.shape[1] * 4}").ravel(), return_inverse=True,
+                                             return_counts=True)
+        shared |= counts[keys[:, band]] > 1
+    return keys, shared
 
 
 def _nested(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
@@ -66,21 +69,27 @@ def dedup_units(files: list[MinedFile], threshold: float = DEFAULT_THRESHOLD) ->
 
 def _near(files, flat, sketches, kept, drops, threshold) -> None:
     bands, rows = band_params(threshold)
-    keys = _band_keys(sketches, bands, rows).tolist()
-    usable = ~(sketches == EMPTY).all(axis=1)
+    keys, shared = _band_keys(sketches, bands, rows)
+    shared &= ~(sketches == EMPTY).all(axis=1)
     buckets: list[dict[int, list[int]]] = [{} for _ in range(bands)]
-    spans = [(fi, files[fi].units[ui].start_line, files[fi].units[ui].end_line) for fi, ui in flat]
-    for n, (fi, ui) in enumerate(flat):
-        if not kept[fi][ui] or not usable[n]:
+    for n in np.nonzero(shared)[0].tolist():  # in path order: the first copy is the one kept
+        fi, ui = flat[n]
+        if not kept[fi][ui]:
             continue
-        others = {m for b in range(bands) for m in buckets[b].get(keys[n][b], ())}
-        if any(not _nested(spans[n], spans[m]) and (sketches[n] == sketches[m]).mean() >= threshold
-               for m in sorted(others)):
+        unit, row_keys = files[fi].units[ui], keys[n].tolist()
+        others = sorted({m for b in range(bands) for m in buckets[b].get(row_keys[b], ())})
+        if any(not _nested((fi, unit.start_line, unit.end_line), _span(files, flat[m]))
+               and (sketches[n] == sketches[m]).mean() >= threshold for m in others):
             kept[fi][ui] = False
             drops["duplicate_near"] += 1
             continue
         for b in range(bands):
-            buckets[b].setdefault(keys[n][b], []).append(n)
+            buckets[b].setdefault(row_keys[b], []).append(n)
+
+
+def _span(files, ref: tuple[int, int]) -> tuple[int, int, int]:
+    unit = files[ref[0]].units[ref[1]]
+    return ref[0], unit.start_line, unit.end_line
 
 
 def drop_repeating_chunks(files: list[MinedFile], kept: list[list[bool]]) -> Counter:
@@ -91,11 +100,10 @@ def drop_repeating_chunks(files: list[MinedFile], kept: list[list[bool]]) -> Cou
         dup_spans = [(u.doc_start_line, u.end_line) for u, k in zip(mf.units, kept[fi]) if not k]
         chunks = []
         for chunk in mf.chunks:
-            digest = hashlib.blake2b("".join(chunk.text.split()).encode(), digest_size=16).digest()
-            first = chunk.start_line - chunk.context.count("\n")
+            digest = chunk.key
             if digest in seen:
                 drops["duplicate_exact"] += 1
-            elif any(not (end < first or chunk.end_line < start) for start, end in dup_spans):
+            elif dup_spans and any(not (end < chunk.context_line or chunk.end_line < start) for start, end in dup_spans):
                 drops["duplicate_near"] += 1
             else:
                 chunks.append(chunk)

@@ -6,6 +6,7 @@ plain, picklable data.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import time
 from collections import Counter
@@ -39,6 +40,8 @@ class Chunk:
     end_line: int
     context: str
     text: str
+    key: bytes = b""  # exact-duplicate key: hash of the text without whitespace
+    context_line: int = 0  # 1-based first line of the context
 
 
 @dataclass(slots=True)
@@ -140,5 +143,7 @@ def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Co
             continue
         context = "\n".join(lines[ctx_start:start]).strip("\n")
         if context.strip():
-            chunks.append(Chunk(start + 1, end, context + "\n", "\n".join(lines[start:end]).rstrip() + "\n"))
+            text = "\n".join(lines[start:end]).rstrip() + "\n"
+            key = hashlib.blake2b("".join(text.split()).encode(), digest_size=16).digest()
+            chunks.append(Chunk(start + 1, end, context + "\n", text, key, ctx_start + 1))
     return chunks
