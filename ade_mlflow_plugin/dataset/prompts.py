@@ -31,13 +31,33 @@ class Formatter:
         self.tokenizer = tokenizer
         self.chat = bool(tokenizer is not None and getattr(tokenizer, "chat_template", None))
         self.prefix, self.suffix, self.middle = fim_tokens(tokenizer)
+        self._frame = self._find_frame() if self.chat else None
+
+    def _render(self, content: str) -> str:
+        messages = [{"role": "user", "content": content}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _find_frame(self) -> tuple[str, str] | None:
+        """(before, after) when the template puts a user message in verbatim: rendering jinja per example
+        costs more than the rest of example building, and a fixed frame gives the identical string.
+        None (render each time) when probes show the template transforms the content."""
+        probe = "\u2063frame-probe\u2063"
+        rendered = self._render(probe)
+        if rendered.count(probe) != 1:
+            return None
+        before, after = rendered.split(probe)
+        for check in ("  x\n{{ y }}\n\n", "\n<|a|> 'b' \"c\" \\ z  "):
+            if self._render(check) != before + check + after:
+                return None
+        return before, after
 
     def instruct(self, instruction: str, plain: str) -> str:
         """The chat prompt for an instruction (generation prompt appended), else the plain prompt."""
         if not self.chat:
             return plain
-        messages = [{"role": "user", "content": instruction}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self._frame is not None:
+            return self._frame[0] + instruction + self._frame[1]
+        return self._render(instruction)
 
     def fim_psm(self, prefix: str, suffix: str) -> str:
         """Prefix-suffix-middle order: the model sees prefix then suffix, and writes the middle."""

@@ -174,3 +174,19 @@ def test_token_totals_exact_when_small_scaled_from_a_sample_when_large(codebase,
         _build(codebase, num_examples=30, tokenizer=plain_tokenizer).stats["splits"]["train"]["tokens"]
     assert not sampled["exact"] and sampled["counted_examples"] == 10
     assert 0.4 * exact < sampled["completion"] < 2.5 * exact
+
+
+def test_chat_frame_equals_rendering_and_falls_back_for_transforming_templates(chat_tokenizer):
+    import copy
+
+    from ade_mlflow_plugin.dataset.prompts import Formatter
+
+    fmt = Formatter(chat_tokenizer)
+    assert fmt._frame is not None
+    text = "Continue:\n```python\n  x = {'a': 1}\n```\n"
+    assert fmt.instruct(text, "plain") == chat_tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    trimming = copy.deepcopy(chat_tokenizer)
+    trimming.chat_template = "{% for m in messages %}[{{ m['content'] | trim }}]{% endfor %}>"
+    fmt = Formatter(trimming)
+    assert fmt._frame is None and fmt.instruct("  padded  ", "plain") == "[padded]>"
