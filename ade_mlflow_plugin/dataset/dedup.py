@@ -62,7 +62,7 @@ def dedup_units(files: list[MinedFile], threshold: float = DEFAULT_THRESHOLD) ->
             kept[fi][ui] = False
             drops["duplicate_exact"] += 1
         seen.add(digest)
-    sketches = np.concatenate([mf.sketches for mf in files if len(mf.units)], axis=0)
+    sketches = np.concatenate([mf.sketches for mf in files if mf.units], axis=0)
     _near(files, flat, sketches, kept, drops, threshold)
     return kept, drops
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from ade_mlflow_plugin.dataset.minhash import sketch_spans
 from ade_mlflow_plugin.dataset.secrets import secret_rows
 from ade_mlflow_plugin.dataset.units import CodeUnit, extract_units
 from ade_mlflow_plugin.dataset.walk import SourceFile, content_skip_reason
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,22 @@ def _read(source: SourceFile, mined: MinedFile) -> bytes | None:
 
 
 def mine_file(source: SourceFile, options: MineOptions = MineOptions()) -> MinedFile:
-    """Everything the dataset builder needs from one file."""
+    """Everything the dataset builder needs from one file; a file that fails is skipped, not fatal."""
     mined = MinedFile(path=source.rel, language=DISPLAY_NAME.get(source.language, source.language))
+    try:
+        _mine(source, options, mined)
+    except Exception:  # noqa: BLE001 - one odd file must not sink the whole dataset; it is counted
+        logger.warning("skipping %s: mining it failed", source.rel, exc_info=True)
+        mined.skipped, mined.units, mined.chunks = "mine_error", [], []
+        mined.sketches, mined.unit_keys = None, []
+    return mined
+
+
+def _mine(source: SourceFile, options: MineOptions, mined: MinedFile) -> None:
     clock = time.perf_counter()
     data = _read(source, mined)
     if data is None:
-        return mined
+        return
     text = data.decode("utf-8", "replace")
     lines = text.split("\n")
     mined.lines = len(lines)
@@ -98,7 +111,6 @@ def mine_file(source: SourceFile, options: MineOptions = MineOptions()) -> Mined
     mined.timings["extract"] += now - clock
     mined.sketches, mined.unit_keys = sketch_spans(src, _byte_spans(src, mined.units))
     mined.timings["sketch"] += time.perf_counter() - now
-    return mined
 
 
 def _byte_spans(src: bytes, units: list[CodeUnit]) -> list[tuple[int, int]]:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import AdeError, ConfigError
 
 
 def load_tokenizer(name_or_path: str | None) -> Any:
@@ -49,21 +50,30 @@ def prepare_and_log(codebase: str | Path, out_dir: str | Path, *, base_model: st
     if not os.environ.get("MLFLOW_RUN_ID"):
         return build_dataset(codebase, out_dir, tokenizer=tokenizer, log_to_mlflow=False, **kwargs)
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    active = mlflow.active_run()
-    with (mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]) if active is None else _noop()):
+    run_id = os.environ["MLFLOW_RUN_ID"]
+    try:
+        run = mlflow.start_run(run_id=run_id) if mlflow.active_run() is None else nullcontext()
+    except MlflowException as exc:
+        raise AdeError(f"cannot attach to MLflow run {run_id} from MLFLOW_RUN_ID ({_first_line(exc)}): "
+                       "check MLFLOW_TRACKING_URI and the run id") from exc
+    # Like any MLflow entry script, end the attached run with this process (FAILED on an exception); the
+    # launcher or `mlflow run` that created it records the final status again from the exit code.
+    with run:
         prepared = build_dataset(codebase, out_dir, tokenizer=tokenizer, log_to_mlflow=True, **kwargs)
         if log_dataset and prepared.path is not None:
-            mlflow.log_artifacts(str(prepared.path), artifact_path="dataset")
+            try:
+                mlflow.log_artifacts(str(prepared.path), artifact_path="dataset")
+            except (MlflowException, OSError) as exc:
+                raise AdeError(f"could not upload the dataset to MLflow run {run_id} ({_first_line(exc)}): "
+                               "check the artifact store") from exc
     return prepared
 
 
-class _noop:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def summary(prepared) -> str:

@@ -17,10 +17,26 @@ DIGEST_TAG = "ade.dataset_digest"
 def log_to_active_run(prepared: "PreparedDataset", codebase: Path) -> bool:
     """Log to the active run, if any; returns whether there was one."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ade_mlflow_plugin.errors import AdeError
+
+    run = mlflow.active_run()
+    if run is None:
+        return False
+    try:
+        _log(prepared, codebase)
+    except (MlflowException, OSError) as exc:
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise AdeError(f"could not log the dataset to MLflow run {run.info.run_id} ({message}): check "
+                       "MLFLOW_TRACKING_URI and that the tracking server is up") from exc
+    return True
+
+
+def _log(prepared: "PreparedDataset", codebase: Path) -> None:
+    import mlflow
     import pandas as pd
 
-    if mlflow.active_run() is None:
-        return False
     frames = []
     for split in ("train", "eval"):
         frame = prepared.dataset[split].to_pandas()
@@ -34,4 +50,3 @@ def log_to_active_run(prepared: "PreparedDataset", codebase: Path) -> bool:
         stats_path.write_text(json.dumps(prepared.stats, indent=2, sort_keys=True))
         mlflow.log_artifact(str(stats_path))
     mlflow.set_tag(DIGEST_TAG, prepared.digest)
-    return True

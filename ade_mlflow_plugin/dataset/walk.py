@@ -97,6 +97,8 @@ def walk_codebase(root: str | Path, *, exclude: list[str] | tuple[str, ...] = ()
                     result.skipped[reason] += 1
                 else:
                     subdirs.append((rel, specs))
+            elif entry.is_symlink():
+                result.skipped["symlink"] += 1  # may point outside the codebase or loop
             elif entry.is_file(follow_symlinks=False):
                 _consider_file(entry, rel, specs, max_file_bytes, result)
         stack.extend(reversed(subdirs))

@@ -99,3 +99,40 @@ def test_console_script_digest_is_stable_across_processes(codebase, tmp_path):
                            "--num-examples", "4", "--synthetic-ratio", "0.3"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_file_that_fails_to_mine_is_skipped_and_counted(codebase, monkeypatch):
+    from ade_mlflow_plugin.dataset import build_dataset, mine
+
+    real = mine.extract_units
+
+    def flaky(path, *args, **kwargs):
+        if path == "src/app/stats.py":
+            raise RecursionError("pathological file")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(mine, "extract_units", flaky)
+    prepared = build_dataset(codebase, None, num_examples=20, synthetic_ratio=0.3, log_to_mlflow=False,
+                             progress=False, workers=1)
+    assert prepared.stats["drops"]["mine_error"] == 1
+    assert "src/app/stats.py" not in set(prepared.dataset["train"]["path"]) | set(prepared.dataset["eval"]["path"])
+
+
+def test_symlinks_are_skipped_and_counted(codebase, tmp_path):
+    outside = tmp_path / "outside.py"
+    outside.write_text("def outside_marker():\n    return 1\n")
+    (codebase / "src" / "link.py").symlink_to(outside)
+    (codebase / "loop").symlink_to(codebase, target_is_directory=True)
+    walked = walk_codebase(codebase)
+    assert walked.skipped["symlink"] == 2
+    assert "src/link.py" not in {f.rel for f in walked.files}
+
+
+def test_unknown_mlflow_run_is_one_line_exit_1(codebase, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_RUN_ID": "0" * 32}
+    proc = subprocess.run([*ADE, "prepare-data", str(codebase), "--out", str(tmp_path / "o"), "--num-examples",
+                           "4", "--synthetic-ratio", "0.3", "--no-progress"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("ade-mlflow: error: cannot attach to MLflow run 000") and "Traceback" not in proc.stderr
