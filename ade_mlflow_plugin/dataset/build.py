@@ -34,18 +34,34 @@ class PreparedDataset:
     path: Path | None
 
 
-def _validate(codebase: Path, num_examples: Any, synthetic_ratio: Any, eval_fraction: Any, max_tokens: Any) -> None:
+def _whole(value: Any) -> int | None:
+    """value as an int when it is one (or an integral float, as MLflow float params arrive), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _validate(codebase: Path, num_examples: Any, synthetic_ratio: Any, eval_fraction: Any, max_tokens: Any,
+              seed: Any) -> tuple[int, int, int]:
+    """Checks every argument; returns (num_examples, max_tokens, seed) as ints."""
     if not codebase.is_dir():
         what = "does not exist" if not codebase.exists() else "is not a directory"
         raise ConfigError(f"codebase '{codebase}' {what}: pass the root folder of the code to mine")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+    if _whole(num_examples) is None or _whole(num_examples) < 1:
         raise ConfigError(f"num_examples must be a whole number >= 1, got {num_examples!r}: pass e.g. 1000")
     if not isinstance(synthetic_ratio, (int, float)) or not 0.0 <= synthetic_ratio <= 1.0:
         raise ConfigError(f"synthetic_ratio must be between 0 and 1, got {synthetic_ratio!r}: pass e.g. 0.3")
     if not isinstance(eval_fraction, (int, float)) or not 0.0 <= eval_fraction < 1.0:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}: pass e.g. 0.1")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 16:
+    if _whole(max_tokens) is None or _whole(max_tokens) < 16:
         raise ConfigError(f"max_tokens must be a whole number >= 16, got {max_tokens!r}: pass e.g. 2048")
+    if _whole(seed) is None:
+        raise ConfigError(f"seed must be a whole number, got {seed!r}: pass e.g. 42")
+    return _whole(num_examples), _whole(max_tokens), _whole(seed)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -66,7 +82,8 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     `exclude` takes extra .gitignore-style patterns; `workers` defaults to the CPUs available.
     """
     codebase = Path(codebase).expanduser()
-    _validate(codebase, num_examples, synthetic_ratio, eval_fraction, max_tokens)
+    num_examples, max_tokens, seed = _validate(codebase, num_examples, synthetic_ratio, eval_fraction, max_tokens,
+                                               seed)
     out = Path(out_dir).expanduser() if out_dir is not None else None
     if out is not None:
         _check_out_dir(out)
@@ -107,8 +124,12 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, tokens,
                    num_examples=num_examples, ratio=float(synthetic_ratio), eval_fraction=float(eval_fraction),
                    seed=seed, tokenizer=tokenizer, max_tokens=max_tokens, digest=digest)
-    if stats["examples"]["shortfall"]:
-        logger.warning(stats["examples"]["shortfall"])
+    if eval_fraction > 0 and not evals:
+        stats["examples"]["eval_note"] = ("eval split is empty: the examples come from a single file, and no "
+                                          "file may be in both splits")
+    for note in (stats["examples"]["shortfall"], stats["examples"].get("eval_note")):
+        if note:
+            logger.warning(note)
     if out is not None:
         dataset.save_to_disk(str(out))
         timer.lap("save")

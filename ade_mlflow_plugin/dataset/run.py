@@ -82,8 +82,9 @@ def summary(prepared) -> str:
     lines = [f"prepared {ex['total']} examples ({ex['mined']} mined, {ex['synthetic']} synthetic) from "
              f"{stats['files']['mined']} files: train {len(prepared.dataset['train'])}, "
              f"eval {len(prepared.dataset['eval'])}; digest {prepared.digest}"]
-    if ex["shortfall"]:
-        lines.append(f"note: {ex['shortfall']}")
+    for note in (ex["shortfall"], ex.get("eval_note")):
+        if note:
+            lines.append(f"note: {note}")
     drops = ", ".join(f"{k} {v}" for k, v in stats["drops"].items())
     lines.append(f"dropped/skipped: {drops or 'nothing'}")
     if prepared.path is not None:

@@ -190,3 +190,31 @@ def test_chat_frame_equals_rendering_and_falls_back_for_transforming_templates(c
     trimming.chat_template = "{% for m in messages %}[{{ m['content'] | trim }}]{% endfor %}>"
     fmt = Formatter(trimming)
     assert fmt._frame is None and fmt.instruct("  padded  ", "plain") == "[padded]>"
+
+
+def test_integral_floats_accepted_like_mlflow_params(codebase):
+    as_ints = _build(codebase, num_examples=12, seed=3)
+    as_floats = _build(codebase, num_examples=12.0, seed=3.0, max_tokens=2048.0)
+    assert as_floats.digest == as_ints.digest and as_floats.stats["params"]["num_examples"] == 12
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_examples": 12.5}, "num_examples must be a whole number >= 1, got 12.5"),
+    ({"num_examples": True}, "num_examples must be a whole number"),
+    ({"seed": "x"}, "seed must be a whole number, got 'x'"),
+    ({"synthetic_ratio": float("nan")}, "synthetic_ratio must be between 0 and 1"),
+    ({"eval_fraction": -0.5}, "eval_fraction must be in [0, 1)"),
+])
+def test_bad_arguments_raise_config_error(codebase, kwargs, message):
+    from ade_mlflow_plugin.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _build(codebase, **kwargs)
+    assert message in info.value.message and "\n" not in info.value.message
+
+
+def test_single_file_codebase_says_eval_is_empty(tmp_path):
+    (tmp_path / "one.py").write_text("def f(a, b):\n    '''Add two numbers together.'''\n    c = a + b\n"
+                                     "    d = c * 2\n    return d - c\n")
+    prepared = _build(tmp_path, num_examples=10, synthetic_ratio=0.5)
+    assert len(prepared.dataset["eval"]) == 0 and "single file" in prepared.stats["examples"]["eval_note"]
