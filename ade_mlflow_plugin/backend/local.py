@@ -231,7 +231,9 @@ class LocalJob:
         with self._lock:
             self._status, self._secondary = "Stopping", "Stopping"
         self._signal(signal.SIGTERM)
-        threading.Timer(STOP_GRACE_S, self._signal, args=(signal.SIGKILL,)).start()
+        killer = threading.Timer(STOP_GRACE_S, self._signal, args=(signal.SIGKILL,))
+        killer.daemon = True  # must not keep `mlflow run` alive once the job has stopped
+        killer.start()
 
     def _signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

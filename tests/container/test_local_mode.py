@@ -1,0 +1,83 @@
+"""Local mode through the real `mlflow run` CLI: the same request runs here, ends the run, resumes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import FIXTURES
+
+COUNTER = FIXTURES / "projects" / "counter"
+
+
+def _mlflow_run(project: Path, config: dict, params: list[str], cwd: Path, tracking: str, entry: str = "main"):
+    cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry, "-b", "ade-sagemaker",
+           "--backend-config", json.dumps(config), *params]
+    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _runs(tracking: str):
+    mlflow.set_tracking_uri(tracking)
+    try:
+        return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_local_job_logs_checkpoints_and_outputs(tmp_path):
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
+    proc = _mlflow_run(FIXTURES / "backend_project", config,
+                       ["-P", f"data={FIXTURES / 'backend_project_data'}", "-P", "epochs=3"], tmp_path, tracking)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "trained on 3 lines" in out
+    run = _runs(tracking)[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data_lines"] == "3" and run.data.metrics["loss"] == pytest.approx(0.1 / 3)
+    assert (tmp_path / "ckpt" / "last.txt").read_text() == "epoch=3\n"
+    job = run.data.tags["sagemaker.job_name"]
+    model = tmp_path / "jobs" / "output" / job / "output" / "model.tar.gz"
+    assert tarfile.open(model).extractfile("weights.txt").read().startswith(b"lr=0.1")
+    assert run.data.tags["sagemaker.model_artifacts"] == model.as_uri()
+
+
+def test_sigterm_checkpoints_kills_the_run_and_a_restart_resumes(tmp_path):
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
+    proc = _mlflow_run(COUNTER, config, ["-P", "steps=40", "-P", "step_seconds=0.25"], tmp_path, tracking)
+    log = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the entry has counted a few steps
+        logs = list((tmp_path / "jobs" / "jobs").glob("*/job.log"))
+        if logs and "counter: step 3" in logs[0].read_text():
+            log = logs[0]
+            break
+        time.sleep(0.2)
+    assert log is not None, "the counter never reached step 3"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on `mlflow run`: the backend stops the job
+    proc.communicate(timeout=120)
+    text = log.read_text()
+    stopped_at = int(text.split("SIGTERM, checkpoint at step ")[1].split()[0])
+    first = _runs(tracking)[0]
+    assert first.info.status == "KILLED"
+    assert json.loads((tmp_path / "ckpt" / "counter.json").read_text())["step"] == stopped_at
+
+    again = _mlflow_run(COUNTER, config, ["-P", "steps=40", "-P", "step_seconds=0"], tmp_path, tracking)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert f"counter: starting at step {stopped_at}" in out
+    second = _runs(tracking)[1]
+    assert second.info.status == "FINISHED"
+    assert f"resumed_from_{stopped_at}" in second.data.params
+    history = mlflow.MlflowClient(tracking).get_metric_history(second.info.run_id, "count")
+    assert [m.step for m in history] == list(range(stopped_at + 1, 41))
