@@ -7,6 +7,8 @@ import re
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from ade_mlflow_plugin.dataset.examples import Candidate, Example, Renderer
 
 _APPROX_TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -59,10 +61,10 @@ def _may_exceed(example: Example, max_tokens: int) -> bool:
 class Pool:
     """One source's candidates in seeded order, rendered and length-checked lazily in batches."""
 
-    def __init__(self, cands: list[Candidate], rng: random.Random, renderer: Renderer,
+    def __init__(self, cands: list[Candidate], rng: np.random.Generator, renderer: Renderer,
                  count: TokenCounter, max_tokens: int, drops: Counter) -> None:
-        self.cands = list(cands)
-        rng.shuffle(self.cands)
+        # numpy permutes 100k candidates in a millisecond; random.shuffle takes ~0.1 s
+        self.cands = [cands[i] for i in rng.permutation(len(cands)).tolist()]
         self.pos, self.ready = 0, []
         self.renderer, self.count, self.max_tokens, self.drops = renderer, count, max_tokens, drops
 
@@ -102,7 +104,7 @@ def select(mined: list[Candidate], synthetic: list[Candidate], *, limit: int, ra
            renderer: Renderer, count: TokenCounter, max_tokens: int,
            drops: Counter) -> list[Example]:
     """Exactly synthetic_count(total, ratio) synthetic examples; total as large as allowed."""
-    rng = random.Random(seed)
+    rng = np.random.default_rng(seed)
     pools = {"mined": Pool(mined, rng, renderer, count, max_tokens, drops),
              "synthetic": Pool(synthetic, rng, renderer, count, max_tokens, drops)}
     while True:
@@ -115,7 +117,7 @@ def select(mined: list[Candidate], synthetic: list[Candidate], *, limit: int, ra
         if all(len(p.ready) >= want[k] for k, p in pools.items()):
             break
     chosen = pools["mined"].ready[:want["mined"]] + pools["synthetic"].ready[:want["synthetic"]]
-    rng.shuffle(chosen)
+    chosen = [chosen[i] for i in rng.permutation(len(chosen)).tolist()]
     return chosen
 
 
