@@ -1,0 +1,303 @@
+"""Observers the job follower feeds at each poll (see submitted_run.JobFollower): cost, budget, system metrics.
+
+- :class:`CostTicker`: metric ``cost_usd`` at each poll (running estimate, step = seconds since
+  TrainingStartTime), the exact cost at the end, tags ``sagemaker.billable_seconds``,
+  ``sagemaker.spot_savings_pct``, ``sagemaker.price_source``, ``sagemaker.price_usd_per_hour``.
+- :class:`BudgetGuard`: ``max_cost_usd``: the ``ade_cost_alert`` hook once at each of 50/80/100 % of the
+  budget, StopTrainingJob at 100 % when ``on_budget`` is "stop"; the run is tagged ``ade.stop_reason``.
+- :class:`CloudWatchMirror`: SageMaker's per-host system metrics (namespace /aws/sagemaker/TrainingJobs)
+  into the run as ``system/sagemaker/<host>/<metric>`` with CloudWatch's timestamps, each datapoint once.
+
+An observer failing (AWS, MLflow, a plugin) prints one warning and never stops the follower.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, TextIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+from mlflow.entities import Metric
+
+from ade_mlflow_plugin.backend import cost
+from ade_mlflow_plugin.backend.cost import PriceBook, PriceQuote
+
+Clock = Callable[[], datetime]
+ENDED = {"Completed", "Failed", "Stopped"}
+THRESHOLDS = (0.5, 0.8, 1.0)
+NAMESPACE = "/aws/sagemaker/TrainingJobs"
+SYSTEM_METRICS = ("CPUUtilization", "MemoryUtilization", "GPUUtilization", "GPUMemoryUtilization",
+                  "DiskUtilization")
+PERIOD_S = 60  # SageMaker publishes these once a minute
+LOOKBACK_S = 300  # re-read a few minutes back: CloudWatch datapoints can arrive late
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass
+class BudgetGuard:
+    """Alerts at 50/80/100 % of ``max_cost_usd`` (once each) and stops the job at 100 % if asked to."""
+
+    budget_usd: float
+    on_budget: str
+    job: Any
+    run_id: str
+    mlflow_client: Any
+    console: TextIO
+    hook: Callable[..., Any] | None = None
+    fired: set[float] = field(default_factory=set)
+    stopped: bool = False
+
+    def check(self, cost_usd: float, description: dict[str, Any], ended: bool = False) -> None:
+        fraction = cost_usd / self.budget_usd
+        may_stop = self.on_budget == "stop" and not ended and description["TrainingJobStatus"] == "InProgress"
+        for threshold in THRESHOLDS:
+            if fraction >= threshold and threshold not in self.fired:
+                self.fired.add(threshold)
+                action = "stop" if threshold >= 1.0 and may_stop else "warn"
+                self._alert(description["TrainingJobName"], cost_usd, fraction, action)
+        if fraction >= 1.0 and may_stop and not self.stopped:
+            self._stop(description["TrainingJobName"], cost_usd)
+
+    def _alert(self, job_name: str, cost_usd: float, fraction: float, action: str) -> None:
+        self.console.write(f"BUDGET: {job_name} cost ${cost_usd:.2f} is {fraction:.0%} of max_cost_usd "
+                           f"${self.budget_usd:.2f}{'; stopping the job' if action == 'stop' else ''}\n")
+        if self.hook is None:
+            return
+        try:
+            self.hook(run_id=self.run_id, job_name=job_name, cost_usd=cost_usd, budget_usd=self.budget_usd,
+                      fraction=fraction, action=action)
+        except Exception as exc:  # a third-party plugin must not end the follow loop
+            self.console.write(f"WARNING: an ade_cost_alert plugin failed: {type(exc).__name__}: {exc}\n")
+
+    def _stop(self, job_name: str, cost_usd: float) -> None:
+        self.job.stop()  # raises on failure: the next poll tries again
+        self.stopped = True
+        reason = (f"budget: estimated cost ${cost_usd:.2f} reached max_cost_usd ${self.budget_usd:.2f} "
+                  "(on_budget=stop)")
+        self.mlflow_client.set_tag(self.run_id, "ade.stop_reason", reason)
+        self.console.write(f"{job_name}: StopTrainingJob sent: {reason}\n")
+
+
+@dataclass
+class CostTicker:
+    """Running and final cost of the job in the MLflow run; feeds the budget guard."""
+
+    quote: PriceQuote
+    run_id: str
+    mlflow_client: Any
+    console: TextIO
+    clock: Clock = utcnow
+    budget: BudgetGuard | None = None
+    last_step: int = -1
+    _started: bool = False
+
+    def on_poll(self, description: dict[str, Any]) -> None:
+        self._start()
+        if not self.quote.known or description["TrainingJobStatus"] in ENDED:
+            return  # the end is on_end's: the exact cost, not an estimate
+        now = self.clock()
+        running = cost.running_cost(description, self.quote.usd_per_hour, now)
+        if running is None:
+            return  # not training yet: nothing billed
+        self._log(running, int(cost.elapsed_s(description, now) or 0), now)
+        if self.budget is not None:
+            self.budget.check(running, description)
+
+    def on_end(self, description: dict[str, Any]) -> None:
+        self._start()
+        self._tag_billing(description)
+        if not self.quote.known:
+            return
+        now = self.clock()
+        final = cost.exact_cost(description, self.quote.usd_per_hour)
+        if final is None:  # e.g. ended before training started, or an answer without billing fields
+            final = cost.running_cost(description, self.quote.usd_per_hour, now) or 0.0
+        # The final figure must be the run's latest cost_usd, so its step never goes back.
+        step = max(self.last_step, int(cost.elapsed_s(description, now) or 0))
+        self._log(final, step, now)
+        savings = cost.spot_savings_pct(description)
+        self.console.write(f"{description['TrainingJobName']}: cost ${final:.4f}"
+                           f"{f' (spot saved {savings:.1f}%)' if savings is not None else ''}\n")
+        if self.budget is not None:
+            self.budget.check(final, description, ended=True)
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if not self.quote.known:
+            self.console.write(f"WARNING: {self.quote.warning}\n")
+            return
+        if self.quote.warning:
+            self.console.write(f"WARNING: {self.quote.warning}\n")
+        self.console.write(f"Cost: {self.quote.describe()}\n")
+        self.mlflow_client.set_tag(self.run_id, "sagemaker.price_source", self.quote.label)
+        self.mlflow_client.set_tag(self.run_id, "sagemaker.price_usd_per_hour", f"{self.quote.usd_per_hour:g}")
+
+    def _log(self, value: float, step: int, now: datetime) -> None:
+        self.mlflow_client.log_metric(self.run_id, "cost_usd", round(value, 6), timestamp=_ms(now), step=step)
+        self.last_step = max(self.last_step, step)
+
+    def _tag_billing(self, description: dict[str, Any]) -> None:
+        billable = description.get("BillableTimeInSeconds")
+        if billable is not None:
+            self.mlflow_client.set_tag(self.run_id, "sagemaker.billable_seconds", str(int(billable)))
+        savings = cost.spot_savings_pct(description)
+        if savings is not None:
+            self.mlflow_client.set_tag(self.run_id, "sagemaker.spot_savings_pct", f"{savings:.1f}")
+
+
+@dataclass
+class CloudWatchMirror:
+    """Copies each host's SageMaker system metrics into the run, every datapoint exactly once."""
+
+    clients: Any
+    run_id: str
+    mlflow_client: Any
+    clock: Clock = utcnow
+    min_interval_s: float = PERIOD_S
+    seen: set[tuple[str, int]] = field(default_factory=set)
+    _newest: datetime | None = None
+    _last_fetch: datetime | None = None
+
+    def on_poll(self, description: dict[str, Any]) -> None:
+        now = self.clock()
+        if self._last_fetch is None or (now - self._last_fetch).total_seconds() >= self.min_interval_s:
+            self.mirror(description, now)
+
+    def on_end(self, description: dict[str, Any]) -> None:
+        self.mirror(description, self.clock())
+
+    def mirror(self, description: dict[str, Any], now: datetime) -> int:
+        """Fetch new datapoints and log them; returns how many were new."""
+        origin = description.get("TrainingStartTime") or description["CreationTime"]
+        queries = self._queries(description)
+        metrics = [m for m in self._fetch(queries, self._start_time(origin), now, origin)
+                   if (m.key, m.timestamp) not in self.seen]
+        for chunk in range(0, len(metrics), MAX_BATCH):
+            self.mlflow_client.log_batch(self.run_id, metrics=metrics[chunk:chunk + MAX_BATCH])
+        self.seen.update((m.key, m.timestamp) for m in metrics)
+        self._last_fetch = now
+        return len(metrics)
+
+    def _queries(self, description: dict[str, Any]) -> dict[str, tuple[str, str, dict[str, Any]]]:
+        """query id -> (host, metric, GetMetricData query); hosts are <job>/algo-1..N."""
+        job = description["TrainingJobName"]
+        queries = {}
+        for n in range(1, cost.instances(description)[1] + 1):
+            for i, metric in enumerate(SYSTEM_METRICS):
+                stat = {"Metric": {"Namespace": NAMESPACE, "MetricName": metric,
+                                   "Dimensions": [{"Name": "Host", "Value": f"{job}/algo-{n}"}]},
+                        "Period": PERIOD_S, "Stat": "Average"}
+                queries[f"h{n}m{i}"] = (f"algo-{n}", metric, {"Id": f"h{n}m{i}", "MetricStat": stat,
+                                                             "ReturnData": True})
+        return queries
+
+    def _start_time(self, origin: datetime) -> datetime:
+        start = origin if self._newest is None else max(origin, self._newest - timedelta(seconds=LOOKBACK_S))
+        # Period-aligned windows give the same bucket timestamps on every poll (the dedup key).
+        return start - timedelta(seconds=start.timestamp() % PERIOD_S, microseconds=start.microsecond)
+
+    def _fetch(self, queries: dict[str, tuple[str, str, dict[str, Any]]], start: datetime, now: datetime,
+               origin: datetime) -> list[Metric]:
+        end = now - timedelta(seconds=now.timestamp() % PERIOD_S) + timedelta(seconds=PERIOD_S)
+        paginator = self.clients.cloudwatch.get_paginator("get_metric_data")
+        found: list[Metric] = []
+        for page in paginator.paginate(MetricDataQueries=[q for _, _, q in queries.values()],
+                                       StartTime=start, EndTime=end, ScanBy="TimestampAscending"):
+            for result in page.get("MetricDataResults", []):
+                host, name, _ = queries[result["Id"]]
+                for stamp, value in zip(result.get("Timestamps", []), result.get("Values", [])):
+                    step = max(0, int((stamp - origin).total_seconds()))
+                    found.append(Metric(f"system/sagemaker/{host}/{name}", float(value), _ms(stamp), step))
+                    self._newest = max(self._newest or stamp, stamp)
+        return found
+
+
+@dataclass
+class Guarded:
+    """Runs an observer so that its failure is one warning line, not the end of following the job."""
+
+    observer: Any
+    console: TextIO
+    what: str
+    _warned: set[str] = field(default_factory=set)
+
+    def on_poll(self, description: dict[str, Any]) -> None:
+        self._call(self.observer.on_poll, description)
+
+    def on_end(self, description: dict[str, Any]) -> None:
+        self._call(self.observer.on_end, description)
+
+    def _call(self, method: Callable[[dict[str, Any]], None], description: dict[str, Any]) -> None:
+        try:
+            method(description)
+        except Exception as exc:  # noqa: BLE001 - any failure here is reported, never fatal
+            message = _explain(exc)
+            if message not in self._warned:
+                self._warned.add(message)
+                self.console.write(f"WARNING: {self.what}: {message} (following the job continues)\n")
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        text = f"{error.get('Code', '')}: {error.get('Message', '')}"
+        if error.get("Code") in {"AccessDenied", "AccessDeniedException"}:
+            text += " (grant cloudwatch:GetMetricData to read system metrics)"
+        return text
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    return getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+
+
+def _region(config: Any, clients: Any) -> str:
+    if config.region:
+        return config.region
+    try:
+        return getattr(clients, "region", None) or clients.session.region_name or "us-east-1"
+    except (AttributeError, BotoCoreError):
+        return "us-east-1"
+
+
+def _cost_alert_hook(console: TextIO, plugin_manager: Any = None) -> Callable[..., Any] | None:
+    try:
+        if plugin_manager is None:
+            from ade_mlflow_plugin.registry.plugins import get_plugin_manager
+
+            plugin_manager = get_plugin_manager(builtin_sync=False)
+        return plugin_manager.hook.ade_cost_alert
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the job being followed
+        console.write(f"WARNING: budget alerts go to the console only: {_explain(exc)}\n")
+        return None
+
+
+def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: str, job: Any,
+                    console: TextIO | None = None, price_book: PriceBook | None = None,
+                    plugin_manager: Any = None, clock: Clock = utcnow) -> list[Any]:
+    """The observers for one job (called by project_backend). Local jobs cost nothing and have no
+    CloudWatch: none then."""
+    if config.mode == "local":
+        return []
+    console = console or sys.stderr
+    quote = (price_book or PriceBook()).quote(clients, config.instance_type, _region(config, clients))
+    budget = None
+    if config.max_cost_usd is not None:
+        if quote.known:
+            budget = BudgetGuard(config.max_cost_usd, config.on_budget, job, run_id, mlflow_client, console,
+                                 hook=_cost_alert_hook(console, plugin_manager))
+        else:
+            console.write(f"WARNING: max_cost_usd ${config.max_cost_usd:g} cannot be enforced without a "
+                          f"price for {config.instance_type}; watch the job's cost yourself\n")
+    ticker = CostTicker(quote, run_id, mlflow_client, console, clock=clock, budget=budget)
+    mirror = CloudWatchMirror(clients, run_id, mlflow_client, clock=clock)
+    return [Guarded(ticker, console, "cost"), Guarded(mirror, console, "CloudWatch metrics")]
