@@ -61,8 +61,10 @@ def log_model(model: Any, tokenizer: Any, *, base_dir: Path | None, merge: bool,
     """mlflow.transformers.log_model of the adapter (base referenced by base_model_path) or a merged model."""
     import mlflow
 
+    # return_full_text=False: predict answers with the completion only, not the prompt echoed back.
     common = {"task": "text-generation", "name": MODEL_NAME, "signature": signature(max_new_tokens),
-              "pip_requirements": pip_requirements(quantized and not merge)}
+              "pip_requirements": pip_requirements(quantized and not merge),
+              "model_config": {"return_full_text": False, "max_new_tokens": max(1, max_new_tokens)}}
     if merge:
         return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, **common)
     if base_dir is None:

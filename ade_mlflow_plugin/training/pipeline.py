@@ -120,6 +120,9 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     from ade_mlflow_plugin.training.packing import build_rows
     from ade_mlflow_plugin.training.trainer import train
 
+    from transformers import set_seed
+
+    set_seed(config.seed)  # LoRA's A matrices are drawn at random: same seed, same start
     model, tokenizer, device = load_for_training(config)
     train_split = prepared.dataset["train"].shuffle(seed=config.seed)
     rows, stats = build_rows(tokenizer, train_split, config.max_seq_len, config.packing)
@@ -145,6 +148,8 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
         return outcome
     outcome.metrics = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
     session.metrics.log(outcome.metrics, step=state.global_step)
+    # Metrics land before the model: a server that is down now is waited for here, with nothing lost.
+    session.metrics.flush(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300")))
     _publish(config, session, model, tokenizer, prepared, outcome, local_model_dir(config.base_model))
     return outcome
 

@@ -1,0 +1,69 @@
+"""The tracking server stopped for 20 s mid-run: training goes on, the job finishes and every step's
+train_loss reaches the run once the server is back."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from ade_mlflow_plugin.training.tracking import MetricLogger
+from tests.training.conftest import FAST_ARGS, Entry, entry_env, new_run
+
+STEPS = 10
+OUTAGE_S = 20
+
+
+@pytest.mark.slow
+def test_server_down_20s_mid_run_loses_no_metric(tiny_model, prepared_dataset, own_mlflow_server, tmp_path):
+    run_id = new_run(own_mlflow_server.uri, "training-outage")
+    entry = Entry("train.py", ["--dataset", str(prepared_dataset), "--base_model", str(tiny_model),
+                               "--max_steps", str(STEPS), "--save_steps", "100", "--registered_model_name", "",
+                               *FAST_ARGS],
+                  entry_env(own_mlflow_server.uri, run_id, tmp_path / "ckpt"))
+    deadline = time.monotonic() + 120
+    while entry.logged_steps() < 1 and entry.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    own_mlflow_server.stop()
+    down_at = time.monotonic()
+    # Training goes on while the server is down (no step waits for logging).
+    while time.monotonic() - down_at < OUTAGE_S:
+        assert entry.proc.poll() is None, entry.output[-3000:]
+        time.sleep(0.5)
+    steps_while_down = entry.logged_steps()
+    own_mlflow_server.start()
+    assert entry.wait(timeout=180) == 0, entry.output[-3000:]
+    assert steps_while_down == STEPS  # all steps ran during the outage
+
+    client = MlflowClient(own_mlflow_server.uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, STEPS + 1))
+    assert {m.step for m in client.get_metric_history(run_id, "eval_loss")} == {0, STEPS}
+    assert "tracking server unreachable" in entry.output
+
+
+class _FlakyClient:
+    """A client whose first calls fail like a refused connection."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.batches = failures, []
+
+    def log_batch(self, run_id, metrics, synchronous=True):
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("refused")
+        self.batches.append(list(metrics))
+
+
+def test_logger_keeps_batches_until_sent_and_skips_logged_steps():
+    client = _FlakyClient(failures=2)
+    metric_logger = MetricLogger(client, "run", logged_steps={"train_loss": 3})
+    started = time.perf_counter()
+    for step in range(1, 6):
+        metric_logger.log({"train_loss": float(step), "epoch": step / 10}, step=step)
+    assert time.perf_counter() - started < 0.1  # logging never waits for the server
+    assert metric_logger.close(timeout=30)
+    sent = [m for batch in client.batches for m in batch]
+    assert sorted(m.step for m in sent if m.key == "train_loss") == [4, 5]
+    assert sorted(m.step for m in sent if m.key == "epoch") == [1, 2, 3, 4, 5]
+    assert metric_logger.failures == 2
