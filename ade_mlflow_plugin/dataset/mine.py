@@ -37,14 +37,22 @@ class MineOptions:
 
 @dataclass(slots=True)
 class Chunk:
-    """The next `chunk_lines` of a file after its preceding context."""
+    """The next lines of a file after its preceding context; texts are cut from the file's lines on demand
+    (contexts overlap, so storing them would triple the data workers send back)."""
 
     start_line: int  # 1-based first line of the chunk
-    end_line: int
-    context: str
-    text: str
-    key: bytes = b""  # exact-duplicate key: hash of the text without whitespace
-    context_line: int = 0  # 1-based first line of the context
+    end_line: int  # 1-based last line
+    context_line: int  # 1-based first line of the context
+    key: bytes  # exact-duplicate key: hash of the chunk without whitespace
+    lines: list[str]  # the whole file's lines, shared by its chunks and units
+
+    @property
+    def context(self) -> str:
+        return "\n".join(self.lines[self.context_line - 1:self.start_line - 1]).strip("\n") + "\n"
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines[self.start_line - 1:self.end_line]).rstrip() + "\n"
 
 
 @dataclass(slots=True)
@@ -153,9 +161,8 @@ def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Co
         if secret_rows and bisect.bisect_left(secret_rows, ctx_start) < bisect.bisect_left(secret_rows, end):
             drops["chunk_secret"] += 1
             continue
-        context = "\n".join(lines[ctx_start:start]).strip("\n")
-        if context.strip():
-            text = "\n".join(lines[start:end]).rstrip() + "\n"
+        if nonblank[start] - nonblank[ctx_start] > 0:
+            text = "\n".join(lines[start:end])
             key = hashlib.blake2b("".join(text.split()).encode(), digest_size=16).digest()
-            chunks.append(Chunk(start + 1, end, context + "\n", text, key, ctx_start + 1))
+            chunks.append(Chunk(start + 1, end, ctx_start + 1, key, lines))
     return chunks
