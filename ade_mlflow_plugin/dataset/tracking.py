@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,8 +43,11 @@ def _log(prepared: "PreparedDataset", codebase: Path) -> None:
         frame = prepared.dataset[split].to_pandas()
         frame.insert(0, "split", split)
         frames.append(frame)
-    data = mlflow.data.from_pandas(pd.concat(frames, ignore_index=True), source=str(codebase.resolve()),
-                                   name=DATASET_NAME, digest=prepared.digest)
+    with warnings.catch_warnings():
+        # a local path resolves to LocalArtifactDatasetSource twice (schemes "" and "file"): same class
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        data = mlflow.data.from_pandas(pd.concat(frames, ignore_index=True), source=str(codebase.resolve()),
+                                       name=DATASET_NAME, digest=prepared.digest)
     mlflow.log_input(data, context=CONTEXT)
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = Path(tmp) / "stats.json"
