@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import sysconfig
 import tempfile
@@ -91,15 +92,23 @@ def main() -> None:
     baseline, lines, size = bare_parse_seconds(files)
 
     with tempfile.TemporaryDirectory() as tmp:
+        cpu_before = _cpu_seconds()
         start = time.perf_counter()
         prepared = build_dataset(args.root, Path(tmp) / "out", num_examples=args.num_examples,
                                  synthetic_ratio=args.synthetic_ratio, tokenizer=tokenizer, exclude=exclude,
                                  workers=workers, log_to_mlflow=False, progress=False)
         wall = time.perf_counter() - start
-    report(args, files, lines, size, baseline, wall, workers, prepared)
+        cpu = _cpu_seconds() - cpu_before
+    report(args, files, lines, size, baseline, wall, cpu, workers, prepared)
 
 
-def report(args, files, lines, size, baseline, wall, workers, prepared) -> None:
+def _cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (the mining workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def report(args, files, lines, size, baseline, wall, cpu, workers, prepared) -> None:
     stats = prepared.stats
     print(f"corpus: {args.root} ({len(files)} files, {lines:,} lines, {size / 1e6:.1f} MB); "
           f"cpus available {len(os.sched_getaffinity(0))}, workers {workers}; load avg {os.getloadavg()[0]:.2f}")
@@ -108,6 +117,7 @@ def report(args, files, lines, size, baseline, wall, workers, prepared) -> None:
     print(f"baseline  bare tree-sitter parse, 1 core: {baseline:7.3f} s  ({lines / baseline:,.0f} lines/s)")
     print(f"prepare   whole build_dataset, wall     : {wall:7.3f} s  ({len(files) / wall:,.0f} files/s, "
           f"{lines / wall:,.0f} lines/s)")
+    print(f"          cpu seconds, main + workers   : {cpu:7.3f} s  (cpu / bare parse: {cpu / baseline:.2f})")
     print(f"examples made: {stats['examples']['total']:,} ({stats['examples']['mined']:,} mined, "
           f"{stats['examples']['synthetic']:,} synthetic) of {sum(stats['examples']['available'].values()):,} "
           f"candidates; units kept {stats['units']['kept']:,} of {stats['units']['found']:,}")
