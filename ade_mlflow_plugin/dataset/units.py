@@ -99,10 +99,10 @@ def _python_docstring(body, src: bytes) -> tuple[str, int, int] | None:
     """(cleaned docstring, start row, end row) when the block starts with a string literal."""
     if body is None or body.named_child_count == 0:
         return None
-    first = body.named_children[0]
+    first = body.named_child(0)  # named_children would build a node object for every statement
     if first.type != "expression_statement" or first.named_child_count != 1:
         return None
-    string = first.named_children[0]
+    string = first.named_child(0)
     if string.type != "string":
         return None
     content = "".join(_node_text(src, c) for c in string.children if c.type == "string_content")
@@ -140,15 +140,18 @@ def _last_row(node) -> int:
     return end_row - 1 if end_col == 0 and end_row > node.start_point[0] else end_row
 
 
-def _kind(node, spec: LanguageSpec) -> str:
-    kind = spec.defs[node.type]
-    if kind == "function":
-        parent = node.parent
-        while parent is not None:
-            if spec.defs.get(parent.type) == "class":
-                return "method"
-            parent = parent.parent
-    return kind
+def _kinds(nodes: list, spec: LanguageSpec) -> list[str]:
+    """function | method | class for nodes sorted by start: a function inside a class range is a method.
+    (Walking each node's parents through the Python bindings costs more than the parse.)"""
+    kinds, open_classes = [], []  # end bytes of the classes enclosing the current node
+    for node in nodes:
+        while open_classes and open_classes[-1] <= node.start_byte:
+            open_classes.pop()
+        kind = spec.defs[node.type]
+        kinds.append("method" if kind == "function" and open_classes else kind)
+        if kind == "class":
+            open_classes.append(node.end_byte)
+    return kinds
 
 
 def _outer(node, spec: LanguageSpec):
@@ -163,15 +166,16 @@ def extract_units(path: str, language: str, src: bytes, lines: list[str], tree=N
     if tree is None:
         tree = parser_for(language).parse(src)
     nodes = unit_query(language).captures(tree.root_node).get("def", [])
+    nodes = sorted(nodes, key=lambda n: n.start_byte)
     units = []
-    for node in sorted(nodes, key=lambda n: n.start_byte):
-        unit = _unit(node, spec, path, src, lines)
+    for node, kind in zip(nodes, _kinds(nodes, spec)):
+        unit = _unit(node, kind, spec, path, src, lines)
         if unit is not None:
             units.append(unit)
     return units
 
 
-def _unit(node, spec: LanguageSpec, path: str, src: bytes, lines: list[str]) -> CodeUnit | None:
+def _unit(node, kind: str, spec: LanguageSpec, path: str, src: bytes, lines: list[str]) -> CodeUnit | None:
     body = node.child_by_field_name("body")
     if spec.name == "cpp" and node.type in ("class_specifier", "struct_specifier") and body is None:
         return None  # a forward declaration or an elaborated type, not a definition
@@ -197,7 +201,7 @@ def _unit(node, spec: LanguageSpec, path: str, src: bytes, lines: list[str]) -> 
     if split > er or (split >= 0 and not any(ln.strip() for ln in lines[split:er + 1])):
         split = -1
     return CodeUnit(
-        path=path, language=DISPLAY_NAME.get(spec.name, spec.name), kind=_kind(node, spec),
+        path=path, language=DISPLAY_NAME.get(spec.name, spec.name), kind=kind,
         name=_name_of(node, src, signature, spec.defs[node.type] == "class"), start_line=sr + 1, end_line=er + 1, signature=signature,
         docstring=docstring, doc_start_line=doc_row + 1, lines=lines, indent=_indent_of(lines[sr]),
         chars=node.end_byte - node.start_byte, doc_rows=doc_rows, split_row=split,
