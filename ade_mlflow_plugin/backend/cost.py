@@ -13,6 +13,7 @@ Cost arithmetic follows SageMaker's billing: exact cost = BillableTimeInSeconds 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -27,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 HOUR_S = 3600.0
 SERVICE_CODE = "AmazonSageMaker"
 DEFAULT_TTL_S = 7 * 24 * 3600
+FAILURE_TTL_S = 600
 API_SOURCE = "AWS Price List API"
 TABLE_SOURCE = "bundled price table"
 
@@ -83,6 +85,17 @@ def default_cache_path() -> Path:
     return Path(root) / "prices.json"
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_book(cache_path: Path) -> "PriceBook":
+    return PriceBook(cache_path)
+
+
+def default_price_book() -> "PriceBook":
+    """One PriceBook per cache file and process, so the pre-submission estimate, the follower and the
+    cost command share what they learnt (including that the API is unreachable)."""
+    return _shared_book(default_cache_path())
+
+
 def parse_price_list(price_list: list[str], instance_type: str) -> float | None:
     """The on-demand hourly training price in a GetProducts PriceList (entries are JSON strings).
 
@@ -111,7 +124,8 @@ class PriceBook:
     cache_path: Path = field(default_factory=default_cache_path)
     ttl_s: float = DEFAULT_TTL_S
     clock: Callable[[], float] = time.time
-    _unreachable: dict[str, str] = field(default_factory=dict, repr=False)  # key -> why, for this process
+    # key -> (when, why): a failed lookup is not retried for FAILURE_TTL_S (each try can take seconds).
+    _unreachable: dict[str, tuple[float, str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.cache_path = Path(self.cache_path)
@@ -122,8 +136,8 @@ class PriceBook:
         cached = self._read_cache().get(key)
         if cached and self.clock() - cached["fetched_at"] < self.ttl_s:
             return self._from_cache(instance_type, region, cached)
-        problem = self._unreachable.get(key)
-        if problem is None:
+        when, problem = self._unreachable.get(key, (0.0, None))
+        if problem is None or self.clock() - when >= FAILURE_TTL_S:
             try:
                 price = self._ask_api(clients, instance_type, region)
             except (ClientError, BotoCoreError) as exc:
@@ -132,7 +146,7 @@ class PriceBook:
                 if price is not None:
                     return self._store(key, instance_type, region, price)
                 problem = f"the AWS Price List API has no training price for {instance_type} in {region}"
-            self._unreachable[key] = problem
+            self._unreachable[key] = (self.clock(), problem)
         return self._fallback(instance_type, region, cached, problem)
 
     def _ask_api(self, clients: Any, instance_type: str, region: str) -> float | None:
@@ -272,7 +286,7 @@ def worst_case_estimate(config: Any, clients: Any, price_book: PriceBook | None 
     if config.mode == "local":
         return None
     region = config.region or getattr(clients, "region", None) or _session_region(clients) or "us-east-1"
-    quote = (price_book or PriceBook()).quote(clients, config.instance_type, region)
+    quote = (price_book or default_price_book()).quote(clients, config.instance_type, region)
     if not quote.known:
         return f"Worst-case cost: unknown; WARNING: {quote.warning}"
     hours = config.max_runtime_s / HOUR_S

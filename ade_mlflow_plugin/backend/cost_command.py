@@ -75,7 +75,7 @@ class CostReport:
 
     def __init__(self, region: str | None, price_book: PriceBook | None = None) -> None:
         self.region = region
-        self.book = price_book or PriceBook()
+        self.book = price_book or cost.default_price_book()
         self._clients: dict[str | None, AwsClients] = {}
         self._warned: set[str] = set()
 

@@ -289,7 +289,7 @@ def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: st
     if config.mode == "local":
         return []
     console = console or sys.stderr
-    quote = (price_book or PriceBook()).quote(clients, config.instance_type, _region(config, clients))
+    quote = (price_book or cost.default_price_book()).quote(clients, config.instance_type, _region(config, clients))
     budget = None
     if config.max_cost_usd is not None:
         if quote.known:

@@ -120,7 +120,8 @@ def test_paginated_answer_is_read_to_the_end(tmp_path):
 
 
 def test_moto_price_list_500_falls_back_to_the_bundled_table_with_a_warning(aws, tmp_path):
-    book = PriceBook(tmp_path / "prices.json")
+    clock = Clock(T0.timestamp())
+    book = PriceBook(tmp_path / "prices.json", clock=clock)
     quote = book.quote(AwsClients(region="us-east-1"), "ml.g5.2xlarge", "us-east-1")
     assert quote.usd_per_hour == cost.FALLBACK_PRICES["us-east-1"]["ml.g5.2xlarge"]
     assert quote.label == f"bundled price table, {cost.FALLBACK_AS_OF}"
@@ -129,6 +130,10 @@ def test_moto_price_list_500_falls_back_to_the_bundled_table_with_a_warning(aws,
     assert not (tmp_path / "prices.json").exists()  # fallback figures are never cached as API answers
     # The failure is remembered for this process: the next lookup does not wait on the API again.
     assert book.quote(None, "ml.g5.2xlarge", "us-east-1").usd_per_hour == quote.usd_per_hour
+    clock.now += cost.FAILURE_TTL_S  # ... for a while; then it asks again
+    clients, stubber = stubbed_pricing(g5_answer())
+    assert book.quote(clients, "ml.g5.2xlarge", "us-east-1").usd_per_hour == 1.212
+    stubber.assert_no_pending_responses()
 
 
 def test_stale_cache_is_preferred_over_the_table_when_the_api_fails(tmp_path):
