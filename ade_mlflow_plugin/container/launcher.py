@@ -44,15 +44,25 @@ class Launch:
 
 
 # ---------------------------------------------------------------- code
+def _check_member(member: tarfile.TarInfo) -> None:
+    # The "data" filter would quietly strip a leading "/"; an archive that asks for one is refused.
+    if member.name.startswith("/") or ".." in Path(member.name).parts:
+        raise LaunchError(f"refusing the code archive: member '{member.name}' points outside the code dir; "
+                          "rebuild it from the project directory")
+
+
 def _safe_extract(archive: Path, dest: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
-            # The "data" filter refuses absolute paths, "..", device files and links leaving dest.
+            for member in tar.getmembers():
+                _check_member(member)
+            # The "data" filter also refuses links leaving dest, device files and odd modes.
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
         raise LaunchError(f"refusing the code archive: {exc}; rebuild it from the project directory") from None
     except (tarfile.ReadError, EOFError, OSError) as exc:
-        raise LaunchError(f"the code archive {archive} is not a readable tar.gz ({exc}); resubmit the job") from None
+        raise LaunchError(f"the code archive {archive} is not a readable tar.gz ({type(exc).__name__}); "
+                          "resubmit the job") from None
 
 
 def _fetch_code(uri: str, dest: Path) -> None:
@@ -228,7 +238,7 @@ def main() -> int:
         paths.make_dirs()
         launch, _ = prepare(paths)
     except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
-        message = f"ade launcher: {exc}"
+        message = "ade launcher: " + " ".join(str(exc).split())  # one line, for FailureReason
         print(message, file=sys.stderr)
         _write_failure(paths, message)
         _end_run(fallback_env, "FAILED")
