@@ -20,17 +20,17 @@ from functools import lru_cache
 # str.find per literal is ~10x faster than one big regex alternation over the same text.
 _LITERALS = (
     "pwd", "secret", "contrase", "credential", "authtoken", "accountkey", "-----begin", "putty-user-key",
-    "akia", "asia", "abia", "acca", "xox", "hooks.slack.com", "k_live", "sg.", "eyj", "pypi-ag", "npm_", "akc",
+    "akia", "asia", "abia", "acca", "xox", "hooks.slack.com", "k_live", "eyj", "pypi-ag", "npm_", "akc",
     "t3blbkfj", "bearer", "cloudant",
 )
 # Keywords too common to take alone: an occurrence counts when its pattern matches around it, or when a
 # long key-like value follows on its line (IBM Cloud IAM, IBM COS and SoftLayer accept any key/pass/token
 # name followed by a 40-64 character value).
-_CHECKED = {
+_CHECKED: dict[str, re.Pattern | None] = {
     "key": re.compile(r"(?:api|auth|service|account|db|database|priv|private|client|access|secret|signing"
                       r"|encryption)[_-]?key|key[_-]?pass"),
     "pass": re.compile(r"(?:db|database|key)[_-]?pass|pass(?:w|phrase)"),
-    "token": re.compile(r"token\s*[=:]"),
+    "token": None,  # no plugin fires on the word itself; only a long value after it counts
 }
 _CHECK_BEFORE = 16  # characters before the keyword its pattern may start at
 _CHECK_AFTER = 200  # characters after it searched for a long value
@@ -48,8 +48,10 @@ _PREFIXED_LOW = (
     re.compile(r"-us\d"),
     re.compile(r"softlayer"),
 )
-# On the original text: Twilio (AC/SK + 32), Telegram (digits:35), Discord (.6.27), Artifactory (AP...).
+# On the original text: Twilio (AC/SK + 32), Telegram (digits:35), Discord (.6.27), Artifactory (AP...),
+# SendGrid (SG.22.43, case-sensitive: "msg." is everywhere in lower-cased code).
 _PREFIXED = (
+    re.compile(r"SG\.[a-zA-Z0-9_-]{22}\."),
     re.compile(r"AC[a-z0-9]{32}"),
     re.compile(r"SK[a-z0-9]{32}"),
     re.compile(r":[0-9A-Za-z_-]{35}"),
@@ -94,7 +96,7 @@ def _literal_offsets(low: str) -> list[int]:
         offsets += _find_all(low, literal)
     for keyword, pattern in _CHECKED.items():
         for pos in _find_all(low, keyword):
-            if pattern.search(low, max(0, pos - _CHECK_BEFORE), pos + 40) or \
+            if (pattern is not None and pattern.search(low, max(0, pos - _CHECK_BEFORE), pos + 40)) or \
                     _LONG_VALUE.search(low, pos, pos + _CHECK_AFTER):
                 offsets.append(pos)
     for pattern in _PREFIXED_LOW:
