@@ -83,6 +83,9 @@ def resolve_params(project: Any, entry_point: str, params: dict[str, Any], proje
             _check_float(name, value)
         if spec.type == "path":
             paths[name] = _check_path(name, value, Path(project_dir))
+        elif value.startswith("models:/"):
+            # A registered model as input (base_model=models:/NAME@ALIAS): shipped as a channel.
+            paths[name] = value
         elif spec.type == "uri" and "://" not in value and ":/" not in value and not Path(value).exists():
             raise ConfigError(f"parameter '{name}': got '{value}', expected a URI such as s3://bucket/key")
         else:
