@@ -6,8 +6,6 @@ plain, picklable data.
 from __future__ import annotations
 
 import bisect
-import hashlib
-import itertools
 import logging
 import time
 from collections import Counter
@@ -17,7 +15,7 @@ import numpy as np
 
 from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS, parser_for
 from ade_mlflow_plugin.dataset.licence import strip_licence_header
-from ade_mlflow_plugin.dataset.minhash import sketch_spans
+from ade_mlflow_plugin.dataset.minhash import CompactText
 from ade_mlflow_plugin.dataset.secrets import secret_rows
 from ade_mlflow_plugin.dataset.units import CodeUnit, extract_units
 from ade_mlflow_plugin.dataset.walk import SourceFile, content_skip_reason
@@ -114,17 +112,14 @@ def _mine(source: SourceFile, options: MineOptions, mined: MinedFile) -> None:
     mined.timings["parse"] += now - clock
     units = extract_units(source.rel, source.language, src, lines, tree)
     mined.units = _keep_units(units, secrets, options, mined.drops)
-    mined.chunks = _chunks(lines, secrets, options, mined.drops)
+    compact = CompactText(src)
+    mined.chunks = _chunks(lines, compact, secrets, options, mined.drops)
     clock, now = now, time.perf_counter()
     mined.timings["extract"] += now - clock
-    mined.sketches, mined.unit_keys = sketch_spans(src, _byte_spans(src, mined.units))
+    ranges = [compact.rows_range(u.start_line - 1, u.end_line - 1) for u in mined.units]
+    mined.unit_keys = [compact.key(start, end) for start, end in ranges]
+    mined.sketches = compact.sketches(ranges)
     mined.timings["sketch"] += time.perf_counter() - now
-
-
-def _byte_spans(src: bytes, units: list[CodeUnit]) -> list[tuple[int, int]]:
-    """[start, end) byte offsets of each unit's whole lines."""
-    line_starts = np.concatenate([[0], np.nonzero(np.frombuffer(src, dtype=np.uint8) == 10)[0] + 1, [len(src) + 1]])
-    return [(int(line_starts[u.start_line - 1]), int(line_starts[u.end_line]) - 1) for u in units]
 
 
 def _touches(rows: set[int], first: int, last: int) -> bool:
@@ -148,9 +143,10 @@ def _keep_units(units: list[CodeUnit], secrets: set[int], options: MineOptions, 
     return kept
 
 
-def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Counter) -> list[Chunk]:
-    nonblank = list(itertools.accumulate((ln != "" and not ln.isspace() for ln in lines), initial=0))
-    first = next((i for i, ln in enumerate(lines) if ln.strip()), len(lines))
+def _chunks(lines: list[str], compact: CompactText, secrets: set[int], options: MineOptions,
+            drops: Counter) -> list[Chunk]:
+    nonblank = compact.nonblank_prefix()
+    first = bisect.bisect_left(nonblank, 1) - 1 if nonblank[-1] else len(lines)
     secret_rows = sorted(secrets)
     chunks = []
     for start in range(first + options.chunk_lines, len(lines), options.chunk_lines):
@@ -162,7 +158,5 @@ def _chunks(lines: list[str], secrets: set[int], options: MineOptions, drops: Co
             drops["chunk_secret"] += 1
             continue
         if nonblank[start] - nonblank[ctx_start] > 0:
-            text = "\n".join(lines[start:end])
-            key = hashlib.blake2b("".join(text.split()).encode(), digest_size=16).digest()
-            chunks.append(Chunk(start + 1, end, ctx_start + 1, key, lines))
+            chunks.append(Chunk(start + 1, end, ctx_start + 1, compact.key(*compact.rows_range(start, end - 1)), lines))
     return chunks

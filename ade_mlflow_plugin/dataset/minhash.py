@@ -65,34 +65,61 @@ _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
 
 
-def sketch_spans(src: bytes, spans: list[tuple[int, int]]) -> tuple[np.ndarray, list[bytes]]:
-    """MinHash values and exact-duplicate keys of byte ranges [start, end) of one file.
+class CompactText:
+    """One file's bytes with whitespace removed, and where each line lands in them.
 
-    Whitespace is removed before shingling, so reindented or reflowed copies shingle alike. The file is
-    shingled and permuted once; a unit's sketch is the minimum over the windows inside its range, so a
-    class and the methods inside it share the work.
+    Everything per line or per range (blank lines, exact-duplicate keys, MinHash sketches) is answered
+    from this one numpy pass instead of Python work per line: whitespace-free text makes reindented or
+    reflowed copies compare equal.
     """
-    out = np.full((len(spans), NUM_PERM), EMPTY, dtype=np.uint32)
-    buf = np.frombuffer(src, dtype=np.uint8)
-    keep = ~_WHITESPACE[buf]
-    compact = buf[keep]
-    # position in `compact` of each original byte (or of the next kept byte), plus one past the end
-    index = np.concatenate([np.cumsum(keep) - keep, [len(compact)]])
-    starts = index[[s for s, _ in spans]] if spans else np.zeros(0, dtype=np.int64)
-    ends = index[[e for _, e in spans]] if spans else np.zeros(0, dtype=np.int64)
-    raw = compact.tobytes()
-    keys = [hashlib.blake2b(raw[s:e], digest_size=16).digest() for s, e in zip(starts.tolist(), ends.tolist())]
-    hashes = shingle_hashes(compact)
-    positions = np.nonzero(hashes % SAMPLE_MOD == 0)[0]
-    if len(positions) == 0 or not spans:
-        return out, keys
-    a, b = permutations()
-    permuted = fmix32(hashes[positions])[:, None] * a[None, :] + b[None, :]
-    lo = np.searchsorted(positions, starts, side="left")
-    hi = np.searchsorted(positions, ends - SHINGLE_BYTES, side="right")
-    for i in np.nonzero(hi > lo)[0].tolist():
-        out[i] = permuted[lo[i]:hi[i]].min(axis=0)
-    return out, keys
+
+    def __init__(self, src: bytes) -> None:
+        buf = np.frombuffer(src, dtype=np.uint8)
+        keep = ~_WHITESPACE[buf]
+        self.compact = buf[keep]
+        self._bytes = self.compact.tobytes()
+        # kept bytes before each original byte position, 0..len(src)
+        self.cum = np.concatenate([[0], np.cumsum(keep)])
+        newlines = np.flatnonzero(buf == 10)
+        self.line_starts = np.concatenate([[0], newlines + 1])
+        self.line_ends = np.concatenate([newlines, [len(buf)]])
+
+    def nonblank_prefix(self) -> list[int]:
+        """nonblank_prefix()[i] = how many of the first i lines hold a non-whitespace byte."""
+        nonblank = self.cum[self.line_ends] > self.cum[self.line_starts]
+        return np.concatenate([[0], np.cumsum(nonblank)]).tolist()
+
+    def rows_range(self, first_row: int, last_row: int) -> tuple[int, int]:
+        """[start, end) in the compact text of 0-based rows first_row..last_row."""
+        return int(self.cum[self.line_starts[first_row]]), int(self.cum[self.line_ends[last_row]])
+
+    def key(self, start: int, end: int) -> bytes:
+        """Exact-duplicate key of a compact range."""
+        return hashlib.blake2b(self._bytes[start:end], digest_size=16).digest()
+
+    def sketches(self, ranges: list[tuple[int, int]]) -> np.ndarray:
+        """MinHash values of compact ranges. The file is shingled and permuted once; a range's sketch is
+        the minimum over the windows inside it, so a class and its methods share the work."""
+        out = np.full((len(ranges), NUM_PERM), EMPTY, dtype=np.uint32)
+        hashes = shingle_hashes(self.compact)
+        positions = np.flatnonzero(hashes % SAMPLE_MOD == 0)
+        if len(positions) == 0 or not ranges:
+            return out
+        a, b = permutations()
+        permuted = fmix32(hashes[positions])[:, None] * a[None, :] + b[None, :]
+        bounds = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+        lo = np.searchsorted(positions, bounds[:, 0], side="left")
+        hi = np.searchsorted(positions, bounds[:, 1] - SHINGLE_BYTES, side="right")
+        for i in np.flatnonzero(hi > lo).tolist():
+            out[i] = permuted[lo[i]:hi[i]].min(axis=0)
+        return out
+
+
+def sketch_spans(src: bytes, spans: list[tuple[int, int]]) -> tuple[np.ndarray, list[bytes]]:
+    """MinHash values and exact-duplicate keys of byte ranges [start, end) of src."""
+    text = CompactText(src)
+    ranges = [(int(text.cum[s]), int(text.cum[e])) for s, e in spans]
+    return text.sketches(ranges), [text.key(s, e) for s, e in ranges]
 
 
 def sketch_batch(texts: list[str]) -> np.ndarray:
