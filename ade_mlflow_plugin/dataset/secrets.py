@@ -63,6 +63,7 @@ _PREFIXED = (
 _QUOTED = re.compile(r"""(["'])([A-Za-z0-9+/=_\-]{9,})\1""")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _B64_LIMIT, _HEX_LIMIT, _B64_MIN = 4.5, 3.0, 23
+_B64_DISTINCT, _HEX_DISTINCT = 23, 9  # fewest distinct characters that can exceed 4.5 and 3.0 bits
 _KEY_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 _-]*PRIVATE KEY(?: BLOCK)?-----|PuTTY-User-Key-File")
 _KEY_END = re.compile(r"-----END[A-Z0-9 _-]*PRIVATE KEY(?: BLOCK)?-----|Private-MAC:")
 #: How far a private key block without an END marker is assumed to reach.
@@ -108,8 +109,15 @@ def _quoted_offsets(text: str) -> list[int]:
     offsets = []
     for match in _QUOTED.finditer(text):
         value = match.group(2)
+        is_hex = _HEX.fullmatch(value) is not None
+        if len(value) < _B64_MIN and not is_hex:
+            continue
+        # entropy <= log2(distinct characters): skip the count when it cannot pass either limit
+        distinct = len(set(value))
+        if distinct < _HEX_DISTINCT:
+            continue
         entropy = _entropy(value)
-        if (len(value) >= _B64_MIN and entropy > _B64_LIMIT) or (entropy > _HEX_LIMIT and _HEX.fullmatch(value)):
+        if (distinct >= _B64_DISTINCT and entropy > _B64_LIMIT) or (is_hex and entropy > _HEX_LIMIT):
             offsets.append(match.start())
     return offsets
 
