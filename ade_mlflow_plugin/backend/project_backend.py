@@ -120,6 +120,7 @@ class AdeSageMakerBackend(AbstractBackend):
                                       f"ade-{project.name or 'project'}")
         if config.mode == "sagemaker":
             warn_unreachable(job_uri, self.console)
+            self._print_worst_case(config, clients)
         # ---- everything checked: from here on a run exists and AWS is called ----
         active = get_or_create_run(None, project_uri, experiment_id, str(project_dir), version,
                                    entry_point, params or {})
@@ -142,6 +143,13 @@ class AdeSageMakerBackend(AbstractBackend):
             self.console.write(f"Submitted {job_name} (run {run_id}); follow it with: "
                                f"ade-mlflow logs {run_id} --follow\n")
         return submitted
+
+    def _print_worst_case(self, config: CloudTrainingConfig, clients: AwsClients) -> None:
+        from ade_mlflow_plugin.backend.cost import worst_case_estimate
+
+        line = worst_case_estimate(config, clients)
+        if line:
+            self.console.write(line + "\n")
 
     def _region(self, config: CloudTrainingConfig, clients: AwsClients, resolved: ResolvedParams) -> str:
         region = config.region or clients.session.region_name
