@@ -16,7 +16,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
-MAX_BACKOFF_S = 10.0
+MAX_BACKOFF_S = 5.0  # a server back from an outage is noticed within seconds
 
 
 def is_main_process() -> bool:
