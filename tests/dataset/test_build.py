@@ -218,3 +218,10 @@ def test_single_file_codebase_says_eval_is_empty(tmp_path):
                                      "    d = c * 2\n    return d - c\n")
     prepared = _build(tmp_path, num_examples=10, synthetic_ratio=0.5)
     assert len(prepared.dataset["eval"]) == 0 and "single file" in prepared.stats["examples"]["eval_note"]
+
+
+def test_parallel_mining_gives_the_same_dataset(codebase):
+    one = _build(codebase, num_examples=40, workers=1)
+    two = _build(codebase, num_examples=40, workers=2)
+    assert two.digest == one.digest
+    assert two.stats["drops"] == one.stats["drops"]
