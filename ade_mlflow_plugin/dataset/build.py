@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "eval")
 STATS_FILE = "stats.json"
 DIGEST_CHARS = 16  # MLflow shows (and stores) short dataset digests
+CHARS_PER_TOKEN_CAP = 8  # a unit longer than this many characters per allowed token cannot fit
 
 
 @dataclass
@@ -93,7 +94,8 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     if not walked.files:
         raise ConfigError(f"codebase '{codebase}' has no source files in a supported language "
                           f"({', '.join(sorted({DISPLAY_NAME.get(n, n) for n in SPECS}))}): point it at a code repository")
-    files = mine_all(walked.files, MineOptions(), workers=workers, progress=progress)
+    files = mine_all(walked.files, MineOptions(max_unit_chars=max_tokens * CHARS_PER_TOKEN_CAP), workers=workers,
+                     progress=progress)
     timer.lap("mine")
     drops = Counter(walked.skipped)
     for mf in files:

@@ -30,7 +30,9 @@ class MineOptions:
     chunk_lines: int = 16
     context_lines: int = 32
     min_chunk_nonblank: int = 4
-    max_unit_chars: int = 16_000  # larger units cannot fit max_tokens anyway; skip before tokenising
+    # Units longer than this are skipped before any example is made: build sets it to 8 characters per
+    # allowed token, twice what code tokenisers average, so only units that cannot fit are lost.
+    max_unit_chars: int = 16_384
 
 
 @dataclass(slots=True)
