@@ -55,6 +55,8 @@ def test_completed_job_finishes_the_run_with_tags_and_logs(project, data_dir, tm
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert "[algo-1-1700000000] epoch 2 loss 0.5" in out
+    assert "which a SageMaker job cannot reach" in err  # a sqlite store is local to this machine
+    assert "Worst-case cost:" in err
 
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job.training_job_name)
     hp = {k: json.loads(v) for k, v in described["HyperParameters"].items()}

@@ -81,3 +81,16 @@ def test_sigterm_checkpoints_kills_the_run_and_a_restart_resumes(tmp_path):
     assert f"resumed_from_{stopped_at}" in second.data.params
     history = mlflow.MlflowClient(tracking).get_metric_history(second.info.run_id, "count")
     assert [m.step for m in history] == list(range(stopped_at + 1, 41))
+
+
+def test_python_api_synchronous_run_waits_through_wait(sqlite_tracking, tmp_path):
+    import mlflow.projects
+
+    submitted = mlflow.projects.run(str(COUNTER), entry_point="main", parameters={"steps": "3"},
+                                    backend="ade-sagemaker", synchronous=True,
+                                    backend_config={"mode": "local", "job_root": str(tmp_path / "jobs")})
+    assert submitted.get_status() == "FINISHED"
+    run = mlflow.get_run(submitted.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["count"] == 3
+    assert run.data.tags["mlflow.project.backend"] == "ade-sagemaker"
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(submitted.run_id, "logs")] == ["logs/job.log"]
