@@ -310,3 +310,28 @@ def test_price_list_api_down_uses_the_bundled_table_or_omits_cost(tracking_uri, 
 def test_local_mode_has_no_observers():
     cfg = CloudTrainingConfig.from_backend_config({"mode": "local"})
     assert build_observers(config=cfg, clients=None, mlflow_client=None, run_id="r", job=None) == []
+
+
+def test_failed_stop_is_a_warning_and_is_retried_at_the_next_poll(tracking_uri, aws, tmp_path):
+    job, t0 = new_job()
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    stub = Stubber(sagemaker)
+    training = describe(job, "InProgress", "Training", t0, start_after_s=0)
+    stub.add_response("describe_training_job", training, {"TrainingJobName": job})
+    stub.add_response("describe_training_job", training, {"TrainingJobName": job})
+    stub.add_client_error("stop_training_job", "ThrottlingException", "Rate exceeded", 400,
+                          expected_params={"TrainingJobName": job})
+    stub.add_response("describe_training_job", training, {"TrainingJobName": job})
+    stub.add_response("stop_training_job", {}, {"TrainingJobName": job})
+    stub.add_response("describe_training_job", ended(job, "Stopped", t0, 300, 300, start_after_s=0,
+                                                     EnableManagedSpotTraining=False), {"TrainingJobName": job})
+    stub.activate()
+    clients, price_stubs = stubbed_clients(job, [], pricing=g5_answer("1.2120000000"))
+    clients.set_client("sagemaker", sagemaker)
+    run_id, console, _ = follow(config(max_cost_usd=0.05, use_spot=False), clients, job, FakeClock(t0), tmp_path)
+    stub.assert_no_pending_responses()  # the second StopTrainingJob was sent, once
+    text = console.getvalue()
+    assert text.count("WARNING: cost: StopTrainingJob failed: ThrottlingException") == 1
+    assert text.count("StopTrainingJob sent") == 1 and text.count("BUDGET:") == 3
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["ade.stop_reason"].startswith("budget:")
