@@ -98,6 +98,8 @@ def required_text(name: str, value: Any) -> str:
 def modules(name: str, value: Any) -> str:
     """`all-linear` or a comma-separated list of module names such as `q_proj,v_proj`."""
     parsed = required_text(name, value)
+    if parsed.lower() == "all-linear":
+        return "all-linear"
     parts = [p.strip() for p in parsed.split(",")]
     if any(not p or not p.replace("_", "").replace(".", "").isalnum() for p in parts):
         raise _bad(name, value, "all-linear or module names separated by commas, e.g. q_proj,v_proj")

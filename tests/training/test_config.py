@@ -63,3 +63,37 @@ def test_lead_reexports_config():
     from ade_mlflow_plugin import config
 
     assert config.TrainingConfig is TrainingConfig
+
+
+def test_config_tiny_and_tracking_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, ade_mlflow_plugin.config, ade_mlflow_plugin.training.config, "
+            "ade_mlflow_plugin.training.tiny, ade_mlflow_plugin.training.tracking; "
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("entry_point, extra", [
+    ("main", {"codebase": "tests/fixtures/codebases/polyglot"}),
+    ("train", {"dataset": "tests/fixtures/codebases/polyglot"}),
+])
+def test_mlproject_commands_with_defaults_parse(entry_point, extra):
+    """The command MLflow renders from MLproject (defaults, '' for no registration) parses as-is."""
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    from ade_mlflow_plugin.training.entry import parse_config
+    from tests.conftest import REPO_ROOT
+
+    command = load_project(str(REPO_ROOT)).get_entry_point(entry_point).compute_command(
+        {**extra, "registered_model_name": ""}, str(REPO_ROOT))
+    argv = shlex.split(command)
+    assert argv[1] == f"entrypoints/{entry_point}.py"
+    config = parse_config(entry_point, argv[2:])
+    assert config == TrainingConfig(**{**extra, "codebase": config.codebase, "dataset": config.dataset})
+    assert (config.target_modules, config.registered_model_name, config.merge_adapter) == ("all-linear", "", False)
