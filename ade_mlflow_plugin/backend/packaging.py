@@ -91,13 +91,12 @@ def collect_files(root: Path, prefix: str = "") -> list[PackedFile]:
     root = Path(root)
     ignore = _gitignore_spec(root)
     found: list[PackedFile] = []
-    seen_dirs: set[Path] = set()
 
-    def walk(directory: Path, rel: str) -> None:
+    def walk(directory: Path, rel: str, ancestors: frozenset[Path]) -> None:
         real = directory.resolve()
-        if real in seen_dirs:
-            return
-        seen_dirs.add(real)
+        if real in ancestors:
+            return  # a symlink back up the tree: a cycle, not content
+        ancestors = ancestors | {real}
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             rel_path = f"{rel}{entry.name}"
             path = Path(entry.path)
@@ -106,13 +105,13 @@ def collect_files(root: Path, prefix: str = "") -> list[PackedFile]:
                 if (entry.name in EXCLUDED_DIRS or _is_venv(path) or CREDENTIAL_PATTERNS.match_file(dir_rel)
                         or (ignore and ignore.match_file(dir_rel))):
                     continue
-                walk(path, dir_rel)
+                walk(path, dir_rel, ancestors)
             elif entry.is_file():
                 if CREDENTIAL_PATTERNS.match_file(rel_path) or (ignore and ignore.match_file(rel_path)):
                     continue
                 found.append(PackedFile(prefix + rel_path, path))
 
-    walk(root, "")
+    walk(root, "", frozenset())
     return found
 
 

@@ -63,3 +63,15 @@ def test_directory_channel_is_content_addressed(data_dir, s3_bucket):
     assert any(k.endswith("/a.txt") for k in keys) and any(k.endswith("/b.txt") for k in keys)
     head = s3.head_object(Bucket=s3_bucket, Key=next(k for k in keys if k.endswith("a.txt")))
     assert head["ServerSideEncryption"] == "aws:kms"
+
+
+def test_symlinked_dirs_ship_both_paths_and_cycles_stop(project, tmp_path):
+    # An installed package's project/ links to the real entrypoints/; both paths must ship.
+    (project / "entrypoints").mkdir()
+    (project / "entrypoints" / "main.py").write_text("print('hi')\n")
+    (project / "pkg" / "project").mkdir(parents=True)
+    (project / "pkg" / "project" / "entrypoints").symlink_to(project / "entrypoints")
+    (project / "pkg" / "loop").symlink_to(project / "pkg")
+    names = _names(packaging.build_project_tarball(project, tmp_path / "out"))
+    assert "entrypoints/main.py" in names and "pkg/project/entrypoints/main.py" in names
+    assert not [n for n in names if n.startswith("pkg/loop/loop/")]
