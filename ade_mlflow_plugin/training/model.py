@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +73,20 @@ def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     check_quantization(config.quantization)
+    # Under torchrun each process owns the GPU of its LOCAL_RANK.
+    target = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" else "cpu"
     kwargs: dict[str, Any] = {"dtype": dtype}
     quant = quantization_config(config.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = {"": target}
     try:
         model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"base_model '{config.base_model}' could not be loaded: {str(exc).splitlines()[0][:200]}; "
                           "pass a hub id or a folder with config.json and weights") from None
     if quant is None:
-        model.to(device)
+        model.to(target)
     # Training never reuses a KV cache, and with one transformers skips packed-sequence masking.
     model.config.use_cache = False
     return model

@@ -169,10 +169,12 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     info = modelio.log_model(final, tokenizer, base_dir=base_dir, merge=config.merge_adapter,
                              quantized=config.quantization != "none", max_new_tokens=config.max_new_tokens)
     outcome.model_uri = info.model_uri
-    mlflow.set_tag("ade.base_model", config.base_model)
+    digest = getattr(prepared, "digest", None)
+    commit = modelio.git_commit(session.run.data.tags if session.run else {})
+    mlflow.set_tags({"ade.base_model": config.base_model, "ade.git_commit": commit,
+                     **({"ade.dataset_digest": digest} if digest else {})})
     if config.registered_model_name:
-        tags = modelio.version_tags(base_model=config.base_model, digest=getattr(prepared, "digest", None),
-                                    commit=modelio.git_commit(session.run.data.tags if session.run else {}),
+        tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
                                     metrics=outcome.metrics)
         version = modelio.register(info.model_uri, config.registered_model_name, tags)
         outcome.version = str(version.version)

@@ -50,7 +50,8 @@ def test_main_trains_logs_and_registers(tiny_model, tracking_uri, tmp_path):
     assert version.run_id == run_id
     tags = version.tags
     assert tags["ade.base_model"] == str(tiny_model) and tags["ade.dataset_digest"] == run.data.tags["ade.dataset_digest"]
-    assert len(tags["ade.git_commit"]) >= 7 and tags["sagemaker.job_name"] == "local"
+    assert len(tags["ade.git_commit"]) >= 7 and tags["ade.git_commit"] == run.data.tags["ade.git_commit"]
+    assert tags["sagemaker.job_name"] == "local"
     assert abs(float(tags["eval_loss"]) - eval_loss[STEPS]) < 1e-4 and "perplexity" in tags and "exact_match" in tags
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
