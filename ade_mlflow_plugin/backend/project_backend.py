@@ -116,8 +116,7 @@ class AdeSageMakerBackend(AbstractBackend):
         clients = self.clients_factory(region=config.region, profile=config.aws_profile)
         region = self._region(config, clients, resolved)
         image = resolve_image_uri(config, region)
-        job_name = spec.make_job_name(config.base_job_name if config.base_job_name != "ade" else
-                                      f"ade-{project.name or 'project'}")
+        job_name = spec.make_job_name(self._job_stem(config, project.name))
         if config.mode == "sagemaker":
             warn_unreachable(job_uri, self.console)
             self._print_worst_case(config, clients)
@@ -143,6 +142,13 @@ class AdeSageMakerBackend(AbstractBackend):
             self.console.write(f"Submitted {job_name} (run {run_id}); follow it with: "
                                f"ade-mlflow logs {run_id} --follow\n")
         return submitted
+
+    @staticmethod
+    def _job_stem(config: CloudTrainingConfig, project_name: str | None) -> str:
+        if config.base_job_name != "ade":
+            return config.base_job_name
+        name = project_name or "project"
+        return name if name.startswith("ade") else f"ade-{name}"
 
     def _print_worst_case(self, config: CloudTrainingConfig, clients: AwsClients) -> None:
         from ade_mlflow_plugin.backend.cost import worst_case_estimate
