@@ -177,9 +177,23 @@ def scan_rows(lines: list[tuple[int, str]], path: str) -> set[int]:
 
 
 def secret_rows(text: str, lines: list[str], path: str) -> set[int]:
-    """0-based rows of text that hold a secret: pre-filter, then detect-secrets on candidates only."""
+    """0-based rows of text that hold a secret: pre-filter, then detect-secrets on candidates only.
+
+    Rows index ``text.split("\\n")``, which `lines` should be; other splits are replaced by it here
+    (str.splitlines also splits on \\r, \\f, \\v, \\x1c-\\x1e, \\x85 and \\u2028, so a caller indexing
+    splitlines() with these rows drifts on files holding those: see drop_secret_lines).
+    """
+    if len(lines) != text.count("\n") + 1:
+        lines = text.split("\n")
     rows = private_key_rows(lines) if "PRIVATE KEY" in text or "PuTTY" in text else set()
     candidates = [(row, lines[row]) for row in candidate_rows(text) if row not in rows and row < len(lines)]
     if candidates:
         rows |= scan_rows(candidates, path)
     return rows
+
+
+def drop_secret_lines(text: str, path: str = "") -> str:
+    """text without the lines that hold a secret (for corpora outside the dataset, e.g. tokenizer training)."""
+    lines = text.split("\n")
+    rows = secret_rows(text, lines, path)
+    return "\n".join(line for i, line in enumerate(lines) if i not in rows)

@@ -109,3 +109,12 @@ def test_planted_secrets_never_appear_in_any_candidate(codebase, chat_tokenizer)
     text = "\n".join(e.prompt + e.completion for e in rendered)
     for secret in PLANTED_SECRETS:
         assert secret not in text, secret
+
+
+def test_drop_secret_lines_and_rows_index_newline_split():
+    from ade_mlflow_plugin.dataset.secrets import drop_secret_lines
+
+    text = 'a = 1\fb = 2\nDB_PASSWORD = "Tr0ub4dor-horse-Battery9"\r\nc = 3\n'
+    assert secret_rows(text, text.split("\n"), "x.py") == {1}
+    assert secret_rows(text, text.splitlines(keepends=True), "x.py") == {1}  # other splits are redone
+    assert drop_secret_lines(text) == "a = 1\fb = 2\nc = 3\n"
