@@ -183,7 +183,7 @@ def secret_rows(text: str, lines: list[str], path: str) -> set[int]:
     (str.splitlines also splits on \\r, \\f, \\v, \\x1c-\\x1e, \\x85 and \\u2028, so a caller indexing
     splitlines() with these rows drifts on files holding those: see drop_secret_lines).
     """
-    if len(lines) != text.count("\n") + 1:
+    if len(lines) != text.count("\n") + 1 or "\n".join(lines) != text:
         lines = text.split("\n")
     rows = private_key_rows(lines) if "PRIVATE KEY" in text or "PuTTY" in text else set()
     candidates = [(row, lines[row]) for row in candidate_rows(text) if row not in rows and row < len(lines)]
