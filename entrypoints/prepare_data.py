@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -16,8 +17,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval_fraction", default="0.1")
     parser.add_argument("--seed", default="42")
     parser.add_argument("--max_tokens", default="2048")
-    default_out = Path(os.environ.get("SM_OUTPUT_DATA_DIR", ".")) / "prepared_dataset"
-    parser.add_argument("--out", default=str(default_out))
+    # In a job: the container's output folder. Elsewhere not the project folder (`mlflow run .` runs in
+    # it): a fresh temporary folder; the run's `dataset/` artifacts hold the copy that matters.
+    parser.add_argument("--out", default=None,
+                        help="default: $SM_OUTPUT_DATA_DIR/prepared_dataset, else a temporary folder")
     return parser.parse_args(argv)
 
 
@@ -26,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from ade_mlflow_plugin.errors import AdeError
 
     args = parse_args(argv)
+    if args.out is None:
+        sm_output = os.environ.get("SM_OUTPUT_DATA_DIR")
+        args.out = str(Path(sm_output) / "prepared_dataset") if sm_output else tempfile.mkdtemp(prefix="ade-data-")
     try:
         prepared = prepare_and_log(
             args.codebase, args.out, base_model=args.base_model or None, log_dataset=True,
