@@ -58,18 +58,18 @@ def train_bpe(files) -> object:
     return fast
 
 
-def bare_parse_seconds(files) -> tuple[float, int, int]:
-    """One core: tree-sitter parse of every file (already in memory). Returns (seconds, lines, bytes)."""
+def bare_parse_seconds(files) -> tuple[float, float, int, int]:
+    """One core: tree-sitter parse of every file (already in memory). Returns (wall s, cpu s, lines, bytes)."""
     from ade_mlflow_plugin.dataset.languages import parser_for
 
     blobs = [(f.language, Path(f.abs).read_bytes()) for f in files]
     for language in {lang for lang, _ in blobs}:
         parser_for(language)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for language, data in blobs:
         parser_for(language).parse(data)
-    seconds = time.perf_counter() - start
-    return seconds, sum(d.count(b"\n") + 1 for _, d in blobs), sum(len(d) for _, d in blobs)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return seconds, cpu, sum(d.count(b"\n") + 1 for _, d in blobs), sum(len(d) for _, d in blobs)
 
 
 def main() -> None:
@@ -89,7 +89,7 @@ def main() -> None:
     elif args.tokenizer != "none":
         tokenizer = load_tokenizer(args.tokenizer)
     workers = args.workers or default_workers()
-    baseline, lines, size = bare_parse_seconds(files)
+    baseline, baseline_cpu, lines, size = bare_parse_seconds(files)
 
     with tempfile.TemporaryDirectory() as tmp:
         cpu_before = _cpu_seconds()
@@ -99,7 +99,7 @@ def main() -> None:
                                  workers=workers, log_to_mlflow=False, progress=False)
         wall = time.perf_counter() - start
         cpu = _cpu_seconds() - cpu_before
-    report(args, files, lines, size, baseline, wall, cpu, workers, prepared)
+    report(args, files, lines, size, (baseline, baseline_cpu), wall, cpu, workers, prepared)
 
 
 def _cpu_seconds() -> float:
@@ -108,16 +108,18 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def report(args, files, lines, size, baseline, wall, cpu, workers, prepared) -> None:
+def report(args, files, lines, size, baselines, wall, cpu, workers, prepared) -> None:
     stats = prepared.stats
+    baseline, baseline_cpu = baselines
     print(f"corpus: {args.root} ({len(files)} files, {lines:,} lines, {size / 1e6:.1f} MB); "
           f"cpus available {len(os.sched_getaffinity(0))}, workers {workers}; load avg {os.getloadavg()[0]:.2f}")
     print(f"tokenizer: {'none (regex estimate)' if args.tokenizer == 'none' else args.tokenizer}; "
           f"python {sys.version.split()[0]}")
-    print(f"baseline  bare tree-sitter parse, 1 core: {baseline:7.3f} s  ({lines / baseline:,.0f} lines/s)")
+    print(f"baseline  bare tree-sitter parse, 1 core: {baseline:7.3f} s  ({lines / baseline:,.0f} lines/s; "
+          f"cpu {baseline_cpu:.3f} s)")
     print(f"prepare   whole build_dataset, wall     : {wall:7.3f} s  ({len(files) / wall:,.0f} files/s, "
           f"{lines / wall:,.0f} lines/s)")
-    print(f"          cpu seconds, main + workers   : {cpu:7.3f} s  (cpu / bare parse: {cpu / baseline:.2f})")
+    print(f"          cpu seconds, main + workers   : {cpu:7.3f} s  (cpu / bare parse cpu: {cpu / baseline_cpu:.2f})")
     print(f"examples made: {stats['examples']['total']:,} ({stats['examples']['mined']:,} mined, "
           f"{stats['examples']['synthetic']:,} synthetic) of {sum(stats['examples']['available'].values()):,} "
           f"candidates; units kept {stats['units']['kept']:,} of {stats['units']['found']:,}")
