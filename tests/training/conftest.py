@@ -94,11 +94,14 @@ def own_mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
 class Entry:
     """A training entry script running as a real subprocess, its output collected line by line."""
 
+    started: list["Entry"] = []
+
     def __init__(self, script: str, args: list[str], env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "entrypoints" / script), *args],
                                      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
+        Entry.started.append(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -123,6 +126,17 @@ class Entry:
     def logged_steps(self) -> int:
         """How many step logs the Trainer has printed so far."""
         return sum(1 for line in list(self.lines) if line.startswith("{'loss'"))
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_entries() -> Iterator[None]:
+    """A test that fails half way leaves no entry process behind (each is killed by its PID)."""
+    yield
+    while Entry.started:
+        entry = Entry.started.pop()
+        if entry.proc.poll() is None:
+            entry.proc.kill()
+            entry.proc.wait()
 
 
 def entry_env(tracking_uri: str, run_id: str, checkpoints: Path, model_dir: Path | None = None) -> dict[str, str]:
