@@ -110,6 +110,9 @@ def mlflow_server(moto_server: str, tmp_path_factory: pytest.TempPathFactory) ->
     env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
     env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
     env["MLFLOW_WEBHOOK_CACHE_TTL"] = "1"
+    # The server's background job runner (huey consumers) serves GenAI jobs the tests never submit;
+    # on 2 cores its processes only cost time. Webhook delivery does not use it (a thread pool).
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1", "--port", str(port),
