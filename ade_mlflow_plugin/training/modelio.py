@@ -104,8 +104,8 @@ def version_tags(*, base_model: str, digest: str | None, commit: str, metrics: d
     return tags
 
 
-def adapter_snapshot(model: Any) -> Path:
-    """Adapter files in a temporary folder (for merging at full precision)."""
-    folder = Path(tempfile.mkdtemp(prefix="ade-adapter-"))
-    model.save_pretrained(folder)
-    return folder
+def merged(model: Any, base_model: str) -> Any:
+    """The trained adapter folded into full-precision base weights (via its saved files)."""
+    with tempfile.TemporaryDirectory(prefix="ade-adapter-") as folder:
+        model.save_pretrained(folder)
+        return merged_model(Path(folder), base_model)  # weights are in memory before the folder goes

@@ -114,18 +114,12 @@ def _run(config: TrainingConfig, get_data) -> Outcome:
     return outcome
 
 
-def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> Outcome:
-    from ade_mlflow_plugin.training import evaluation
-    from ade_mlflow_plugin.training.model import load_for_training, local_model_dir
+def _rows(config: TrainingConfig, tokenizer: Any, prepared: Any) -> tuple[list, list, list]:
+    """Train rows (shuffled by seed, so a restart sees the same order), eval rows, exact-match samples."""
     from ade_mlflow_plugin.training.packing import build_rows
-    from ade_mlflow_plugin.training.trainer import train
 
-    from transformers import set_seed
-
-    set_seed(config.seed)  # LoRA's A matrices are drawn at random: same seed, same start
-    model, tokenizer, device = load_for_training(config)
-    train_split = prepared.dataset["train"].shuffle(seed=config.seed)
-    rows, stats = build_rows(tokenizer, train_split, config.max_seq_len, config.packing)
+    rows, stats = build_rows(tokenizer, prepared.dataset["train"].shuffle(seed=config.seed), config.max_seq_len,
+                             config.packing)
     if not rows:
         raise ConfigError(f"no training example fits max_seq_len={config.max_seq_len} "
                           f"({stats.dropped_too_long} too long): raise max_seq_len")
@@ -134,8 +128,21 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     samples = [eval_split[i] for i in range(min(config.eval_samples, len(eval_split)))]
     logger.info("train: %d examples in %d rows (%.0f%% full), %d completion tokens; eval: %d rows",
                 stats.examples, stats.rows, 100 * stats.fill, stats.completion_tokens, len(eval_rows))
+    return rows, eval_rows, samples
+
+
+def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> Outcome:
+    from transformers import set_seed
+
+    from ade_mlflow_plugin.training import evaluation
+    from ade_mlflow_plugin.training.model import load_for_training, local_model_dir
+    from ade_mlflow_plugin.training.trainer import train
+
+    set_seed(config.seed)  # LoRA's A matrices are drawn at random: same seed, same start
+    model, tokenizer, device = load_for_training(config)
+    rows, eval_rows, samples = _rows(config, tokenizer, prepared)
     out_dir = checkpoint_dir()
-    if latest_checkpoint(out_dir) is None and session.main:
+    if latest_checkpoint(out_dir) is None and session.main:  # the "before" figures, once per run
         before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
         session.metrics.log(before, step=0)
     state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
@@ -163,7 +170,7 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
 
     final = model
     if config.merge_adapter:
-        final = modelio.merged_model(modelio.adapter_snapshot(model), config.base_model)
+        final = modelio.merged(model, config.base_model)
     if os.environ.get("SM_MODEL_DIR"):
         modelio.save_files(final, tokenizer, Path(os.environ["SM_MODEL_DIR"]))
     info = modelio.log_model(final, tokenizer, base_dir=base_dir, merge=config.merge_adapter,

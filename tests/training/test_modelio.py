@@ -25,7 +25,7 @@ def test_merged_model_logged_equals_base_plus_adapter(trained_peft, tiny_model, 
     import mlflow
 
     model, tokenizer = trained_peft
-    merged = modelio.merged_model(modelio.adapter_snapshot(model), str(tiny_model))
+    merged = modelio.merged(model, str(tiny_model))
     assert not hasattr(merged, "peft_config")
     with mlflow.start_run():
         info = modelio.log_model(merged, tokenizer, base_dir=None, merge=True, quantized=False, max_new_tokens=8)
