@@ -245,8 +245,9 @@ class AdeSageMakerBackend(AbstractBackend):
             tags["sagemaker.console_url"] = spec.console_url(region, submission.job_name)
         else:
             tags["ade.local_log"] = str(job.log_path)
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
+        from mlflow.entities import RunTag
+
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])  # one round trip
         client.log_dict(run_id, submission.request, "sagemaker/create_training_job.json")
 
     def _follower(self, config: CloudTrainingConfig, clients: AwsClients, client: Any, run_id: str, job: Any,
