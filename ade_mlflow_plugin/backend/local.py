@@ -17,11 +17,11 @@ import tarfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import AdeError, ConfigError
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
 CHECKPOINT_SYNC_S = 30.0
@@ -57,16 +57,34 @@ class Location:
             return
         bucket, prefix = self._bucket_key()
         s3 = (self.clients or AwsClients()).s3
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for key, relative in self._objects(s3, bucket, prefix):
+            target = dest / relative
+            if dest.resolve() not in target.resolve().parents:
+                raise ConfigError(f"refusing S3 key {key}: it would land outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(target))
+
+    def has_objects(self) -> bool:
+        """Whether download_to would fetch anything (an s3:// prefix or object, a local dir or file)."""
+        if not self.is_s3:
+            return self._local().exists()
+        bucket, prefix = self._bucket_key()
+        return next(iter(self._objects((self.clients or AwsClients()).s3, bucket, prefix)), None) is not None
+
+    @staticmethod
+    def _objects(s3: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, path below the channel) for the objects under prefix/, or the one object named prefix."""
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                relative = item["Key"][len(prefix) + 1:]
-                if not relative or relative.endswith("/") or relative == "_ade_complete.json":
+                key = item["Key"]
+                if key == prefix:  # the URI names one object: SageMaker puts it in the channel by its name
+                    yield key, key.rsplit("/", 1)[-1]
                     continue
-                target = dest / relative
-                if dest.resolve() not in target.resolve().parents:
-                    raise ConfigError(f"refusing S3 key {item['Key']}: it would land outside {dest}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
+                if not prefix or key.startswith(prefix + "/"):
+                    relative = key[len(prefix) + 1:] if prefix else key
+                    if relative and not relative.endswith("/") and relative != "_ade_complete.json":
+                        yield key, relative
 
     def upload_from(self, source: Path) -> None:
         if not source.is_dir():
@@ -124,13 +142,19 @@ class LocalJob:
             self.root.mkdir(parents=True, exist_ok=True)
             write_contract(self.paths, self.request)
             self.log_path.touch()
+            # A restart must see neither the last run's entry group nor its failure.
+            self.paths.entry_pgid_file.unlink(missing_ok=True)
+            self.paths.failure_file.unlink(missing_ok=True)
         except OSError as exc:
             raise ConfigError(f"job root {self.root} is not writable ({exc.strerror}): set \"job_root\" in the "
                               "backend config to a writable directory") from None
         self._transition("Downloading", "Downloading input data and checkpoints")
-        self._materialise_channels()
-        if self._checkpoints is not None:
-            self._checkpoints.download_to(self.paths.checkpoint_dir)
+        try:
+            self._materialise_channels()
+            if self._checkpoints is not None:  # a spot restart finds its checkpoints before the entry starts
+                self._checkpoints.download_to(self.paths.checkpoint_dir)
+        except Exception as exc:
+            raise self._fail_before_start(exc) from None
         self._transition("Training", "Training in progress on this machine")
         self._started = _now()
         self.proc = subprocess.Popen(
@@ -146,20 +170,48 @@ class LocalJob:
                     "TRAINING_JOB_ARN": self.arn, "PYTHONUNBUFFERED": "1"})
         return env
 
+    def _fail_before_start(self, exc: Exception) -> AdeError:
+        """The job cannot start: output/failure and a Failed status, as SageMaker reports it."""
+        if isinstance(exc, AdeError):
+            error = exc
+        else:
+            from ade_mlflow_plugin.backend.aws import translate
+
+            error = translate(f"local job {self.name}: downloading its inputs", exc)
+        reason = " ".join(str(error.message).split())
+        try:
+            self.paths.failure_file.write_text(reason + "\n")
+            self._log(f"local runner: {reason}")
+        except OSError:
+            pass
+        self._failure, self._ended = f"ClientError: {reason}", _now()
+        self._transition("Failed", reason)
+        with self._lock:
+            self._status = "Failed"
+        self._done.set()
+        return error
+
     def _materialise_channels(self) -> None:
         for channel in self.request.get("InputDataConfig", []):
+            name = channel["ChannelName"]
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-            target = self.paths.channel_dir(channel["ChannelName"])
+            target = self.paths.channel_dir(name)
             if target.is_symlink() or target.exists():
                 continue
-            if uri.startswith("s3://"):
-                Location(uri, self.clients).download_to(target)
+            location = Location(uri, self.clients)
+            if not location.has_objects():
+                raise ConfigError(f"input channel '{name}': nothing at {uri}; check the path parameter "
+                                  "that names it")
+            if location.is_s3:
+                location.download_to(target)
                 continue
-            source = Path(uri[7:] if uri.startswith("file://") else uri)
-            if not source.exists():
-                raise ConfigError(f"input channel '{channel['ChannelName']}': {source} does not exist")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(source.resolve(), target_is_directory=True)  # read in place, no copy
+            source = location._local().resolve()
+            if source.is_file():  # a URI naming one file: the channel dir holds it, as on SageMaker
+                target.mkdir(parents=True)
+                (target / source.name).symlink_to(source)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(source, target_is_directory=True)  # read in place, no copy
 
     def _pump_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -231,7 +283,7 @@ class LocalJob:
         with self._lock:
             self._status, self._secondary = "Stopping", "Stopping"
         self._signal(signal.SIGTERM)
-        killer = threading.Timer(STOP_GRACE_S, self._signal, args=(signal.SIGKILL,))
+        killer = threading.Timer(STOP_GRACE_S, self._kill)
         killer.daemon = True  # must not keep `mlflow run` alive once the job has stopped
         killer.start()
 
@@ -241,6 +293,18 @@ class LocalJob:
                 os.killpg(self.proc.pid, signum)
             except ProcessLookupError:
                 pass
+
+    def _kill(self) -> None:
+        """The grace period is over: SIGKILL the entry's process group (its own session) and the launcher's."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self._log(f"local runner: still running {STOP_GRACE_S:g} s after SIGTERM; sending SIGKILL")
+        try:
+            pgid = int(self.paths.entry_pgid_file.read_text())
+            os.killpg(pgid, signal.SIGKILL)
+        except (OSError, ValueError):  # no entry yet, or it is gone already
+            pass
+        self._signal(signal.SIGKILL)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         self._done.wait(timeout)

@@ -23,6 +23,9 @@ class ContainerPaths:
 
     base: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base", Path(self.base))  # accept a str as well
+
     @classmethod
     def from_env(cls) -> "ContainerPaths":
         return cls(Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE)))
@@ -67,6 +70,12 @@ class ContainerPaths:
         return self.base / "code"
 
     @property
+    def entry_pgid_file(self) -> Path:
+        # Not part of SageMaker's contract: lets the local runner SIGKILL the entry's process group
+        # (the entry runs in its own session) when the launcher itself is killed after the grace period.
+        return self.base / "ade-entry.pgid"
+
+    @property
     def checkpoint_dir(self) -> Path:
         # On SageMaker CheckpointConfig.LocalPath is /opt/ml/checkpoints, i.e. <base>/checkpoints.
         return self.base / "checkpoints"
@@ -103,6 +112,12 @@ def read_input_data_config(paths: ContainerPaths) -> dict[str, Any]:
     if not paths.input_data_config_file.is_file():
         return {}
     return json.loads(paths.input_data_config_file.read_text())
+
+
+def is_lead_host(resource: dict[str, Any]) -> bool:
+    """True on the first host (node rank 0): the only one that talks to MLflow."""
+    hosts = resource.get("hosts") or ["algo-1"]
+    return resource.get("current_host", hosts[0]) == hosts[0]
 
 
 def gpu_count() -> int:

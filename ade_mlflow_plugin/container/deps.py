@@ -55,5 +55,13 @@ def install_missing_requirements(project_dir: Path) -> list[str]:
     if not missing or os.environ.get("ADE_SKIP_INSTALL") == "1":
         return missing
     print(f"launcher: installing what the image lacks: {' '.join(missing)}", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing], check=True)
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *missing],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    if result.stdout:
+        print(result.stdout, end="", flush=True)
+    if result.returncode != 0:
+        last = (result.stdout.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"pip could not install {' '.join(missing)} (exit {result.returncode}: {last}); "
+                           "fix the project's conda.yaml/python_env.yaml/requirements.txt or use an image "
+                           "that has them")
     return missing

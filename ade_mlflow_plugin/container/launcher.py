@@ -65,16 +65,16 @@ def _safe_extract(archive: Path, dest: Path) -> None:
                           "resubmit the job") from None
 
 
-def _fetch_code(uri: str, dest: Path) -> None:
+def _fetch_code(uri: str, dest: Path, region: str | None = None) -> None:
     """Download (s3://) or locate (file://, path) the code archive and unpack it into dest."""
     with tempfile.TemporaryDirectory() as tmp:
         if uri.startswith("s3://"):
-            import boto3
+            from ade_mlflow_plugin.backend.aws import AwsClients
 
             bucket, key = uri[5:].split("/", 1)
             archive = Path(tmp) / "code.tar.gz"
             try:
-                boto3.client("s3").download_file(bucket, key, str(archive))
+                AwsClients(region).s3.download_file(bucket, key, str(archive))
             except Exception as exc:  # botocore raises several types; the message is what matters
                 raise LaunchError(f"cannot download the code archive {uri}: {exc}") from None
         else:
@@ -93,7 +93,7 @@ def locate_project(paths: contract.ContainerPaths, hyperparameters: dict[str, An
     uri = hyperparameters.get("sagemaker_submit_directory")
     if not uri:
         raise LaunchError("no MLproject in the code dir and no sagemaker_submit_directory hyperparameter")
-    _fetch_code(str(uri), paths.code_dir)
+    _fetch_code(str(uri), paths.code_dir, hyperparameters.get("sagemaker_region") or None)
     if not (paths.code_dir / "MLproject").is_file():
         raise LaunchError(f"the code archive {uri} holds no MLproject at its root")
     return paths.code_dir
@@ -180,6 +180,12 @@ class EntryProcess:
         self._pump = threading.Thread(target=self._copy_output, daemon=True)
         self._pump.start()
 
+    def record_group(self, pgid_file: Path) -> None:
+        try:
+            pgid_file.write_text(str(self.proc.pid))
+        except OSError as exc:  # only the local runner's last-resort SIGKILL needs it
+            print(f"launcher: cannot write {pgid_file}: {exc}", file=sys.stderr)
+
     def _copy_output(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -200,9 +206,10 @@ class EntryProcess:
         return code
 
 
-def _end_run(env: dict[str, str], status: str) -> None:
+def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None:
+    """Mark the run ended; only node rank 0 does, so a multi-host job ends its run exactly once."""
     run_id = env.get("MLFLOW_RUN_ID")
-    if not run_id or int(env.get("RANK", "0")) != 0:
+    if not run_id or not contract.is_lead_host(resource):
         return
     try:
         import mlflow
@@ -221,42 +228,84 @@ def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
         print(f"launcher: cannot write {paths.failure_file}: {exc}", file=sys.stderr)
 
 
-def prepare(paths: contract.ContainerPaths) -> tuple[Launch, int]:
-    launch = Launch(paths, contract.read_hyperparameters(paths), contract.read_resource_config(paths))
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived before the entry started (while fetching code or installing)."""
+
+
+class SignalRouter:
+    """SIGTERM/SIGINT: before the entry exists, abort the preparation; afterwards, forward to the entry.
+
+    One handler for the whole life of the launcher, so no signal falls between two handlers.
+    """
+
+    def __init__(self) -> None:
+        self.entry: EntryProcess | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+    def __call__(self, signum: int, _frame: Any = None) -> None:
+        if self.entry is None:
+            raise Stopped(signal.Signals(signum).name)
+        self.entry.forward(signum)
+
+
+def prepare(paths: contract.ContainerPaths, launch: Launch) -> None:
     launch.project_dir = locate_project(paths, launch.hyperparameters)
     install_missing_requirements(launch.project_dir)
     num_gpus = contract.gpu_count()
     launch.command = distributed(build_command(launch), launch.resource, num_gpus)
     launch.env = child_env(launch, num_gpus)
-    return launch, num_gpus
 
 
-def main() -> int:
-    paths = contract.ContainerPaths.from_env()
-    fallback_env = child_env(Launch(paths, contract.read_hyperparameters(paths), {}), 0)
-    try:
-        paths.make_dirs()
-        launch, _ = prepare(paths)
-    except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
-        message = "ade launcher: " + " ".join(str(exc).split())  # one line, for FailureReason
-        print(message, file=sys.stderr)
-        _write_failure(paths, message)
-        _end_run(fallback_env, "FAILED")
-        return 1
+def _fail(paths: contract.ContainerPaths, launch: Launch, exc: BaseException) -> int:
+    message = "ade launcher: " + " ".join(str(exc).split())  # one line, for FailureReason
+    print(message, file=sys.stderr)
+    _write_failure(paths, message)
+    _end_run(launch.env or child_env(launch, 0), "FAILED", launch.resource)
+    return 1
+
+
+def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRouter) -> int:
+    """Run the entry to its end; SIGTERM/SIGINT are forwarded to its process group."""
     print(f"launcher: running in {launch.project_dir}: {launch.command}", flush=True)
-    entry = EntryProcess(launch.command, launch.project_dir, launch.env)
-    signal.signal(signal.SIGTERM, entry.forward)
-    signal.signal(signal.SIGINT, entry.forward)
+    entry = router.entry = EntryProcess(launch.command, launch.project_dir, launch.env)
+    entry.record_group(paths.entry_pgid_file)
     code = entry.wait()
     if entry.terminated:
-        _end_run(launch.env, "KILLED")
+        print(f"launcher: stopped; the entry exited with {code}", flush=True)
+        _end_run(launch.env, "KILLED", launch.resource)
         return EXIT_STOPPED
     if code != 0:
         _write_failure(paths, "\n".join(entry.tail) or f"entry exited with code {code}")
-        _end_run(launch.env, "FAILED")
+        _end_run(launch.env, "FAILED", launch.resource)
         return code if 0 < code < 256 else 1
-    _end_run(launch.env, "FINISHED")
+    _end_run(launch.env, "FINISHED", launch.resource)
     return 0
+
+
+def main() -> int:
+    router = SignalRouter()
+    router.install()
+    paths = contract.ContainerPaths.from_env()
+    launch = Launch(paths, {}, {})
+    try:
+        launch.hyperparameters = contract.read_hyperparameters(paths)
+        launch.resource = contract.read_resource_config(paths)
+        paths.make_dirs()
+        prepare(paths, launch)
+    except Stopped as stop:
+        print(f"launcher: {stop} before the entry started; stopping", file=sys.stderr)
+        _end_run(launch.env or child_env(launch, 0), "KILLED", launch.resource)
+        return EXIT_STOPPED
+    except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
+        return _fail(paths, launch, exc)
+    try:
+        return run_entry(paths, launch, router)
+    except Stopped:  # only if the signal beat the entry's start by a hair; nothing ran yet
+        _end_run(launch.env, "KILLED", launch.resource)
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":
