@@ -37,6 +37,7 @@ class Location:
     def __init__(self, uri: str, clients: AwsClients | None) -> None:
         self.uri = uri.rstrip("/")
         self.clients = clients
+        self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime) last copied
 
     @property
     def is_s3(self) -> bool:
@@ -86,16 +87,38 @@ class Location:
                     if relative and not relative.endswith("/") and relative != "_ade_complete.json":
                         yield key, relative
 
-    def upload_from(self, source: Path) -> None:
+    def upload_from(self, source: Path, *, everything: bool = False) -> int:
+        """Copy the files of source that changed since the last call (checkpoints sync every 30 s and
+        can be large), or all of them; returns how many were sent. Like SageMaker's sync it never deletes."""
         if not source.is_dir():
-            return
-        if not self.is_s3:
-            shutil.copytree(source, self._local(), dirs_exist_ok=True)
-            return
-        bucket, prefix = self._bucket_key()
-        s3 = (self.clients or AwsClients()).s3
+            return 0
+        sent = 0
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(source).as_posix()}")
+            stamp = path.stat()
+            relative = path.relative_to(source).as_posix()
+            if not everything and self._sent.get(relative) == (stamp.st_size, stamp.st_mtime_ns):
+                continue
+            self._put(path, relative)
+            self._sent[relative] = (stamp.st_size, stamp.st_mtime_ns)
+            sent += 1
+        return sent
+
+    def mark_sent(self, source: Path) -> None:
+        """Files just downloaded from here need not go back up."""
+        for path in (p for p in source.rglob("*") if p.is_file()):
+            stamp = path.stat()
+            self._sent[path.relative_to(source).as_posix()] = (stamp.st_size, stamp.st_mtime_ns)
+
+    def _put(self, path: Path, relative: str) -> None:
+        if self.is_s3:
+            bucket, prefix = self._bucket_key()
+            (self.clients or AwsClients()).s3.upload_file(str(path), bucket, f"{prefix}/{relative}")
+            return
+        target = self._local() / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".ade-partial")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)  # a reader (or a restart) never sees half a checkpoint file
 
     def put_file(self, source: Path, name: str) -> str:
         if self.is_s3:
@@ -153,6 +176,7 @@ class LocalJob:
             self._materialise_channels()
             if self._checkpoints is not None:  # a spot restart finds its checkpoints before the entry starts
                 self._checkpoints.download_to(self.paths.checkpoint_dir)
+                self._checkpoints.mark_sent(self.paths.checkpoint_dir)
         except Exception as exc:
             raise self._fail_before_start(exc) from None
         self._transition("Training", "Training in progress on this machine")
@@ -233,16 +257,17 @@ class LocalJob:
                 self._sync_checkpoints()
         self._finish(code)
 
-    def _sync_checkpoints(self) -> None:
+    def _sync_checkpoints(self, everything: bool = False) -> None:
         if self._checkpoints is not None:
             try:
-                self._checkpoints.upload_from(self.paths.checkpoint_dir)
+                # The last sync sends everything: a same-size rewrite within one mtime tick looks unchanged.
+                self._checkpoints.upload_from(self.paths.checkpoint_dir, everything=everything)
             except Exception as exc:  # a failed sync must not kill the job; the final sync retries
                 self._log(f"local runner: checkpoint sync failed: {exc}")
 
     def _finish(self, code: int) -> None:
         self._transition("Uploading", "Uploading generated training model")
-        self._sync_checkpoints()
+        self._sync_checkpoints(everything=True)
         try:
             self._model_uri = self._upload_model()
         except Exception as exc:

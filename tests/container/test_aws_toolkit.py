@@ -11,22 +11,12 @@ import boto3
 import mlflow
 
 from ade_mlflow_plugin.backend.local import Location
-from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
 from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
-from tests.conftest import FIXTURES
-
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+from tests.conftest import submit_to_moto
 
 
 def test_toolkit_starts_the_shim_and_the_entry_runs(aws, sqlite_tracking, tmp_path):
-    boto3.client("s3").create_bucket(Bucket="ade-toolkit")
-    config = {"role_arn": ROLE, "bucket": "ade-toolkit", "region": "us-east-1", "wait": False,
-              "SYNCHRONOUS": False}
-    experiment = mlflow.get_experiment_by_name("Default").experiment_id
-    submitted = AdeSageMakerBackend(console=io.StringIO()).run(
-        str(FIXTURES / "backend_project"), "main", {"data": str(FIXTURES / "backend_project_data")}, None,
-        config, sqlite_tracking, experiment)
-    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=submitted.job_name)
+    submitted, described = submit_to_moto("ade-toolkit", sqlite_tracking)
 
     # What SageMaker does before it starts the image: the contract files and the channels.
     paths = ContainerPaths(tmp_path / "opt_ml")

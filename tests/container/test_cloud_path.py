@@ -8,22 +8,11 @@ import boto3
 import mlflow
 
 from ade_mlflow_plugin.backend.local import LocalJob
-from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
-from tests.conftest import FIXTURES
-
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+from tests.conftest import submit_to_moto
 
 
 def test_described_job_runs_from_moto_s3_and_uploads_its_model(aws, sqlite_tracking, tmp_path):
-    boto3.client("s3").create_bucket(Bucket="ade-cloud-path")
-    config = {"role_arn": ROLE, "bucket": "ade-cloud-path", "region": "us-east-1", "wait": False,
-              "SYNCHRONOUS": False}
-    experiment = mlflow.get_experiment_by_name("Default").experiment_id
-    backend = AdeSageMakerBackend(console=io.StringIO())
-    submitted = backend.run(str(FIXTURES / "backend_project"), "main",
-                            {"data": str(FIXTURES / "backend_project_data"), "epochs": "2"}, None, config,
-                            sqlite_tracking, experiment)
-    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=submitted.job_name)
+    submitted, described = submit_to_moto("ade-cloud-path", sqlite_tracking, {"epochs": "2"})
 
     job = LocalJob(described, job_root=tmp_path / "job", stream=None)
     job.start()
