@@ -84,6 +84,9 @@ class MetricLogger:
                 return
             except Exception as exc:  # noqa: BLE001 - any transport error: keep the batch and retry
                 self.failures += 1
+                if _rejected(exc):  # the server answered "no": retrying cannot help
+                    logger.error("tracking server rejected %d metrics: %s", len(batch), str(exc)[:300])
+                    return
                 if time.monotonic() > deadline:
                     logger.error("dropping %d metrics after %.0f s of failed logging: %s",
                                  len(batch), self._retry_for_s, exc)
@@ -117,6 +120,16 @@ class MetricLogger:
             self._cond.notify_all()
         self._thread.join(timeout=1.0)
         return done
+
+
+def _rejected(exc: Exception) -> bool:
+    """A 4xx answer (bad value, run deleted); 429 and 5xx and no answer at all are worth retrying."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
 
 class NullLogger:

@@ -67,3 +67,26 @@ def test_logger_keeps_batches_until_sent_and_skips_logged_steps():
     assert sorted(m.step for m in sent if m.key == "train_loss") == [4, 5]
     assert sorted(m.step for m in sent if m.key == "epoch") == [1, 2, 3, 4, 5]
     assert metric_logger.failures == 2
+
+
+class _RejectingClient(_FlakyClient):
+    """Rejects the first batch as the server does a bad value (HTTP 400), then accepts."""
+
+    def log_batch(self, run_id, metrics, synchronous=True):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if self.failures:
+            self.failures -= 1
+            raise MlflowException("bad metric", error_code=INVALID_PARAMETER_VALUE)
+        self.batches.append(list(metrics))
+
+
+def test_rejected_batch_is_dropped_not_retried_forever():
+    client = _RejectingClient(failures=1)
+    metric_logger = MetricLogger(client, "run")
+    metric_logger.log({"train_loss": 1.0}, step=1)
+    assert metric_logger.flush(timeout=10)
+    metric_logger.log({"train_loss": 2.0}, step=2)
+    assert metric_logger.close(timeout=10)
+    assert [m.step for batch in client.batches for m in batch] == [2]
