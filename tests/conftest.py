@@ -161,3 +161,26 @@ def sqlite_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+def submit_to_moto(bucket: str, tracking: str, params: dict[str, str] | None = None):
+    """Submit the fixture project through the backend in sagemaker mode (no waiting) against moto.
+
+    Returns (submitted run, DescribeTrainingJob answer): what a worker would be handed.
+    """
+    import io
+
+    import boto3
+    import mlflow
+
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    config = {"role_arn": "arn:aws:iam::123456789012:role/SageMakerRole", "bucket": bucket,
+              "region": "us-east-1", "wait": False, "SYNCHRONOUS": False}
+    experiment = mlflow.get_experiment_by_name("Default").experiment_id
+    submitted = AdeSageMakerBackend(console=io.StringIO()).run(
+        str(FIXTURES / "backend_project"), "main",
+        {"data": str(FIXTURES / "backend_project_data"), **(params or {})}, None, config, tracking, experiment)
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=submitted.job_name)
+    return submitted, described

@@ -8,7 +8,6 @@ waits for plugin backends), followed to its end unless `"wait": false`.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -240,6 +239,8 @@ class AdeSageMakerBackend(AbstractBackend):
             "sagemaker.spot": str(config.use_spot).lower(),
             "sagemaker.mode": config.mode,
             "sagemaker.code_uri": submission.code.uri,
+            # MLflow sets this itself only after run() returns, which a failed followed job never does.
+            "mlflow.project.backend": BACKEND_NAME,
         }
         if config.mode == "sagemaker":
             tags["sagemaker.console_url"] = spec.console_url(region, submission.job_name)

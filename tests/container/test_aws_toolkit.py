@@ -2,12 +2,10 @@
 AWS's PyTorch/HF training images) runs a submitted job's entry through the ade_entry.py shim."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 
-import boto3
 import mlflow
 
 from ade_mlflow_plugin.backend.local import Location
