@@ -67,10 +67,15 @@ def private_pip(tmp_path, monkeypatch) -> Path:
 def test_declared_requirements_are_checked_against_the_environment(tmp_path):
     (tmp_path / "conda.yaml").write_text("dependencies:\n  - python=3.11\n  - pip:\n"
                                          "    - mlflow>=3.17\n    - adetoy-not-installed>=1\n")
-    (tmp_path / "requirements.txt").write_text("# comment\n-r other.txt\npyyaml>=6\nmlflow<1.0\n"
-                                               "pywin32>=1; sys_platform == 'win32'\n")
+    (tmp_path / "python_env.yaml").write_text("python: '3.11'\ndependencies:\n  - -r requirements.txt\n"
+                                              "  - mlflow>=3.17\n")
+    (tmp_path / "requirements.txt").write_text("# comment\n--index-url https://example.invalid\n"
+                                               "-r more.txt\npyyaml>=6  # inline comment\n")
+    (tmp_path / "more.txt").write_text("mlflow<1.0\npywin32>=1; sys_platform == 'win32'\n")
+    # Each file once (requirements.txt is named twice), in order, options and comments dropped.
     assert declared_requirements(tmp_path) == [
-        "mlflow>=3.17", "adetoy-not-installed>=1", "pyyaml>=6", "mlflow<1.0", "pywin32>=1; sys_platform == 'win32'"]
+        "mlflow>=3.17", "adetoy-not-installed>=1", "mlflow<1.0", "pywin32>=1; sys_platform == 'win32'",
+        "pyyaml>=6"]
     # Present and new enough: kept; absent or too old: installed; another platform's: skipped.
     assert missing_requirements(tmp_path) == ["adetoy-not-installed>=1", "mlflow<1.0"]
 
