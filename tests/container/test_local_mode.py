@@ -94,3 +94,19 @@ def test_python_api_synchronous_run_waits_through_wait(sqlite_tracking, tmp_path
     assert run.info.status == "FINISHED" and run.data.metrics["count"] == 3
     assert run.data.tags["mlflow.project.backend"] == "ade-sagemaker"
     assert [a.path for a in mlflow.MlflowClient().list_artifacts(submitted.run_id, "logs")] == ["logs/job.log"]
+
+
+def test_a_failing_entry_fails_mlflow_run_and_the_run_says_why(tmp_path):
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs")}
+    proc = _mlflow_run(COUNTER, config, ["-P", "fail_at=2"], tmp_path, tracking, entry="fails")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
+    assert "ended Failed" in err or "ended FAILED" in err, err[-2000:]
+    assert "Traceback" not in err
+    run = _runs(tracking)[0]
+    assert run.info.status == "FAILED"
+    assert "counter: failing at step 2 as asked" in run.data.tags["sagemaker.failure_reason"]
+    assert run.data.metrics["count"] == 2  # what the entry logged before it failed stays on the run
+    failure = next((tmp_path / "jobs" / "jobs").glob("*/output/failure")).read_text()
+    assert "Traceback" in failure and "RuntimeError: counter: failing at step 2" in failure
