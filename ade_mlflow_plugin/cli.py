@@ -13,33 +13,41 @@ import click
 
 from ade_mlflow_plugin import __version__
 
-#: verb -> "module:attribute" of a click.Command.
-COMMANDS: dict[str, str] = {
-    "launch": "ade_mlflow_plugin.launch:launch_command",
-    "status": "ade_mlflow_plugin.backend.commands:status_command",
-    "logs": "ade_mlflow_plugin.backend.commands:logs_command",
-    "cost": "ade_mlflow_plugin.backend.cost_command:cost_command",
-    "prepare-data": "ade_mlflow_plugin.dataset.cli:prepare_data_command",
-    "make-tiny-model": "ade_mlflow_plugin.training.tiny:make_tiny_model_command",
-    "promote": "ade_mlflow_plugin.registry.cli:promote_command",
-    "sync": "ade_mlflow_plugin.registry.cli:sync_command",
-    "watch": "ade_mlflow_plugin.registry.cli:watch_command",
-    "webhook-server": "ade_mlflow_plugin.registry.cli:webhook_server_command",
-    "webhook-register": "ade_mlflow_plugin.registry.cli:webhook_register_command",
+#: verb -> ("module:attribute" of a click.Command, one-line help shown by `ade-mlflow --help`).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "launch": ("ade_mlflow_plugin.launch:launch_command", "Fine-tune a model on a codebase (project `main`)."),
+    "status": ("ade_mlflow_plugin.backend.commands:status_command", "Show a job's status by RUN_ID or JOB."),
+    "logs": ("ade_mlflow_plugin.backend.commands:logs_command", "Print or follow a job's logs by RUN_ID or JOB."),
+    "cost": ("ade_mlflow_plugin.backend.cost_command:cost_command", "Cost of a job, a run or an experiment."),
+    "prepare-data": ("ade_mlflow_plugin.dataset.cli:prepare_data_command",
+                     "Mine a codebase into a train/eval dataset."),
+    "make-tiny-model": ("ade_mlflow_plugin.training.tiny:make_tiny_model_command",
+                        "Build a tiny deepseek-coder-shaped model for tests and the demo."),
+    "promote": ("ade_mlflow_plugin.registry.cli:promote_command",
+                "Promote a model version to an alias or stage, then sync it."),
+    "sync": ("ade_mlflow_plugin.registry.cli:sync_command", "Copy a model version into ADE provider storage."),
+    "watch": ("ade_mlflow_plugin.registry.cli:watch_command", "Poll the registry and sync alias/stage changes."),
+    "webhook-server": ("ade_mlflow_plugin.registry.cli:webhook_server_command",
+                       "Receive MLflow registry webhooks and sync."),
+    "webhook-register": ("ade_mlflow_plugin.registry.cli:webhook_register_command",
+                         "Create the MLflow webhook that calls the receiver."),
 }
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are imported on first use."""
+    """A click group whose subcommands are imported on first use (help needs no import)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        if cmd_name not in COMMANDS:
             return None
-        module_name, attr = target.split(":")
+        module_name, attr = COMMANDS[cmd_name][0].split(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
