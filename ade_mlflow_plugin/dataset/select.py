@@ -44,6 +44,9 @@ class TokenCounter:
             return []
         if self.tokenizer is None:
             return [len(_APPROX_TOKEN.findall(t)) for t in texts]
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if hasattr(backend, "encode_batch_fast"):  # the same encoding without offsets: ~20% faster
+            return [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
         encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
