@@ -143,6 +143,11 @@ class TrainingConfig:
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
+    # speed options (training/speed.py): on by default, each one a switch to turn it off
+    flex_attention: bool = True
+    compile_layers: bool = True
+    fused_loss: bool = True
+    bf16_adapters: bool = True
     # bookkeeping
     logging_steps: int = 10
     save_steps: int = 100
@@ -209,6 +214,10 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "lr_scheduler": choice(*SCHEDULER_CHOICES),
     "weight_decay": real(0.0),
     "gradient_checkpointing": boolean,
+    "flex_attention": boolean,
+    "compile_layers": boolean,
+    "fused_loss": boolean,
+    "bf16_adapters": boolean,
     "logging_steps": whole(1),
     "save_steps": whole(1),
     "keep_checkpoints": whole(1),

@@ -76,6 +76,11 @@ def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
     # Under torchrun each process owns the GPU of its LOCAL_RANK.
     target = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" else "cpu"
     kwargs: dict[str, Any] = {"dtype": dtype}
+    from ade_mlflow_plugin.training.speed import attention_implementation
+
+    attention = attention_implementation(config, device)
+    if attention:
+        kwargs["attn_implementation"] = attention
     quant = quantization_config(config.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -96,7 +101,9 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
     """Wrap the model with a LoRA adapter (all linear projections but the LM head by default)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if config.quantization != "none":
+    if config.quantization != "none" and not config.bf16_adapters:
+        # peft's helper also casts every 16-bit weight (LM head, embeddings, norms) to float32: slow, and
+        # with bf16 compute not needed for stability. Without it the branch below does the rest of its work.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

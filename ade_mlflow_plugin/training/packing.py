@@ -105,13 +105,15 @@ def build_rows(tokenizer: Any, examples: Any, max_len: int, packing: bool = True
 class PackedCollator:
     """Pads a batch of rows to its longest row; the padding is its own segment so nothing attends to it."""
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1) -> None:
         self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of  # >1: few distinct shapes for compiled layers
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
         width = max(len(row["input_ids"]) for row in batch)
+        width = -(-width // self.multiple) * self.multiple
         ids, labels, positions = [], [], []
         for row in batch:
             pad = width - len(row["input_ids"])

@@ -11,6 +11,7 @@ from ade_mlflow_plugin.training.callbacks import MarkComplete, MetricsCallback, 
 from ade_mlflow_plugin.training.checkpoints import StopFlag, latest_checkpoint
 from ade_mlflow_plugin.training.config import TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator
+from ade_mlflow_plugin.training.speed import pad_multiple, speedups
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,16 @@ def train(config: TrainingConfig, model: Any, tokenizer: Any, rows: list[dict], 
     resume = latest_checkpoint(output_dir)
     if resume is not None:
         logger.info("resuming from %s", resume)
+    collator = PackedCollator(tokenizer.pad_token_id, pad_multiple(config, device))
     trainer = Trainer(model=model, args=training_arguments(config, output_dir, device),
-                      train_dataset=rows_dataset(rows), data_collator=PackedCollator(tokenizer.pad_token_id),
+                      train_dataset=rows_dataset(rows), data_collator=collator,
                       processing_class=tokenizer,
                       callbacks=[MetricsCallback(metric_logger), StopOnSigterm(stop), SaveFinalStep(),
                                  MarkComplete()])
     stop.training = True
     try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with speedups(model, config, device):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         stop.training = False
     return trainer.state, bool(stop)
