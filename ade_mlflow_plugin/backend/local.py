@@ -184,7 +184,8 @@ class LocalJob:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ade_mlflow_plugin.container.launcher"], cwd=self.root, env=self._env(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-        threading.Thread(target=self._pump_output, daemon=True).start()
+        self._pump = threading.Thread(target=self._pump_output, daemon=True)
+        self._pump.start()
         threading.Thread(target=self._supervise, daemon=True).start()
 
     def _env(self) -> dict[str, str]:
@@ -255,6 +256,8 @@ class LocalJob:
                 break
             except subprocess.TimeoutExpired:
                 self._sync_checkpoints()
+        # The log is complete before anyone is told the job ended (an orphan holding the pipe: 10 s at most).
+        self._pump.join(timeout=10)
         self._finish(code)
 
     def _sync_checkpoints(self, everything: bool = False) -> None:
