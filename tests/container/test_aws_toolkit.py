@@ -35,3 +35,45 @@ def test_toolkit_starts_the_shim_and_the_entry_runs(aws, sqlite_tracking, tmp_pa
     assert (paths.model_dir / "weights.txt").read_text().startswith("lr=0.1")
     assert (paths.checkpoint_dir / "last.txt").is_file()
     assert mlflow.get_run(submitted.run_id).info.status == "FINISHED"
+
+
+def test_toolkit_does_not_pass_sigterm_on_which_is_why_jobs_start_through_the_bootstrap(sqlite_tracking, tmp_path):
+    """aws/sagemaker-training-toolkit#125: a stop signal to the toolkit never reaches the user script.
+    (test_bootstrap.py shows the same signal reaching the entry when the launcher is PID 1.)"""
+    import signal
+    import time
+
+    from ade_mlflow_plugin.backend import packaging
+    from tests.container.test_bad_job_input import COUNTER, _request
+
+    archive = packaging.build_project_tarball(COUNTER, tmp_path / "code").path
+    request, _ = _request(tmp_path, sqlite_tracking, code_uri=str(archive),
+                          params={"steps": "400", "step_seconds": "0.25"})
+    paths = ContainerPaths(tmp_path / "opt_ml")
+    write_contract(paths, request)
+    log = tmp_path / "toolkit.log"
+    env = {**os.environ, **request["Environment"], "SAGEMAKER_BASE_DIR": str(paths.base),
+           "SM_STUDIO_LOCAL_MODE": "true", "TRAINING_JOB_NAME": request["TrainingJobName"]}
+    with open(log, "w") as out:
+        toolkit = subprocess.Popen([sys.executable, "-m", "sagemaker_training.cli.train"], cwd=tmp_path, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    entry_group = None
+    try:
+        deadline = time.monotonic() + 180
+        while "counter: step 2\n" not in log.read_text():
+            assert time.monotonic() < deadline and toolkit.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        entry_group = int(paths.entry_pgid_file.read_text())
+        toolkit.send_signal(signal.SIGTERM)
+        toolkit.wait(timeout=30)
+        time.sleep(2.0)  # the counter reacts within one 0.25 s step when the signal arrives
+        text = log.read_text()
+        assert "SIGTERM, checkpoint" not in text
+        os.killpg(entry_group, 0)  # the entry is still running, unaware of the stop
+    finally:
+        for group in (entry_group, toolkit.pid):  # the orphaned launcher and entry: ours to end
+            try:
+                if group:
+                    os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
