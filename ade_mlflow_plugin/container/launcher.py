@@ -202,8 +202,43 @@ class EntryProcess:
 
     def wait(self) -> int:
         code = self.proc.wait()
-        self._pump.join(timeout=10)
+        if self.terminated:
+            # `sh -c` dies at once on SIGTERM while the entry under it may still be writing its checkpoint:
+            # the job is over only when the whole group is gone (SIGKILL after the grace period bounds it).
+            wait_for_group(self.proc.pid)
+        # The output ends at EOF; a daemon that left the group and holds the pipe must not stall the job.
+        self._pump.join(timeout=2)
         return code
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_for_group(pgid: int, poll_s: float = 0.2) -> None:
+    """Block until no live process is left in the group, reaping orphans when this is PID 1."""
+    import time
+
+    if not Path("/proc/self/stat").exists():
+        return  # no /proc (not Linux): the direct child's exit is all there is to wait for
+    while _group_members(pgid):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # as a container's PID 1 the orphans are ours to reap
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(poll_s)
 
 
 def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None:

@@ -110,3 +110,23 @@ def test_checkpoint_sync_sends_only_what_changed(s3_bucket, tmp_path):
         assert (back / "state.json").read_text() == '{"step": 22}'
         assert (back / "step-1" / "adapter.bin").read_bytes() == b"1" * 1000
         (source / "state.json").write_text('{"step": 1}')
+
+
+def test_a_stop_waits_for_the_entry_to_finish_its_checkpoint_under_a_shell(sqlite_tracking, tmp_path):
+    import mlflow
+
+    request, run_id = _request(tmp_path, sqlite_tracking, entry="slow_save", params={"save_seconds": "4"})
+    job = LocalJob(request, job_root=tmp_path / "root", stream=None)
+    job.start()
+    deadline = time.monotonic() + 120
+    while "counter: step 2\n" not in job.log_path.read_text():
+        assert time.monotonic() < deadline and job.proc.poll() is None, job.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    job.stop()
+    final = job.wait(timeout=60)
+    log = job.log_path.read_text()
+    assert final["TrainingJobStatus"] == "Stopped", log[-2000:]
+    saved, reported = log.find("counter: checkpoint saved at step"), log.find("launcher: stopped")
+    assert 0 < saved < reported, log[-2000:]  # the launcher waited for the entry, not only for `sh -c`
+    assert json.loads((tmp_path / "ckpt" / "counter.json").read_text())["final"] is True  # and it was synced
+    assert mlflow.get_run(run_id).info.status == "KILLED"
