@@ -21,6 +21,7 @@ from typing import Any, Iterator, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
+from ade_mlflow_plugin.container.procs import kill_tree
 from ade_mlflow_plugin.errors import AdeError, ConfigError
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
@@ -328,11 +329,12 @@ class LocalJob:
             return
         self._log(f"local runner: still running {STOP_GRACE_S:g} s after SIGTERM; sending SIGKILL")
         try:
-            pgid = int(self.paths.entry_pgid_file.read_text())
-            os.killpg(pgid, signal.SIGKILL)
-        except (OSError, ValueError):  # no entry yet, or it is gone already
-            pass
-        self._signal(signal.SIGKILL)
+            entry_group: tuple[int, ...] = (int(self.paths.entry_pgid_file.read_text()),)
+        except (OSError, ValueError):  # no entry yet
+            entry_group = ()
+        # The launcher's tree (torchrun workers have sessions of their own) and the entry's group (whose
+        # members outlive a `sh -c` parent that died at the SIGTERM).
+        kill_tree(self.proc.pid, entry_group)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         self._done.wait(timeout)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ade_mlflow_plugin.container import contract
 from ade_mlflow_plugin.container.deps import install_missing_requirements
+from ade_mlflow_plugin.container.procs import wait_for_group
 
 EXIT_STOPPED = 143
 FAILURE_TAIL_LINES = 40
@@ -159,6 +160,8 @@ def child_env(launch: Launch, num_gpus: int) -> dict[str, str]:
                      ("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")):
         if not env.get(var) and hp.get(key):
             env[var] = str(hp[key])
+    # torchrun gives its workers 30 s after a SIGTERM before it SIGKILLs them; SageMaker allows 120 s.
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "110")
     # `python` in the entry command means this interpreter (the image's, or the local venv's).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     bundle = launch.project_dir / "_ade_bundle"
@@ -209,36 +212,6 @@ class EntryProcess:
         # The output ends at EOF; a daemon that left the group and holds the pipe must not stall the job.
         self._pump.join(timeout=2)
         return code
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def wait_for_group(pgid: int, poll_s: float = 0.2) -> None:
-    """Block until no live process is left in the group, reaping orphans when this is PID 1."""
-    import time
-
-    if not Path("/proc/self/stat").exists():
-        return  # no /proc (not Linux): the direct child's exit is all there is to wait for
-    while _group_members(pgid):
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:  # as a container's PID 1 the orphans are ours to reap
-                pass
-        except ChildProcessError:
-            pass
-        time.sleep(poll_s)
 
 
 def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None:
