@@ -33,7 +33,7 @@ MAX_CORPUS_BYTES = 20_000_000  # a BPE of a few thousand merges needs far less t
 
 def corpus(codebase: Path) -> Iterator[str]:
     """Text of the codebase's source files (the dataset walker's choice), lines holding secrets dropped."""
-    from ade_mlflow_plugin.dataset.secrets import secret_rows
+    from ade_mlflow_plugin.dataset.secrets import drop_secret_lines
     from ade_mlflow_plugin.dataset.walk import walk_codebase
 
     budget = MAX_CORPUS_BYTES
@@ -44,9 +44,7 @@ def corpus(codebase: Path) -> Iterator[str]:
             content = Path(source.abs).read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        lines = content.splitlines(keepends=True)
-        drop = secret_rows(content, lines, source.rel)
-        kept = "".join(line for i, line in enumerate(lines) if i not in drop)
+        kept = drop_secret_lines(content, source.rel)  # the dataset's own line split, so rows line up
         budget -= len(kept)
         yield kept
 
