@@ -1,7 +1,8 @@
 """The job's entry: container contract -> MLflow run -> the MLproject entry command.
 
-Started either by AWS's toolkit through the `ade_entry.py` shim (code already unpacked next to it)
-or by the local runner as `python -m ade_mlflow_plugin.container.launcher` (code fetched from
+Started through the `ade_entry.py` shim with the code already unpacked next to it (by bootstrap.py,
+which keeps the launcher at PID 1 so SageMaker's SIGTERM reaches it, or by AWS's toolkit), or by the
+local runner as `python -m ade_mlflow_plugin.container.launcher` (code fetched from
 `sagemaker_submit_directory` and unpacked safely). It ends the MLflow run itself (FINISHED, FAILED,
 KILLED), so the run is right even when nobody follows the job, and writes output/failure on error.
 """
