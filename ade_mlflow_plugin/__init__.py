@@ -3,15 +3,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 __version__ = "0.1.0"
-
-#: Marker for plugin implementations of the ``ade_`` hooks (see registry/hookspecs.py).
-hookimpl = pluggy.HookimplMarker("ade_mlflow_plugin")
 
 if TYPE_CHECKING:  # pragma: no cover
     from ade_mlflow_plugin.config import CloudTrainingConfig, ModelRegistryConfig
+
+
+def __getattr__(name: str) -> Any:
+    # `hookimpl` is made lazily: the job's shim imports this package from _ade_bundle before the
+    # launcher has installed anything, and an image need not have pluggy.
+    if name == "hookimpl":
+        import pluggy
+
+        marker = pluggy.HookimplMarker("ade_mlflow_plugin")
+        globals()["hookimpl"] = marker
+        return marker
+    raise AttributeError(name)
 
 
 async def launch_training_job(

@@ -143,6 +143,18 @@ def _resources(config: CloudTrainingConfig) -> dict[str, Any]:
     return resources
 
 
+def _algorithm(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, Any]:
+    algorithm: dict[str, Any] = {"TrainingImage": inputs.image_uri, "TrainingInputMode": "File"}
+    if config.mode == "sagemaker":
+        # SageMaker signals only PID 1 on stop and spot reclaim, and AWS's toolkit does not pass SIGTERM on
+        # (aws/sagemaker-training-toolkit#125): the bootstrap makes our launcher PID 1 so the entry gets
+        # its 120 s to checkpoint. It unpacks sagemaker_submit_directory exactly as the toolkit would.
+        from ade_mlflow_plugin.container.bootstrap import container_entrypoint
+
+        algorithm.update(container_entrypoint())
+    return algorithm
+
+
 def build_training_job_request(config: CloudTrainingConfig, inputs: JobInputs, region: str) -> dict[str, Any]:
     """The complete CreateTrainingJob request (validated against the service model in the tests)."""
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": config.max_runtime_s}
@@ -153,7 +165,7 @@ def build_training_job_request(config: CloudTrainingConfig, inputs: JobInputs, r
         output["KmsKeyId"] = config.output_kms_key_id
     request: dict[str, Any] = {
         "TrainingJobName": inputs.job_name,
-        "AlgorithmSpecification": {"TrainingImage": inputs.image_uri, "TrainingInputMode": "File"},
+        "AlgorithmSpecification": _algorithm(config, inputs),
         "RoleArn": config.role_arn or LOCAL_ROLE_ARN,
         "HyperParameters": hyperparameters(inputs, region),
         "OutputDataConfig": output,

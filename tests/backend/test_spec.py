@@ -66,6 +66,10 @@ def test_request_carries_what_the_worker_needs():
                                            "LocalPath": "/opt/ml/checkpoints"}
     assert {c["ChannelName"] for c in request["InputDataConfig"]} == {"data", "config"}
     assert {"Key": "mlflow.run_id", "Value": "0123abcd"} in request["Tags"]
+    algorithm = request["AlgorithmSpecification"]
+    assert algorithm["ContainerEntrypoint"][0] == "python3"
+    assert len(algorithm["ContainerArguments"]) <= 100  # the service's limits
+    assert all(len(arg) <= 256 for arg in algorithm["ContainerArguments"])
     blob = json.dumps(request)
     assert "testing" not in blob and "SECRET" not in blob.upper()
 
