@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 # A plain `torch` requirement pulls a multi-GB CUDA build; on machines without a GPU take the CPU wheel.
 TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 PYTEST_ARGS ?=
+# The browser test drives Debian's Chromium through Debian's chromedriver: nothing is downloaded at test time.
+BROWSER_PKGS := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test demo clean
+.PHONY: install browser test demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +24,17 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# Installs what the browser test needs when missing: Chromium + chromedriver (apt, as root) and selenium.
+browser: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing $(BROWSER_PKGS) for the browser test (apt-get)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
+	fi
+	@$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install --quiet "selenium>=4.20"
+
 # pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that cannot pass silently.
-test: $(STAMP)
+test: $(STAMP) browser
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
