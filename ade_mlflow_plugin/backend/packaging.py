@@ -76,10 +76,12 @@ def _is_venv(path: Path) -> bool:
 
 
 def _gitignore_spec(root: Path) -> pathspec.GitIgnoreSpec | None:
-    gitignore = root / ".gitignore"
-    if not gitignore.is_file():
-        return None
-    return pathspec.GitIgnoreSpec.from_lines(gitignore.read_text(errors="replace").splitlines())
+    """The root .gitignore plus the repository's own .git/info/exclude (local ignores count too)."""
+    lines: list[str] = []
+    for source in (root / ".gitignore", root / ".git" / "info" / "exclude"):
+        if source.is_file():
+            lines += source.read_text(errors="replace").splitlines()
+    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
 
 def collect_files(root: Path, prefix: str = "") -> list[PackedFile]:

@@ -75,3 +75,12 @@ def test_symlinked_dirs_ship_both_paths_and_cycles_stop(project, tmp_path):
     names = _names(packaging.build_project_tarball(project, tmp_path / "out"))
     assert "entrypoints/main.py" in names and "pkg/project/entrypoints/main.py" in names
     assert not [n for n in names if n.startswith("pkg/loop/loop/")]
+
+
+def test_git_info_exclude_is_honoured(project, tmp_path):
+    (project / ".git" / "info").mkdir()
+    (project / ".git" / "info" / "exclude").write_text("/wheels/\n")
+    (project / "wheels").mkdir()
+    (project / "wheels" / "big.whl").write_bytes(b"0" * 1000)
+    names = _names(packaging.build_project_tarball(project, tmp_path / "out"))
+    assert not [n for n in names if n.startswith("wheels/")]
