@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from ade_mlflow_plugin.demo import DemoResult
+
 
 @dataclass
 class DemoFlow:
-    result: "object"  # ade_mlflow_plugin.demo.DemoResult
-    output: str
+    result: DemoResult
+    output: str  # everything the demo printed
     root: Path
 
 
