@@ -24,14 +24,14 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# Installs what the browser test needs when missing: Chromium + chromedriver (apt, as root) and selenium.
+# Installs what the browser test needs when missing: Debian's Chromium + chromedriver (apt, as root or via
+# sudo). Selenium comes with the dev extra.
 browser: $(STAMP)
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  echo "installing $(BROWSER_PKGS) for the browser test (apt-get)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BROWSER_PKGS) >/dev/null; \
 	fi
-	@$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install --quiet "selenium>=4.20"
 
 # pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that cannot pass silently.
 test: $(STAMP) browser
