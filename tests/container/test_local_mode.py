@@ -54,7 +54,8 @@ def test_local_job_logs_checkpoints_and_outputs(tmp_path):
 def test_sigterm_checkpoints_kills_the_run_and_a_restart_resumes(tmp_path):
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
-    proc = _mlflow_run(COUNTER, config, ["-P", "steps=40", "-P", "step_seconds=0.25"], tmp_path, tracking)
+    # 400 steps of 0.25 s leave 100 s for the stop to arrive even on a loaded machine.
+    proc = _mlflow_run(COUNTER, config, ["-P", "steps=400", "-P", "step_seconds=0.25"], tmp_path, tracking)
     log = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until the entry has counted a few steps
@@ -72,7 +73,7 @@ def test_sigterm_checkpoints_kills_the_run_and_a_restart_resumes(tmp_path):
     assert first.info.status == "KILLED"
     assert json.loads((tmp_path / "ckpt" / "counter.json").read_text())["step"] == stopped_at
 
-    again = _mlflow_run(COUNTER, config, ["-P", "steps=40", "-P", "step_seconds=0"], tmp_path, tracking)
+    again = _mlflow_run(COUNTER, config, ["-P", "steps=400", "-P", "step_seconds=0"], tmp_path, tracking)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert f"counter: starting at step {stopped_at}" in out
@@ -80,7 +81,7 @@ def test_sigterm_checkpoints_kills_the_run_and_a_restart_resumes(tmp_path):
     assert second.info.status == "FINISHED"
     assert f"resumed_from_{stopped_at}" in second.data.params
     history = mlflow.MlflowClient(tracking).get_metric_history(second.info.run_id, "count")
-    assert [m.step for m in history] == list(range(stopped_at + 1, 41))
+    assert [m.step for m in history] == list(range(stopped_at + 1, 401))
 
 
 def test_python_api_synchronous_run_waits_through_wait(sqlite_tracking, tmp_path):
