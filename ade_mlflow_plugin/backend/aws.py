@@ -37,6 +37,9 @@ PRICING_CONFIG = Config(
 _USER_FIXES = {
     "AccessDenied": "grant the permission (see examples/iam-policy.json) or use another role/profile",
     "AccessDeniedException": "grant the permission (see examples/iam-policy.json) or use another role/profile",
+    # S3 answers a refused HEAD with a bare 403 and no message: name the likely cause.
+    "403": "the credentials may not read/write this bucket: grant s3:GetObject/PutObject/ListBucket "
+           "(see examples/iam-policy.json) or use another bucket",
     "UnrecognizedClientException": "check your AWS credentials (aws sts get-caller-identity)",
     "InvalidClientTokenId": "check your AWS credentials (aws sts get-caller-identity)",
     "ExpiredToken": "refresh your AWS session credentials",

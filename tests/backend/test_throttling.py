@@ -77,3 +77,13 @@ def test_missing_job_is_one_line_with_the_fix(aws):
         job.describe()
     message = caught.value.message
     assert "DescribeTrainingJob failed" in message and "\n" not in message
+
+
+def test_bare_s3_403_names_the_likely_fix():
+    from botocore.exceptions import ClientError
+
+    from ade_mlflow_plugin.backend.aws import translate
+
+    error = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
+    message = translate("Uploading the project to S3", error).message
+    assert "403: Forbidden" in message and "s3:PutObject" in message and "\n" not in message
