@@ -86,4 +86,4 @@ def test_bare_s3_403_names_the_likely_fix():
 
     error = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
     message = translate("Uploading the project to S3", error).message
-    assert "403: Forbidden" in message and "s3:PutObject" in message and "\n" not in message
+    assert "403: Forbidden" in message and "s3:GetObject/PutObject" in message and "\n" not in message
