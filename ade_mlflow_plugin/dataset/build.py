@@ -1,11 +1,14 @@
 """Codebase -> datasets.DatasetDict (train/eval), stats.json, digest; logged to an active MLflow run."""
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,27 @@ def _check_out_dir(out_dir: Path) -> None:
                           "pass a new or empty folder")
 
 
+def _cyclic_gc_paused(func: Callable) -> Callable:
+    """Run func with Python's cyclic garbage collector off (restored after).
+
+    A build keeps hundreds of thousands of objects (units, chunks, examples) until it returns and makes
+    next to no cyclic garbage (~200 objects on the stdlib): reference counting frees what it drops. The
+    collector's full passes rescan everything for nothing, ~0.4 s of the main process's single-core time
+    on the stdlib; forked mining workers inherit the setting and skip their passes too.
+    """
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return wrapper
+
+
+@_cyclic_gc_paused
 def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examples: int,
                   synthetic_ratio: float, eval_fraction: float = 0.1, seed: int = 42, tokenizer: Any = None,
                   max_tokens: int = 2048, log_to_mlflow: bool = True, exclude: list[str] | tuple[str, ...] = (),
@@ -172,10 +196,14 @@ def _columns(rows: list) -> dict[str, list[str]]:
 
 def _to_dataset_dict(columns: dict[str, dict[str, list[str]]]):
     import datasets
+    import pyarrow as pa
 
     features = datasets.Features({c: datasets.Value("string") for c in examples.COLUMNS})
-    return datasets.DatasetDict({split: datasets.Dataset.from_dict(columns[split], features=features)
-                                 for split in SPLITS})
+    # Arrow string arrays built in one C pass: given Python lists, from_dict encodes every value through
+    # the features in Python (~0.3 s for 10k examples), for the same table.
+    return datasets.DatasetDict({split: datasets.Dataset.from_dict(
+        {c: pa.array(values, type=pa.string()) for c, values in columns[split].items()}, features=features)
+        for split in SPLITS})
 
 
 def compute_digest(columns: dict[str, dict[str, list[str]]]) -> str:
