@@ -9,6 +9,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,13 +141,15 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
         raise ConfigError(f"codebase '{codebase}' yields no training examples (files mined: "
                           f"{sum(1 for f in files if not f.skipped)}): point it at a folder with functions or classes")
     train, evals = select.split_by_file(rows, float(eval_fraction), seed)
-    columns = {"train": _columns(train), "eval": _columns(evals)}
-    dataset = _to_dataset_dict(columns)
-    digest = compute_digest(columns)
-    timer.lap("split_build")
-    count = select.TokenCounter(tokenizer)
-    tokens = {"train": select.token_totals(train, count, seed), "eval": select.token_totals(evals, count, seed)}
-    timer.lap("token_stats")
+    with ThreadPoolExecutor(max_workers=1) as side:
+        # The tokenizer releases the GIL: token stats are counted beside the (Python-bound) table and digest.
+        counted = side.submit(_token_stats, train, evals, tokenizer, seed)
+        columns = {"train": _columns(train), "eval": _columns(evals)}
+        dataset = _to_dataset_dict(columns)
+        digest = compute_digest(columns)
+        timer.lap("split_build")
+        tokens = counted.result()
+    timer.lap("token_stats")  # only what is left to wait for
     stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, tokens,
                    num_examples=num_examples, ratio=float(synthetic_ratio), eval_fraction=float(eval_fraction),
                    seed=seed, tokenizer=tokenizer, max_tokens=max_tokens, digest=digest)
@@ -188,6 +191,11 @@ def _worker_timings(files: list[MinedFile]) -> dict[str, float]:
     for mf in files:
         total.update(mf.timings)
     return {k: round(v, 4) for k, v in sorted(total.items())}
+
+
+def _token_stats(train: list, evals: list, tokenizer: Any, seed: int) -> dict[str, dict]:
+    count = select.TokenCounter(tokenizer)
+    return {"train": select.token_totals(train, count, seed), "eval": select.token_totals(evals, count, seed)}
 
 
 def _columns(rows: list) -> dict[str, list[str]]:

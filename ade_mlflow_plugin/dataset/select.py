@@ -5,6 +5,8 @@ import math
 import random
 import re
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -65,11 +67,12 @@ class Pool:
     """One source's candidates in seeded order, rendered and length-checked lazily in batches."""
 
     def __init__(self, cands: list[Candidate], rng: np.random.Generator, renderer: Renderer,
-                 count: TokenCounter, max_tokens: int, drops: Counter) -> None:
+                 count: TokenCounter, max_tokens: int, drops: Counter, counting: Executor) -> None:
         # numpy permutes 100k candidates in a millisecond; random.shuffle takes ~0.1 s
         self.cands = [cands[i] for i in rng.permutation(len(cands)).tolist()]
         self.pos, self.ready = 0, []
         self.renderer, self.count, self.max_tokens, self.drops = renderer, count, max_tokens, drops
+        self.counting = counting
 
     @property
     def exhausted(self) -> bool:
@@ -80,16 +83,29 @@ class Pool:
         while len(self.ready) < want and not self.exhausted:
             batch = self.cands[self.pos:self.pos + max(_BATCH, want - len(self.ready))]
             self.pos += len(batch)
-            rendered = [self.renderer.render(c) for c in batch]
+            for rendered, lengths in self._measured(batch):
+                for example in rendered:
+                    if not example.completion.strip():
+                        self.drops["empty"] += 1
+                    elif lengths.get(id(example), 0) > self.max_tokens:
+                        self.drops["too_long"] += 1
+                    else:
+                        self.ready.append(example)
+
+    def _measured(self, batch: list[Candidate]) -> Iterator[tuple[list[Example], dict[int, int]]]:
+        """(examples, token lengths of those that may not fit, by id) per slice of batch, in order.
+
+        The tokenizer releases the GIL, so the counting thread tokenises one slice while this thread
+        renders the next: rendering (Python) and tokenising (Rust) overlap on two cores.
+        """
+        pending = []
+        for start in range(0, len(batch), _BATCH):
+            rendered = [self.renderer.render(c) for c in batch[start:start + _BATCH]]
             long = [e for e in rendered if _may_exceed(e, self.max_tokens)]
-            lengths = dict(zip(map(id, long), self.count([e.prompt + e.completion for e in long])))
-            for example in rendered:
-                if not example.completion.strip():
-                    self.drops["empty"] += 1
-                elif lengths.get(id(example), 0) > self.max_tokens:
-                    self.drops["too_long"] += 1
-                else:
-                    self.ready.append(example)
+            texts = [e.prompt + e.completion for e in long]
+            pending.append((rendered, long, self.counting.submit(self.count, texts)))
+        for rendered, long, lengths in pending:
+            yield rendered, dict(zip(map(id, long), lengths.result()))
 
 
 def token_totals(rows: list[Example], count: TokenCounter, seed: int) -> dict:
@@ -114,17 +130,19 @@ def select(mined: list[Candidate], synthetic: list[Candidate], *, limit: int, ra
            drops: Counter) -> list[Example]:
     """Exactly synthetic_count(total, ratio) synthetic examples; total as large as allowed."""
     rng = np.random.default_rng(seed)
-    pools = {"mined": Pool(mined, rng, renderer, count, max_tokens, drops),
-             "synthetic": Pool(synthetic, rng, renderer, count, max_tokens, drops)}
-    while True:
-        caps = {k: (len(p.ready) if p.exhausted else len(p.cands) - p.pos + len(p.ready)) for k, p in pools.items()}
-        total = plan(limit, caps["mined"], caps["synthetic"], ratio)
-        want = {"synthetic": synthetic_count(total, ratio)}
-        want["mined"] = total - want["synthetic"]
-        for key, pool in pools.items():
-            pool.fill(want[key])
-        if all(len(p.ready) >= want[k] for k, p in pools.items()):
-            break
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ade-token-count") as counting:
+        pools = {"mined": Pool(mined, rng, renderer, count, max_tokens, drops, counting),
+                 "synthetic": Pool(synthetic, rng, renderer, count, max_tokens, drops, counting)}
+        while True:
+            caps = {k: (len(p.ready) if p.exhausted else len(p.cands) - p.pos + len(p.ready))
+                    for k, p in pools.items()}
+            total = plan(limit, caps["mined"], caps["synthetic"], ratio)
+            want = {"synthetic": synthetic_count(total, ratio)}
+            want["mined"] = total - want["synthetic"]
+            for key, pool in pools.items():
+                pool.fill(want[key])
+            if all(len(p.ready) >= want[k] for k, p in pools.items()):
+                break
     chosen = pools["mined"].ready[:want["mined"]] + pools["synthetic"].ready[:want["synthetic"]]
     chosen = [chosen[i] for i in rng.permutation(len(chosen)).tolist()]
     return chosen
