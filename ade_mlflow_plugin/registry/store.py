@@ -10,12 +10,15 @@ A version directory only ever appears by an atomic rename of a complete, verifie
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -33,6 +36,12 @@ _STAGING_PREFIX = ".staging-"
 _TRASH_PREFIX = ".trash-"
 _VERSION_DIR = re.compile(r"^(?P<name>.+)-v(?P<version>\d+)$")
 _CHUNK = 1 << 20
+# Following a growing file wakes rarely and reads big pieces: every wake and read takes the GIL back
+# from MLflow's download threads, which are what bounds the download's speed on a busy client.
+_FOLLOW_POLL_S = 0.02
+_FOLLOW_CHUNK = 16 << 20
+#: (size, inode, mtime ns) of a file when it was hashed: a hash is reused only while this still holds.
+Stamp = tuple[int, int, int]
 
 
 def utc_now() -> str:
@@ -47,19 +56,87 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checksum_tree(directory: Path) -> dict[str, dict[str, Any]]:
+def file_stamp(path: Path | str) -> Stamp:
+    st = os.stat(path)
+    return (st.st_size, st.st_ino, st.st_mtime_ns)
+
+
+def checksum_tree(directory: Path, known: dict[str, tuple[str, Stamp]] | None = None
+                  ) -> dict[str, dict[str, Any]]:
     """{posix relative path: {"sha256", "size"}} of every file under ``directory``.
 
-    Hashing runs in threads: hashlib releases the GIL, so large files hash in parallel.
+    ``known`` holds digests taken while the files downloaded; one is reused only when the file's
+    stamp (size, inode, mtime) is unchanged since, else the file is hashed again. Hashing runs in
+    threads: hashlib releases the GIL, so large files hash in parallel.
     """
+    known = known or {}
     files = sorted(p for p in directory.rglob("*") if p.is_file() or p.is_symlink())
     for path in files:
         if path.is_symlink():
             raise AdeError(f"{path} is a symlink; model artifacts must be plain files, re-log the model")
+
+    def digest(path: Path) -> tuple[str, int]:
+        stamp = file_stamp(path)
+        hit = known.get(path.relative_to(directory).as_posix())
+        return (hit[0], stamp[0]) if hit and hit[1] == stamp else (sha256_file(path), stamp[0])
+
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(sha256_file, files))
-    return {p.relative_to(directory).as_posix(): {"sha256": d, "size": p.stat().st_size}
-            for p, d in zip(files, digests)}
+        digests = list(pool.map(digest, files))
+    return {p.relative_to(directory).as_posix(): {"sha256": d, "size": size}
+            for p, (d, size) in zip(files, digests)}
+
+
+def sha256_following(path: str, done: threading.Event) -> tuple[str, Stamp] | None:
+    """sha256 of a file taken while a sequential writer is still writing it, or None if that is unsafe.
+
+    Bytes below the file's size are final only for an append-only writer (Linux raises i_size after
+    a page is copied in). Any sign of another kind of writer gives None, and the caller hashes the
+    finished file: the file shrinking, a hole before its end (a writer at offsets), a different inode
+    at the path at the end (a temp file renamed over it), or no file at all. ``done`` is set by the
+    caller once the writer has returned.
+    """
+    fd = _open_when_created(path, done)
+    if fd is None:
+        return None
+    digest, pos, buf = hashlib.sha256(), 0, bytearray(_FOLLOW_CHUNK)
+    try:
+        while True:
+            finished = done.is_set()  # read before the size: after it, the size is final
+            end = os.fstat(fd).st_size
+            if end < pos or (end > pos and _hole_before(fd, pos, end)):
+                return None
+            while pos < end:
+                got = os.preadv(fd, [memoryview(buf)[:min(_FOLLOW_CHUNK, end - pos)]], pos)
+                if got <= 0:
+                    return None
+                digest.update(memoryview(buf)[:got])
+                pos += got
+            if finished:
+                break
+            done.wait(_FOLLOW_POLL_S)
+        held, now = os.fstat(fd), os.stat(path)
+        if (held.st_ino, held.st_dev) != (now.st_ino, now.st_dev) or now.st_size != pos:
+            return None
+        return digest.hexdigest(), (now.st_size, now.st_ino, now.st_mtime_ns)
+    finally:
+        os.close(fd)
+
+
+def _open_when_created(path: str, done: threading.Event) -> int | None:
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            if done.is_set():
+                return None
+            done.wait(_FOLLOW_POLL_S)
+
+
+def _hole_before(fd: int, pos: int, end: int) -> bool:
+    try:
+        return os.lseek(fd, pos, os.SEEK_HOLE) < end
+    except (OSError, AttributeError):
+        return False  # no SEEK_HOLE here: the caller only follows writers known to append
 
 
 def check_relative_path(path: str) -> str:
@@ -161,12 +238,20 @@ class AdeStore:
         return sizes_ok and checksum_tree(artifacts) == expected
 
     def install(self, staging: Path, final: Path) -> None:
-        """Move a complete staging dir to ``final`` by rename; an older copy is moved aside first."""
+        """Move a complete staging dir to ``final`` by rename.
+
+        An older copy at ``final`` is swapped out in one step where the kernel can (renameat2
+        RENAME_EXCHANGE), so readers see the old copy or the new one, never none; elsewhere it is
+        moved aside first.
+        """
         if final.exists():
-            trash = self.registry_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
-            os.rename(final, trash)
-            os.rename(staging, final)
-            shutil.rmtree(trash, ignore_errors=True)
+            if _exchange(staging, final):
+                shutil.rmtree(staging, ignore_errors=True)  # now holds the old copy
+            else:
+                trash = self.registry_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
+                os.rename(final, trash)
+                os.rename(staging, final)
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(staging, final)
         _fsync_dir(self.registry_dir)
@@ -202,6 +287,22 @@ class AdeStore:
     def write_providers(self, data: dict[str, Any]) -> None:
         data["updated_at"] = utc_now()
         write_json_atomic(self.providers_path, data)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where that is not available."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _fsync_dir(path: Path) -> None:

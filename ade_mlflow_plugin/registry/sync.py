@@ -1,16 +1,19 @@
 """ModelSyncManager: copy a registered model version into ADE provider storage, safely.
 
 Download (MLflow's models:/ artifact repository, as mlflow.artifacts.download_artifacts does) into a
-staging dir on the same filesystem, check the files against the artifact store's listing, hash them,
-write metadata, then rename into place. A file
-lock serialises syncs of one root; a copy already present with matching checksums is not downloaded
-again; providers.json is reconciled with the registry's aliases and stages and replaced atomically.
+staging dir on the same filesystem, check the files against the artifact store's listing, hash them
+(while they stream, where that is safe), write metadata, then rename into place. A file lock
+serialises syncs of one root; a copy already present with matching checksums and from the same source
+run is not downloaded again; providers.json is reconciled with the registry's aliases and stages and
+replaced atomically.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +25,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
 from ade_mlflow_plugin.errors import AdeError, ConfigError
 from ade_mlflow_plugin.registry import store as st
@@ -35,6 +41,8 @@ MLFLOW_ADDED_FILES = frozenset({"registered_model_meta"})
 #: Legacy stages that serve a model (None/Archived do not).
 SERVING_STAGES = ("Production", "Staging")
 LOCK_TIMEOUT_S = 3600
+#: Files at least this large are hashed while they download; smaller ones right after.
+FOLLOW_MIN_BYTES = 4 << 20
 _TAGS = {"base_model": "ade.base_model", "dataset_digest": "ade.dataset_digest",
          "git_commit": "ade.git_commit", "job_name": "sagemaker.job_name"}
 
@@ -85,18 +93,26 @@ class ModelSyncManager:
         """Make ``name`` version ``version`` present and verified in storage; update providers.json."""
         version = str(version)
         final = self.store.version_dir(name, version)
-        mv = self._call(lambda: self.client.get_model_version(name, version),
-                        f"model version {name}/{version} does not exist")
-        self._hook("ade_before_sync", name=name, version=version, destination=final)
-        self.store.ensure()
-        # The run (metrics, tags) and the registry's labels are fetched while the files download.
-        with ThreadPoolExecutor(max_workers=2) as pool, self._lock():
-            run = pool.submit(self._run, mv.run_id)
-            labels = pool.submit(self._registry_labels, name)
-            self.store.clean_leftovers()
-            downloaded = self._sync_locked(mv, final, run)
-            changed = self._reconcile_locked(name, labels.result())
-            self._prune_locked(name)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            # Registry round trips overlap: the models:/ repository resolves its download URI while
+            # the version is fetched; the run and the labels are fetched once the file transfers are
+            # over (while the last file hashes), so they do not slow MLflow's own requests.
+            repo = pool.submit(self._repository, name, version)
+            mv = self._call(lambda: self.client.get_model_version(name, version),
+                            f"model version {name}/{version} does not exist")
+            self._hook("ade_before_sync", name=name, version=version, destination=final)
+            self.store.ensure()
+            with self._lock():
+                fetched = threading.Event()
+                run = pool.submit(_after, fetched, self._run, mv.run_id)
+                labels = pool.submit(_after, fetched, self._registry_labels, name)
+                try:
+                    self.store.clean_leftovers()
+                    downloaded = self._sync_locked(mv, final, run, repo, fetched)
+                finally:
+                    fetched.set()
+                changed = self._reconcile_locked(name, labels.result())
+                self._prune_locked(name)
         self._hook("ade_after_sync", name=name, version=version, path=final, downloaded_bytes=downloaded)
         return SyncResult(name, version, final, downloaded, changed)
 
@@ -107,8 +123,12 @@ class ModelSyncManager:
             return self._reconcile_locked(name, self._registry_labels(name))
 
     # -- sync steps -----------------------------------------------------------------------------
-    def _sync_locked(self, mv: ModelVersion, final: Path, run: Future) -> int:
-        if final.is_dir() and self.store.is_intact(final):
+    def _sync_locked(self, mv: ModelVersion, final: Path, run: Future, repo: Future,
+                     fetched: threading.Event) -> int:
+        current = final.is_dir() and self._same_source(mv, final)
+        if current:
+            fetched.set()  # no transfer while the copy is checked: the lookups overlap its hashing
+        if current and self.store.is_intact(final):
             meta = self.store.read_metadata(final) or {}
             meta.update(_registry_state(mv))
             st.write_json_atomic(final / st.METADATA, meta, durable=False)
@@ -116,32 +136,54 @@ class ModelSyncManager:
             return 0
         staging = self.store.new_staging()
         try:
-            files = self._download_verified(mv, staging / st.ARTIFACTS)
+            files = self._download_verified(
+                self._call(repo.result, f"model version {mv.name}/{mv.version} has no artifacts"),
+                f"{mv.name}/{mv.version}", staging / st.ARTIFACTS, fetched)
             self._write_metadata(mv, staging, files, run.result())
-            self.store.install(staging, final)
+            self.store.install(staging, final)  # replaces an old copy in one step
         except BaseException:
             # A kill -9 cannot reach this; the next sync's clean_leftovers() removes such staging dirs.
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return sum(info["size"] for info in files.values())
 
-    def _download_verified(self, mv: ModelVersion, dst: Path) -> dict[str, dict[str, Any]]:
-        # One ModelsArtifactRepository serves the listing and the download: this is what
-        # mlflow.artifacts.download_artifacts("models:/NAME/N") runs, without resolving the URI twice.
-        uri = f"models:/{mv.name}/{mv.version}"
-        repo = get_artifact_repository(uri, tracking_uri=self.config.tracking_uri,
+    def _same_source(self, mv: ModelVersion, final: Path) -> bool:
+        """The copy at ``final`` came from this registry version's source run and URI.
+
+        A version number can come to mean other files (a new registry numbers from 1 again, a
+        model deleted and re-created), so intact files alone do not make a copy current.
+        """
+        meta = self.store.read_metadata(final) or {}
+        if (meta.get("source_run"), meta.get("source")) == (mv.run_id, mv.source):
+            return True
+        _log.info("%s v%s in storage came from run %s (%s); the registry's v%s is run %s (%s): "
+                  "downloading it again", mv.name, mv.version, meta.get("source_run"),
+                  meta.get("source"), mv.version, mv.run_id, mv.source)
+        return False
+
+    def _repository(self, name: str, version: str) -> ArtifactRepository:
+        # The models:/ artifact repository is what mlflow.artifacts.download_artifacts("models:/NAME/N")
+        # runs; one instance serves the listing and the download.
+        return get_artifact_repository(f"models:/{name}/{version}", tracking_uri=self.config.tracking_uri,
                                        registry_uri=self.config.tracking_uri)
+
+    @staticmethod
+    def _download_verified(repo: ArtifactRepository, what: str, dst: Path,
+                           fetched: threading.Event | None = None) -> dict[str, dict[str, Any]]:
+        # The recorder keeps the listing MLflow fetches for its own download (no second listing)
+        # and hashes each file in the download worker that writes it.
         dst.mkdir(parents=True)
-        # MLflow keeps each download inside dst itself, so our own listing (to check paths, names and
-        # sizes) can run alongside the download; nothing is installed unless both agree.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            listing = pool.submit(_remote_listing, repo, uri)
-            try:
-                repo.download_artifacts("", str(dst))
-            finally:
-                expected = listing.result()
-        files = st.checksum_tree(dst)
-        _verify_against_listing(files, expected, f"{mv.name}/{mv.version}")
+        recorder = _DownloadRecorder(repo, dst, fetched or threading.Event())
+        try:
+            repo.download_artifacts("", str(dst))
+        finally:
+            recorder.fetched.set()
+        expected = recorder.listing or _remote_listing(repo)
+        if not expected:
+            raise AdeError(f"no artifacts at models:/{what}; the model version's files are missing "
+                           "from the artifact store, re-register it")
+        files = st.checksum_tree(dst, recorder.digests)
+        _verify_against_listing(files, expected, what)
         return files
 
     def _write_metadata(self, mv: ModelVersion, version_dir: Path, files: dict[str, Any], run: Any) -> None:
@@ -265,7 +307,98 @@ def _registry_state(mv: ModelVersion) -> dict[str, Any]:
     return {"aliases": sorted(mv.aliases or []), "stage": mv.current_stage}
 
 
-def _remote_listing(repo: Any, uri: str) -> dict[str, int | None]:
+class _DownloadRecorder:
+    """Watches MLflow's own download through the repository that fetches the files.
+
+    MLflow's download_artifacts lists the repository and then calls ``_download_file`` per file in
+    its thread pool; both are wrapped on this repository instance only. Listed paths are checked
+    before anything is fetched; each file is hashed in the worker that wrote it (while it streams,
+    for a writer known to append, else right after), so hashing overlaps the rest of the download.
+    """
+
+    def __init__(self, repo: ArtifactRepository, dst: Path, fetched: threading.Event) -> None:
+        self.dst = dst
+        #: Set when no transfer is running any more (a hint for other work; the caller sets it too).
+        self.fetched = fetched
+        self._active = 0
+        self.listing: dict[str, int | None] = {}
+        self.digests: dict[str, tuple[str, st.Stamp]] = {}
+        self._guard = threading.Lock()
+        inner = _fetching_repo(repo)
+        self._appends = _writes_in_order(inner)
+        self._list, self._fetch = inner.list_artifacts, inner._download_file
+        inner.list_artifacts, inner._download_file = self._list_artifacts, self._download_file
+
+    def _list_artifacts(self, path: str | None = None) -> list[Any]:
+        infos = self._list(path)
+        for info in infos:
+            rel = st.check_relative_path(info.path)
+            if not info.is_dir and rel not in (".", path):
+                with self._guard:
+                    self.listing[rel] = info.file_size
+        return infos
+
+    def _download_file(self, remote_file_path: str, local_path: str) -> None:
+        rel = os.path.relpath(local_path, self.dst).replace(os.sep, "/")
+        follow = self._appends and (self.listing.get(rel) or 0) >= FOLLOW_MIN_BYTES
+        done = threading.Event()
+        with ThreadPoolExecutor(max_workers=1) as follower:  # starts a thread only when following
+            followed = follower.submit(st.sha256_following, local_path, done) if follow else None
+            try:
+                self._counted_fetch(remote_file_path, local_path)
+            finally:
+                done.set()
+        result = followed.result() if followed else None
+        if result is None:
+            stamp = st.file_stamp(local_path)  # before hashing: a later change makes the stamp stale
+            result = (st.sha256_file(Path(local_path)), stamp)
+        with self._guard:
+            self.digests[rel] = result
+
+    def _counted_fetch(self, remote_file_path: str, local_path: str) -> None:
+        with self._guard:
+            self._active += 1
+        try:
+            self._fetch(remote_file_path, local_path)
+        finally:
+            with self._guard:
+                self._active -= 1
+                if not self._active:
+                    self.fetched.set()
+
+
+def _writes_in_order(repo: ArtifactRepository) -> bool:
+    """True for the one writer followed while it writes: HttpArtifactRepository._download_file.
+
+    It opens the file "wb" and writes the server's stream in order. mlflow-artifacts:/ uses it
+    unless the server offers presigned multipart downloads (ranges written at offsets, S3 stores),
+    in which case the files are hashed right after they land.
+    """
+    method = type(repo)._download_file
+    if method is HttpArtifactRepository._download_file:
+        return True
+    if method is MlflowArtifactsRepository._download_file:
+        try:  # MLflow's own check (one server-info call, cached on the repository for the download)
+            return not repo._is_multipart_download_enabled()
+        except Exception:  # noqa: BLE001 - then MLflow's download reports the server problem itself
+            return False
+    return False
+
+
+def _after(event: threading.Event, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` once ``event`` is set (the caller sets it in a finally, so this always runs)."""
+    event.wait()
+    return fn(*args)
+
+
+def _fetching_repo(repo: ArtifactRepository) -> ArtifactRepository:
+    """The repository whose download_artifacts does the fetching (models:/ wraps another)."""
+    while isinstance(getattr(repo, "repo", None), ArtifactRepository):
+        repo = repo.repo
+    return repo
+
+
+def _remote_listing(repo: Any) -> dict[str, int | None]:
     """{relative path: size} of every file in an artifact repository, paths checked to stay inside."""
     found: dict[str, int | None] = {}
     pending: list[str | None] = [None]
@@ -277,9 +410,6 @@ def _remote_listing(repo: Any, uri: str) -> dict[str, int | None]:
                 pending.append(rel)
             else:
                 found[rel] = info.file_size
-    if not found:
-        raise AdeError(f"no artifacts at {uri}; the model version's files are missing from the "
-                       "artifact store, re-register it")
     return found
 
 

@@ -106,4 +106,4 @@ def test_listing_with_an_escaping_path_is_refused_before_install():
                     "sub": [FileInfo("sub/../../../etc/cron.d/x", False, 5)]}[path]
 
     with pytest.raises(AdeError, match="would leave the ADE storage root"):
-        _remote_listing(MaliciousListing(), "models:/m/1")
+        _remote_listing(MaliciousListing())

@@ -77,6 +77,36 @@ def test_tampered_copy_is_downloaded_again(make_version, model_name, root):
     assert target.read_text() == '{"version": "1.0"}'
 
 
+def test_version_number_reused_by_another_run_is_downloaded_again(make_version, model_name, root):
+    client = MlflowClient()
+    files_a = {"MLmodel": b"flavors:\n  transformers: {}\n", "weights.bin": os.urandom(4096)}
+    files_b = {"MLmodel": b"flavors:\n  transformers: {}\n", "weights.bin": os.urandom(8192),
+               "extra/notes.txt": b"run B"}
+    version_a = make_version(model_name, files=files_a)
+    run_a = client.get_model_version(model_name, version_a).run_id
+    client.set_registered_model_alias(model_name, "production", version_a)
+    manager = _manager(root)
+    first = manager.sync(model_name, version_a)
+    client.delete_registered_model(model_name)  # as a fresh registry would, v1 starts again
+    version_b = make_version(model_name, files=files_b)
+    run_b = client.get_model_version(model_name, version_b).run_id
+    client.set_registered_model_alias(model_name, "production", version_b)
+    assert (version_a, version_b) == ("1", "1") and run_a != run_b
+
+    again = manager.sync(model_name, version_b)
+
+    assert again.path == first.path and again.downloaded_bytes >= sum(map(len, files_b.values()))
+    artifacts = again.path / "model_artifacts"
+    assert (artifacts / "weights.bin").read_bytes() == files_b["weights.bin"]
+    assert (artifacts / "extra" / "notes.txt").read_bytes() == b"run B"
+    meta = json.loads((again.path / "metadata.json").read_text())
+    assert meta["source_run"] == run_b and run_b in meta["source"]
+    assert meta["total_bytes"] == again.downloaded_bytes
+    assert {k: v["sha256"] for k, v in meta["files"].items()} == sha256_tree(artifacts)
+    assert [p.name for p in (root / "registry").iterdir()] == [again.path.name]
+    assert manager.sync(model_name, version_b).downloaded_bytes == 0
+
+
 def test_mlflow_cli_download_matches_ade_copy(make_version, model_name, root, tmp_path, tracking_uri):
     version = make_version(model_name)
     MlflowClient().set_registered_model_alias(model_name, "production", version)
