@@ -1,10 +1,14 @@
 """Tokenising, loss masking and packing; a packed example's logits equal the example run alone."""
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 import torch
 
-from ade_mlflow_plugin.training.packing import IGNORE, PackedCollator, build_rows, encode, pack
+from ade_mlflow_plugin.training.packing import (IGNORE, Encoded, PackedCollator, best_fit_decreasing, build_rows,
+                                                encode, pack)
 
 EXAMPLES = [
     {"prompt": "def add(a, b):\n", "completion": "    return a + b\n"},
@@ -50,9 +54,39 @@ def test_packing_restarts_positions_and_respects_max_len(tiny_tokenizer):
     assert sum(len(r["input_ids"]) for r in rows) == sum(len(r["input_ids"]) for r in unpacked)
 
 
+def _segments(row):
+    """The examples of a packed row, cut where position ids restart."""
+    starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+    return [row["input_ids"][a:b] for a, b in zip(starts, starts[1:])]
+
+
+def test_best_fit_decreasing_packs_every_example_once_and_fills_rows():
+    rng = random.Random(3)
+    lengths = [rng.randint(200, 2048) for _ in range(1000)]  # the benchmark's spread
+    rows = best_fit_decreasing(lengths, 2048)
+    assert sorted(i for row in rows for i in row) == list(range(1000))
+    assert all(sum(lengths[i] for i in row) <= 2048 for row in rows)
+    fill = sum(lengths) / (len(rows) * 2048)
+    assert fill > 0.95, fill  # in-order packing of the same lengths fills ~0.75
+    assert len(rows) <= math.ceil(sum(lengths) / 2048) * 1.05  # within 5% of the bound no packing can beat
+    assert best_fit_decreasing(lengths, 2048) == rows  # deterministic
+
+
+def test_pack_keeps_every_token_and_label_in_its_example():
+    encoded = [Encoded(list(range(100 * k, 100 * k + n)), [IGNORE] + list(range(100 * k + 1, 100 * k + n)))
+               for k, n in enumerate([30, 5, 64, 12, 40, 33, 1, 64])]
+    rows = pack(encoded, 64)
+    got = sorted(tuple(seg) for row in rows for seg in _segments(row))
+    assert got == sorted(tuple(e.input_ids) for e in encoded)
+    assert len(rows) == 4 and all(len(r["input_ids"]) <= 64 for r in rows)  # 249 tokens: 4 rows is optimal
+    for row in rows:
+        assert [t for t in row["labels"] if t != IGNORE] == [t for t in row["input_ids"] if t % 100 != 0]
+    assert [r["input_ids"] for r in pack(encoded, 64, packing=False)] == [e.input_ids for e in encoded]
+
+
 def _alone_and_packed(model, tok, use_cache):
-    encoded = [encode(tok, e["prompt"], e["completion"], 256) for e in EXAMPLES]
-    [row] = pack(encoded, 256)
+    [row] = pack([encode(tok, e["prompt"], e["completion"], 256) for e in EXAMPLES], 256)
+    encoded = [Encoded(ids, []) for ids in _segments(row)]  # in the row's order
     short = {"input_ids": row["input_ids"][:10], "labels": row["labels"][:10], "position_ids": list(range(10))}
     batch = PackedCollator(tok.pad_token_id)([row, short])  # the short row gets a padding segment
     with torch.no_grad():
