@@ -101,13 +101,18 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
     """Wrap the model with a LoRA adapter (all linear projections but the LM head by default)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from ade_mlflow_plugin.training.speed import decoder_layers
+
+    checkpointed = config.checkpointed_layers(len(decoder_layers(model)))
     if config.quantization != "none" and not config.bf16_adapters:
         # peft's helper also casts every 16-bit weight (LM head, embeddings, norms) to float32: slow, and
         # with bf16 compute not needed for stability. Without it the branch below does the rest of its work.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    elif config.gradient_checkpointing:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if checkpointed:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+        limit_checkpointed_layers(model, checkpointed)
+        logger.info("activation checkpointing on %d decoder layers", checkpointed)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_module_list, task_type="CAUSAL_LM", bias="none")
     try:
@@ -115,6 +120,20 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
     except ValueError as exc:
         raise ConfigError(f"target_modules '{config.target_modules}' does not match the model's layers "
                           f"({str(exc).splitlines()[0][:160]}): pass all-linear or names such as q_proj,v_proj") from None
+
+
+def limit_checkpointed_layers(model: Any, count: int) -> int:
+    """Keep activation checkpointing on the first ``count`` decoder layers only; returns how many keep it.
+
+    Each checkpointed layer frees its saved activations (~1/layers of the activation memory) for one more
+    forward of that layer in backward (~1/layers x 1/2 of the step's compute with a frozen base).
+    """
+    from ade_mlflow_plugin.training.speed import decoder_layers
+
+    layers = decoder_layers(model)  # transformers' checkpointing flag is per layer (GradientCheckpointingLayer)
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index < count
+    return min(count, len(layers))
 
 
 def load_for_training(config: TrainingConfig) -> tuple[Any, Any, str]:
