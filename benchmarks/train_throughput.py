@@ -2,14 +2,15 @@
 
 Model: the deepseek-coder-1.3b architecture (LlamaForCausalLM, vocab 32256, hidden 2048, intermediate 5504,
 24 layers, 16 heads, rope theta 100000, linear rope scaling 4) with random weights, built from its config on
-the GPU and saved, then loaded by each path through from_pretrained. LoRA r=16, alpha=32, dropout 0.05 on
-all seven projections. Data: synthetic examples of uniform length 200..2048 tokens (loss on every token
+the GPU and saved, then loaded by each path through from_pretrained. LoRA r=16, alpha=32 on
+all seven projections, LoRA dropout the training path's default (0, as PEFT's). Data: synthetic examples of uniform length 200..2048 tokens (loss on every token
 but the first), bf16.
 
   hf-default   baseline: transformers Trainer + peft, every example padded to max length, no packing, batch 4
   ade          the project's path, the very code `main` runs after data prep: training.model.load_for_training,
                training.packing.pack, training.trainer.train (speed options on: training/speed.py), batch --batch-size
-Then the same two for QLoRA (NF4 4-bit base).
+Then the same two for QLoRA (NF4 4-bit base). A config name may carry TrainingConfig overrides after '+',
+e.g. `--configs ade,ade+batch_size=32,ade-qlora+checkpoint_layers=4` (ADE_BENCH_OPTIONS applies to all).
 
 Each figure is the median over the steps after warm-up of real (non-pad) tokens/s, as the entry's
 MetricsCallback logs it. MFU = FLOPs / (time x peak), FLOPs = (4N + 6N_lora) x tokens + attention, N = the
@@ -151,7 +152,10 @@ def hf_default(base: Path, args, examples, quantized: bool, workdir: Path) -> Ca
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model.to(args.device)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=PROJECTIONS,
+    from ade_mlflow_plugin.training.config import TrainingConfig
+
+    dropout = TrainingConfig().lora_dropout  # the same adapter as the project's path trains
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=PROJECTIONS,
                                              task_type="CAUSAL_LM"))
     pad, width = tokenizer.pad_token_id, args.max_seq_len
     need = args.baseline_batch * (args.steps + args.warmup + 2)
@@ -167,7 +171,7 @@ def hf_default(base: Path, args, examples, quantized: bool, workdir: Path) -> Ca
     return capture
 
 
-def ade(base: Path, args, examples, quantized: bool, workdir: Path) -> tuple[Capture, dict]:
+def ade(base: Path, args, examples, quantized: bool, workdir: Path, overrides: list[str]) -> tuple[Capture, dict]:
     """The project's path: load_for_training -> pack -> trainer.train, as pipeline._train_and_log runs them."""
     from transformers import set_seed
 
@@ -181,15 +185,17 @@ def ade(base: Path, args, examples, quantized: bool, workdir: Path) -> tuple[Cap
         "base_model": str(base), "max_steps": args.steps + args.warmup + 1, "batch_size": args.batch_size,
         "grad_accumulation": 1, "max_seq_len": args.max_seq_len, "logging_steps": 1, "save_steps": 10**6,
         "eval_samples": 0, "lora_r": 16, "lora_alpha": 32, "quantization": "4bit" if quantized else "none",
-        **{k: v for k, v in (o.split("=") for o in args.options)}})
+        **{k: v for k, v in (o.split("=", 1) for o in args.options + overrides)}})
     set_seed(config.seed)
     model, tokenizer, device = load_for_training(config)
     rows = pack([Encoded(ids, labels) for ids, labels in examples], config.max_seq_len, config.packing)
     capture = Capture()
-    train(config, model, tokenizer, rows, output_dir=workdir / ("ade-q" if quantized else "ade"), device=device,
+    # A folder per config: the path resumes from any checkpoint it finds in its output dir.
+    out = workdir / ("ade-q" if quantized else "ade") / "+".join(overrides).replace("=", "-")
+    train(config, model, tokenizer, rows, output_dir=out, device=device,
           metric_logger=capture, stop=StopFlag())
     check = packed_vs_alone(model, examples[:3], device) if device == "cuda" else {}
-    return capture, {"attention": model.config._attn_implementation, **check}
+    return capture, {"attention": model.config._attn_implementation, "batch": config.batch_size, **check}
 
 
 def packed_vs_alone(model, examples, device: str) -> dict:
@@ -221,14 +227,14 @@ def measure(name: str, base: Path, args, examples, workdir: Path) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    quantized = name.endswith("qlora")
-    extra: dict = {}
-    if name.startswith("hf-default"):
+    kind, *overrides = name.split("+")
+    quantized = kind.endswith("qlora")
+    extra: dict = {"batch": args.baseline_batch}
+    if kind.startswith("hf-default"):
         capture = hf_default(base, args, examples, quantized, workdir)
     else:
-        capture, extra = ade(base, args, examples, quantized, workdir)
+        capture, extra = ade(base, args, examples, quantized, workdir, overrides)
     result = {"config": name, **capture.summary(args.warmup), **extra, "wall_s": time.perf_counter() - started,
-              "batch": args.baseline_batch if name.startswith("hf-default") else args.batch_size,
               "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")}
     gc.collect()
     if cuda:
@@ -237,13 +243,13 @@ def measure(name: str, base: Path, args, examples, workdir: Path) -> dict:
 
 
 def report(results: dict[str, dict], flops_per_token: float, args) -> list[str]:
-    lines = [f"{'config':16s} {'batch':>5s} {'tokens/s':>10s} {'step s':>8s} {'peak GB':>8s} {'MFU %':>6s}"]
+    lines = [f"{'config':30s} {'batch':>5s} {'tokens/s':>10s} {'step s':>8s} {'peak GB':>8s} {'MFU %':>6s}"]
     for r in results.values():
         if "error" in r:
-            lines.append(f"{r['config']:16s} FAILED: {r['error']}")
+            lines.append(f"{r['config']:30s} FAILED: {r['error']}")
             continue
         r["mfu_pct"] = 100 * r["tokens_per_s"] * flops_per_token / (PEAK_TFLOPS * 1e12)
-        lines.append(f"{r['config']:16s} {r['batch']:5d} {r['tokens_per_s']:10.1f} {r['step_s']:8.3f} "
+        lines.append(f"{r['config']:30s} {r['batch']:5d} {r['tokens_per_s']:10.1f} {r['step_s']:8.3f} "
                      f"{r['peak_mem_gb']:8.2f} {r['mfu_pct']:6.1f}")
     for label, a, b in (("LoRA", "hf-default", "ade"), ("QLoRA", "hf-default-qlora", "ade-qlora")):
         if "tokens_per_s" in results.get(a, {}) and "tokens_per_s" in results.get(b, {}):
@@ -274,7 +280,9 @@ def main() -> int:
         workdir = Path(tmp)
         base = build_base(workdir, args.tiny, args.device)
         base_config = AutoConfig.from_pretrained(base)
-        need = max(args.baseline_batch, args.batch_size * 2) * (args.steps + args.warmup + 2)
+        batches = [int(o.split("=", 1)[1]) for name in args.configs.split(",") for o in name.split("+")[1:]
+                   if o.startswith("batch_size=")]
+        need = max(args.baseline_batch, 2 * max([args.batch_size, *batches])) * (args.steps + args.warmup + 2)
         examples = synthetic_examples(need, args.max_seq_len, base_config.vocab_size)
         flops = model_flops(base_config, 16, [len(e[0]) for e in examples])
         print(f"device={args.device} {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'} "
