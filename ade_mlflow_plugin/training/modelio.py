@@ -5,6 +5,9 @@ import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -56,9 +59,116 @@ def save_files(model: Any, tokenizer: Any, out_dir: Path) -> Path:
     return out_dir
 
 
+@dataclass(frozen=True)
+class BaseReference:
+    """How a logged adapter finds its base model wherever the model is loaded later.
+
+    kind: "hub" (the hub repo at ``revision``), "path" (a local folder that outlives the run) or
+    "merge" (fold the adapter into the base: nothing outside the logged model is needed).
+    """
+
+    kind: str
+    reason: str
+    revision: str | None = None
+
+
+def _under(path: Path, roots: Sequence[Path]) -> Path | None:
+    return next((root for root in roots if path == root or root in path.parents), None)
+
+
+def _is_commit(name: str) -> bool:
+    return len(name) == 40 and all(c in "0123456789abcdef" for c in name)
+
+
+def base_reference(base_model: str, base_dir: Path | None, *, is_folder: bool,
+                   scratch_roots: Sequence[Path]) -> BaseReference:
+    """Pure: choose how the logged adapter references its base so the model loads away from the job.
+
+    base_model: the parameter as given (an absolute path when ``is_folder``, symlinks NOT resolved, as a
+    channel is a link in local mode); base_dir: the folder it was loaded from (resolved; the hub cache
+    snapshot ``.../snapshots/<commit>`` for a hub id); scratch_roots: folders that vanish with the job.
+
+    - a hub id: reference the hub repo, pinned to the snapshot commit trained on (the cache folder's name),
+      so it is the same base even if the repo moves on; None when not cached (MLflow asks the hub).
+    - a folder under a scratch root (an input channel, the job root, a SageMaker container): merge.
+    - any other folder (one the user named on this machine): reference it by path, as MLflow's
+      base_model_path does; the model then loads only where that folder exists.
+    """
+    if not is_folder:
+        snapshot = base_dir is not None and base_dir.parent.name == "snapshots" and _is_commit(base_dir.name)
+        revision = base_dir.name if snapshot else None
+        return BaseReference("hub", f"base '{base_model}' is a hub id: the model references the hub repo at "
+                                    f"revision {revision or 'latest (not in the local cache)'}", revision)
+    for path in (Path(base_model), base_dir):
+        root = _under(path, scratch_roots) if path is not None else None
+        if root is not None:
+            return BaseReference("merge", f"base folder {path} is under {root}, which is gone after the "
+                                          "training job: the adapter is merged into the base so the logged "
+                                          "model is self-contained")
+    return BaseReference("path", f"base folder {base_dir} is referenced by path: the model loads where that "
+                                 "folder exists")
+
+
+def scratch_roots(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Folders that do not outlive the training job: the container contract's root (input channels, code,
+    model and output dirs) and every SM_CHANNEL_* dir; inside a SageMaker container (a job with no
+    SAGEMAKER_BASE_DIR, which only the local runner and AWS's toolkit set) the whole filesystem."""
+    from ade_mlflow_plugin.container.contract import DEFAULT_BASE, ContainerPaths
+
+    env = os.environ if env is None else env
+    if env.get("TRAINING_JOB_NAME") and not env.get("SAGEMAKER_BASE_DIR"):
+        return [Path("/")]
+    base = Path(env.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE))
+    folders = [ContainerPaths(base).base, Path(DEFAULT_BASE)]
+    folders += [Path(value) for key, value in env.items() if key.startswith("SM_CHANNEL_") and value]
+    # Both spellings: a channel may be reached through a link (local mode links channels in place).
+    return sorted({Path(os.path.abspath(p)) for p in folders} | {p.resolve() for p in folders})
+
+
+def reference_for(model: Any, base_dir: Path | None, base_model: str | None = None) -> BaseReference:
+    """base_reference() for this process: the base as loaded (the adapter's base name_or_path by default)."""
+    name = base_model or model.get_base_model().name_or_path
+    folder = Path(name).expanduser()
+    is_folder = folder.is_dir()
+    return base_reference(os.path.abspath(folder) if is_folder else name, base_dir, is_folder=is_folder,
+                          scratch_roots=scratch_roots())
+
+
+@contextmanager
+def _pinned_hub_revision(repo: str, revision: str | None) -> Iterator[None]:
+    """MLflow records the hub's LATEST commit for a weight-less PEFT base (an HfApi call at log time, which
+    fails offline and may name a newer base than the one trained on). Answer with the snapshot's commit."""
+    from mlflow.transformers import flavor_config
+
+    original = getattr(flavor_config, "get_latest_commit_for_repo", None)
+    if revision is None or original is None:  # not cached, or MLflow changed: its own lookup (needs the hub)
+        yield
+        return
+    flavor_config.get_latest_commit_for_repo = lambda name: revision if name == repo else original(name)
+    try:
+        yield
+    finally:
+        flavor_config.get_latest_commit_for_repo = original
+
+
+def _base_card(base_dir: Path | None) -> Any:
+    """The base's model card from the cached snapshot (else MLflow tries to fetch it from the hub)."""
+    readme = base_dir / "README.md" if base_dir is not None else None
+    if readme is None or not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(readme)
+    except Exception:  # noqa: BLE001 - a malformed card is no reason to fail logging the model
+        return None
+
+
 def log_model(model: Any, tokenizer: Any, *, base_dir: Path | None, merge: bool, quantized: bool,
-              max_new_tokens: int) -> Any:
-    """mlflow.transformers.log_model of the adapter (base referenced by base_model_path) or a merged model."""
+              max_new_tokens: int, base_model: str | None = None) -> Any:
+    """mlflow.transformers.log_model of a merged model, or of the adapter with a base reference that works
+    away from the job (see base_reference): the hub repo at the trained commit, a lasting local folder,
+    or, for a base that lived in the job's inputs, the adapter merged into the base."""
     import mlflow
 
     # return_full_text=False: predict answers with the completion only, not the prompt echoed back.
@@ -67,11 +177,23 @@ def log_model(model: Any, tokenizer: Any, *, base_dir: Path | None, merge: bool,
               "model_config": {"return_full_text": False, "max_new_tokens": max(1, max_new_tokens)}}
     if merge:
         return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, **common)
-    if base_dir is None:
-        raise ConfigError("the base model is not in a local folder (nor in the hub cache), so the adapter cannot "
-                          "be logged with base_model_path: pass base_model as a folder, or merge_adapter=true")
-    return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer},
-                                         base_model_path=str(base_dir), **common)
+    reference = reference_for(model, base_dir, base_model)
+    if reference.kind == "path" and base_dir is None:
+        raise ConfigError("the base model's folder was not given, so the adapter cannot be logged with "
+                          "base_model_path: pass base_dir (model.local_model_dir), or merge_adapter=true")
+    if reference.kind == "merge":
+        logger.info("merging the adapter into the base model: %s", reference.reason)
+        return log_model(merged(model, base_model or model.get_base_model().name_or_path), tokenizer,
+                         base_dir=None, merge=True, quantized=quantized, max_new_tokens=max_new_tokens)
+    if reference.kind == "path":
+        return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer},
+                                             base_model_path=str(base_dir), **common)
+    repo = model.get_base_model().name_or_path
+    with _pinned_hub_revision(repo, reference.revision):
+        info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer},
+                                             model_card=_base_card(base_dir), **common)
+    logger.info("logged the adapter; %s", reference.reason)
+    return info
 
 
 def git_commit(run_tags: dict[str, str]) -> str:
