@@ -157,23 +157,6 @@ def train_command(setting: dict[str, str], base: Path, codebase: Path, config: s
             "--backend-config", config, "--experiment-name", EXPERIMENT, *args]
 
 
-def drop_stale_copies(root: Path, rows: list[DemoRow], echo: Echo) -> None:
-    """Remove copies an earlier demo synced under this demo's version numbers but from other runs.
-
-    A fresh sqlite store numbers versions from 1 again, and sync keeps a copy that matches its own
-    checksums, so without this an old demo's v1 would stay in place of the new v1.
-    """
-    from ade_mlflow_plugin.registry.store import AdeStore
-
-    store = AdeStore(root)
-    for row in rows:
-        old = store.version_dir(MODEL_NAME, row.version)
-        meta = store.read_metadata(old) if old.is_dir() else None
-        if old.is_dir() and (meta or {}).get("source_run") != row.run_id:
-            echo(f"removing {old}: an earlier demo's copy of another run")
-            shutil.rmtree(old)
-
-
 def _check_dirs(workdir: Path, models_root: Path) -> None:
     for option, path in (("--workdir", workdir), ("--models-root", models_root)):
         if path.exists() and not path.is_dir():
@@ -210,7 +193,6 @@ def run_demo(workdir: Path, models_root: Path, tracking_uri: str | None = None, 
     best = min(rows, key=lambda row: (row.eval_loss, int(row.version)))
     _step(echo, 4, f"promote the better version (v{best.version}, lowest eval_loss) to production "
                    "(the registry hook syncs it)")
-    drop_stale_copies(models_root, rows, echo)
     run_logged([*cli, "promote", MODEL_NAME, best.version, "--alias", "production", "--root", str(models_root)],
                env, echo, "promote")
     _step(echo, 5, f"check the ADE provider storage at {models_root} (sync verifies the copy, downloads nothing new)")
