@@ -13,7 +13,14 @@ to land last; sha256 is sequential, so the sync cannot finish before (baseline +
 The "floor" ratio printed is that bound. Everything it created is deleted and every process it started
 is stopped, by PID.
 
-    .venv/bin/python benchmarks/sync_throughput.py [--size-mb 200] [--rounds 5]
+--sync-download inorder runs the sync calls (only; the baseline keeps MLflow's defaults) with MLflow's
+MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false: the server's proxied stream, written in order, which
+sync hashes while it streams. It is much slower here (2026-11, load ~4-5: sync 2.8-3.3 s vs 1.0-1.4 s
+baseline, ratio 2.3-3.2; plain MLflow download alone 2.4 s in-order vs 1.05 s default), because
+MLflow's server copies each file from S3 to a temp dir before it sends the first byte. Hence
+sync keeps MLflow's default download.
+
+    .venv/bin/python benchmarks/sync_throughput.py [--size-mb 200] [--rounds 5] [--sync-download default|inorder]
 """
 from __future__ import annotations
 
@@ -108,7 +115,26 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _measure(work: Path, version: str, rounds: int) -> dict[str, list[float]]:
+def _sync_env(in_order: bool) -> dict[str, str]:
+    # MLflow reads this per download call; it is process-wide, so it is set only around sync calls
+    # (nothing else runs then).
+    return {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"} if in_order else {}
+
+
+def _with_env(extra: dict[str, str], fn, *args):  # noqa: ANN001, ANN202
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        return fn(*args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _measure(work: Path, version: str, rounds: int, in_order: bool) -> dict[str, list[float]]:
     import mlflow
 
     from ade_mlflow_plugin.registry.config import ModelRegistryConfig
@@ -123,10 +149,13 @@ def _measure(work: Path, version: str, rounds: int) -> dict[str, list[float]]:
         def baseline() -> None:
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/{version}", dst_path=str(dl))
 
-        order = [("baseline", baseline), ("sync", lambda: manager.sync(MODEL, version))]
+        def sync() -> object:
+            return _with_env(_sync_env(in_order), manager.sync, MODEL, version)
+
+        order = [("baseline", baseline), ("sync", sync)]
         for label, fn in (order if i % 2 == 0 else order[::-1]):
             times[label].append(_timed(fn)[0])
-        t, result = _timed(lambda: manager.sync(MODEL, version))
+        t, result = _timed(sync)
         times["resync"].append(t)
         resync_bytes.append(result.downloaded_bytes)
         largest = max((p for p in dl.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
@@ -151,8 +180,10 @@ def _profile(work: Path, version: str) -> None:
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
 
 
-def _cli_times(work: Path, version: str, env: dict[str, str]) -> dict[str, float]:
+def _cli_times(work: Path, version: str, env: dict[str, str], in_order: bool) -> dict[str, float]:
     root = work / "cli-root"
+    # The CLI sync process alone gets the in-order stream through MLflow's own setting.
+    sync_env = {**env, **_sync_env(in_order)}
     cmds = {
         "mlflow artifacts download": [sys.executable, "-m", "mlflow", "artifacts", "download", "-u",
                                       f"models:/{MODEL}/{version}", "-d", str(work / "cli-dl")],
@@ -164,7 +195,7 @@ def _cli_times(work: Path, version: str, env: dict[str, str]) -> dict[str, float
     out = {}
     for label, cmd in cmds.items():
         start = time.perf_counter()
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, env=env if label.startswith("mlflow") else sync_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out[label] = time.perf_counter() - start
     return out
 
@@ -188,6 +219,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sync-download", choices=("default", "inorder"), default="default",
+                        help="sync's download: MLflow's default (presigned multipart on S3) or the "
+                             "proxied in-order stream (hashed while it streams; the baseline keeps defaults)")
     parser.add_argument("--profile", action="store_true", help="cProfile one extra sync and print the top")
     args = parser.parse_args()
 
@@ -219,11 +253,12 @@ def main() -> int:
         t_up, (run_id, version) = _timed(lambda: _make_version(work, args.size_mb))
         print(f"registered {MODEL} v{version}: {args.size_mb} MB on moto S3 (upload {t_up:.1f} s)")
 
-        times = _measure(work, version, args.rounds)
+        times = _measure(work, version, args.rounds, args.sync_download == "inorder")
         resync_bytes = times.pop("resync_bytes")
         med = {k: statistics.median(v) for k, v in times.items()}
         mbps = args.size_mb / med["sync"]
-        print(f"rounds: {args.rounds} (order alternated), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+        print(f"rounds: {args.rounds} (order alternated), {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+              f"sync download: {args.sync_download}")
         for label in ("baseline", "sync", "resync", "hash"):
             print(f"  {label:9s} median {med[label]:6.2f} s   runs " + " ".join(f"{t:.2f}" for t in times[label]))
         print(f"  sync throughput {mbps:.0f} MB/s; re-sync downloaded bytes: {resync_bytes}")
@@ -234,7 +269,7 @@ def main() -> int:
         print(f"RATIO re-sync / plain mlflow download = {med['resync'] / med['baseline']:.3f}")
         if args.profile:
             _profile(work, version)
-        cli = _cli_times(work, version, env)
+        cli = _cli_times(work, version, env, args.sync_download == "inorder")
         print("CLI, process start included:")
         for label, t in cli.items():
             print(f"  {label:28s} {t:6.2f} s")
