@@ -3,7 +3,7 @@
     config.py      TrainingConfig: MLproject params -> validated values (no torch)
     tiny.py        `ade-mlflow make-tiny-model`: a tiny deepseek-coder-shaped model for tests and the demo
     model.py       base model (+4/8-bit through bitsandbytes), the LoRA adapter, activation checkpointing
-    packing.py     prompt/completion -> token rows: completion-only loss, packed best-fit-decreasing with restarting positions
+    packing.py     prompt/completion -> token rows: completion-only loss, best-fit-decreasing packing
     trainer.py     transformers Trainer over the rows, resumable from the checkpoint dir
     callbacks.py   step metrics, SIGTERM -> save and stop, complete-checkpoint markers
     checkpoints.py checkpoint dir, SIGTERM flag, newest complete checkpoint
