@@ -109,7 +109,7 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
         # with bf16 compute not needed for stability. Without it the branch below does the rest of its work.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if checkpointed:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.enable_input_require_grads()
         limit_checkpointed_layers(model, checkpointed)
         logger.info("activation checkpointing on %d decoder layers", checkpointed)
@@ -120,6 +120,15 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
     except ValueError as exc:
         raise ConfigError(f"target_modules '{config.target_modules}' does not match the model's layers "
                           f"({str(exc).splitlines()[0][:160]}): pass all-linear or names such as q_proj,v_proj") from None
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing on every decoder layer (non-reentrant), by the API this transformers has."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5.2x; the old name warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def limit_checkpointed_layers(model: Any, count: int) -> int:
