@@ -20,6 +20,7 @@ from typing import Any, Iterable, Protocol
 import pathspec
 
 from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.gitignore import IgnoreRules
 
 # Directories never shipped: VCS, MLflow's local stores, caches, virtualenvs, our own job roots.
 EXCLUDED_DIRS = {
@@ -75,45 +76,37 @@ def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
 
 
-def _gitignore_spec(root: Path) -> pathspec.GitIgnoreSpec | None:
-    """The root .gitignore plus the repository's own .git/info/exclude (local ignores count too)."""
-    lines: list[str] = []
-    for source in (root / ".gitignore", root / ".git" / "info" / "exclude"):
-        if source.is_file():
-            lines += source.read_text(errors="replace").splitlines()
-    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
-
-
 def collect_files(root: Path, prefix: str = "") -> list[PackedFile]:
     """Files under ``root`` that may be shipped, sorted by archive name.
 
     Symlinks are followed (an installed package's project/ folder links to its files) with a guard
-    against cycles; excluded dirs, virtualenvs, credentials and .gitignore'd paths are left out.
+    against cycles; excluded dirs, virtualenvs, credentials and what git ignores (every .gitignore on the
+    way down and .git/info/exclude) are left out.
     """
     root = Path(root)
-    ignore = _gitignore_spec(root)
     found: list[PackedFile] = []
 
-    def walk(directory: Path, rel: str, ancestors: frozenset[Path]) -> None:
+    def walk(directory: Path, rel: str, ancestors: frozenset[Path], ignore: IgnoreRules) -> None:
         real = directory.resolve()
         if real in ancestors:
             return  # a symlink back up the tree: a cycle, not content
         ancestors = ancestors | {real}
+        ignore = ignore.descend(directory, rel) if rel else ignore
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
             rel_path = f"{rel}{entry.name}"
             path = Path(entry.path)
             if entry.is_dir():
                 dir_rel = rel_path + "/"
                 if (entry.name in EXCLUDED_DIRS or _is_venv(path) or CREDENTIAL_PATTERNS.match_file(dir_rel)
-                        or (ignore and ignore.match_file(dir_rel))):
+                        or ignore.ignored(dir_rel, is_dir=True)):
                     continue
-                walk(path, dir_rel, ancestors)
+                walk(path, dir_rel, ancestors, ignore)
             elif entry.is_file():
-                if CREDENTIAL_PATTERNS.match_file(rel_path) or (ignore and ignore.match_file(rel_path)):
+                if CREDENTIAL_PATTERNS.match_file(rel_path) or ignore.ignored(rel_path, is_dir=False):
                     continue
                 found.append(PackedFile(prefix + rel_path, path))
 
-    walk(root, "", frozenset())
+    walk(root, "", frozenset(), IgnoreRules.at_root(root))
     return found
 
 

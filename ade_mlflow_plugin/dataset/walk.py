@@ -1,4 +1,4 @@
-"""Walk a codebase: honour .gitignore files (pathspec), skip what is not hand-written source.
+"""Walk a codebase: honour git's ignore files (gitignore.py), skip what is not hand-written source.
 
 Skips are counted by reason so stats.json can say what was left out and why.
 """
@@ -10,9 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pathspec
-
 from ade_mlflow_plugin.dataset.languages import language_for
+from ade_mlflow_plugin.gitignore import IgnoreRules
 
 #: Directory names never walked: VCS data, caches, virtual environments, dependencies.
 SKIP_DIRS = frozenset({
@@ -49,40 +48,17 @@ class WalkResult:
     skipped: Counter = field(default_factory=Counter)
 
 
-def _load_ignore(directory: Path) -> pathspec.PathSpec | None:
-    gitignore = directory / ".gitignore"
-    try:
-        lines = gitignore.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    return pathspec.GitIgnoreSpec.from_lines(lines)
-
-
-def _ignored(rel: str, is_dir: bool, specs: list[tuple[str, pathspec.PathSpec]]) -> bool:
-    """Whether any .gitignore on the way down (root first, deeper ones win) ignores rel."""
-    verdict = False
-    candidate = rel + "/" if is_dir else rel
-    for base, spec in specs:
-        sub = candidate[len(base) + 1:] if base else candidate
-        result = spec.check_file(sub)
-        if result.include is not None:
-            verdict = result.include
-    return verdict
-
-
 def walk_codebase(root: str | Path, *, exclude: list[str] | tuple[str, ...] = (),
                   max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> WalkResult:
     """Source files under root in sorted path order, with skip counts by reason."""
     root = Path(root)
     result = WalkResult()
-    extra = [("", pathspec.GitIgnoreSpec.from_lines(exclude))] if exclude else []
-    stack: list[tuple[str, list[tuple[str, pathspec.PathSpec]]]] = [("", extra)]
+    stack: list[tuple[str, IgnoreRules]] = [("", IgnoreRules.at_root(root, tuple(exclude)))]
     while stack:
-        rel_dir, specs = stack.pop()
+        rel_dir, ignore = stack.pop()
         abs_dir = root / rel_dir
-        own = _load_ignore(abs_dir)
-        if own is not None:
-            specs = specs + [(rel_dir, own)]
+        if rel_dir:
+            ignore = ignore.descend(abs_dir, rel_dir)
         try:
             entries = sorted(os.scandir(abs_dir), key=lambda e: e.name)
         except OSError:
@@ -92,32 +68,33 @@ def walk_codebase(root: str | Path, *, exclude: list[str] | tuple[str, ...] = ()
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             if entry.is_dir(follow_symlinks=False):
-                reason = _dir_skip_reason(entry.name, rel, specs)
+                reason = _dir_skip_reason(entry.name, rel, ignore)
                 if reason:
                     result.skipped[reason] += 1
                 else:
-                    subdirs.append((rel, specs))
+                    subdirs.append((rel, ignore))
             elif entry.is_symlink():
                 result.skipped["symlink"] += 1  # may point outside the codebase or loop
             elif entry.is_file(follow_symlinks=False):
-                _consider_file(entry, rel, specs, max_file_bytes, result)
+                _consider_file(entry, rel, ignore, max_file_bytes, result)
         stack.extend(reversed(subdirs))
     result.files.sort(key=lambda f: f.rel)
     return result
 
 
-def _dir_skip_reason(name: str, rel: str, specs) -> str | None:
+def _dir_skip_reason(name: str, rel: str, ignore: IgnoreRules) -> str | None:
     if name in SKIP_DIRS:
         return "skipped_dir"
     if name in VENDORED_DIRS:
         return "vendored"
-    if _ignored(rel, True, specs):
+    if ignore.ignored(rel, is_dir=True):
         return "ignored"
     return None
 
 
-def _consider_file(entry: os.DirEntry, rel: str, specs, max_file_bytes: int, result: WalkResult) -> None:
-    if _ignored(rel, False, specs):
+def _consider_file(entry: os.DirEntry, rel: str, ignore: IgnoreRules, max_file_bytes: int,
+                   result: WalkResult) -> None:
+    if ignore.ignored(rel, is_dir=False):
         result.skipped["ignored"] += 1
         return
     language = language_for(entry.name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tarfile
 import time
 
@@ -84,3 +85,23 @@ def test_git_info_exclude_is_honoured(project, tmp_path):
     (project / "wheels" / "big.whl").write_bytes(b"0" * 1000)
     names = _names(packaging.build_project_tarball(project, tmp_path / "out"))
     assert not [n for n in names if n.startswith("wheels/")]
+
+
+def test_nested_gitignore_files_count_and_deeper_ones_win(project, tmp_path):
+    # What `git status` would show for this tree, checked against git itself below.
+    (project / ".gitignore").write_text((project / ".gitignore").read_text() + "*.log\n")
+    (project / "service" / "build").mkdir(parents=True)
+    (project / "service" / ".gitignore").write_text("build/\n*.tmp\n!keep.log\n")
+    for rel in ("service/app.py", "service/cache.tmp", "service/keep.log", "service/debug.log",
+                "service/build/out.bin", "other/cache.tmp"):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("x\n")
+    names = set(_names(packaging.build_project_tarball(project, tmp_path / "out", with_bundle=False)))
+    assert {"service/app.py", "service/keep.log", "other/cache.tmp", "service/.gitignore"} <= names
+    assert not names & {"service/cache.tmp", "service/debug.log", "service/build/out.bin"}
+    # The same verdicts as git's own, for every file above.
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    paths = ["service/app.py", "service/cache.tmp", "service/keep.log", "service/debug.log",
+             "service/build/out.bin", "other/cache.tmp"]
+    out = subprocess.run(["git", "-C", str(project), "check-ignore", *paths], capture_output=True, text=True)
+    assert set(out.stdout.split()) == {p for p in paths if p not in names}
