@@ -27,24 +27,30 @@ class IgnoreRules:
     """The ignore files that apply inside one directory: (folder relative to the root, its rules)."""
 
     specs: tuple[tuple[str, pathspec.GitIgnoreSpec], ...] = ()
+    forced: pathspec.GitIgnoreSpec | None = None  # the caller's own excludes: no .gitignore re-includes them
 
     @classmethod
     def at_root(cls, root: Path, extra: tuple[str, ...] | list[str] = ()) -> "IgnoreRules":
-        """Rules for the root folder: ``extra`` patterns, .git/info/exclude, then the root .gitignore."""
-        found = [pathspec.GitIgnoreSpec.from_lines(extra)] if extra else []
-        found += [s for s in (_spec(root / ".git" / "info" / "exclude"), _spec(root / ".gitignore")) if s]
-        return cls(tuple(("", spec) for spec in found))
+        """Rules for the root folder: .git/info/exclude, then the root .gitignore; ``extra`` patterns (e.g. a
+        command line's --exclude) always exclude, whatever a .gitignore says."""
+        found = [s for s in (_spec(root / ".git" / "info" / "exclude"), _spec(root / ".gitignore")) if s]
+        forced = pathspec.GitIgnoreSpec.from_lines(extra) if extra else None
+        return cls(tuple(("", spec) for spec in found), forced)
 
     def descend(self, directory: Path, rel_dir: str) -> "IgnoreRules":
         """Rules inside ``directory`` (``rel_dir`` relative to the root, no trailing slash): its own .gitignore
         added last, so it wins over its parents'."""
         own = _spec(directory / ".gitignore")
-        return IgnoreRules(self.specs + ((rel_dir.rstrip("/"), own),)) if own is not None else self
+        if own is None:
+            return self
+        return IgnoreRules(self.specs + ((rel_dir.rstrip("/"), own),), self.forced)
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """Whether the path ``rel`` (relative to the root) is ignored; the last rule that matches decides."""
         verdict = False
         candidate = rel.rstrip("/") + ("/" if is_dir else "")
+        if self.forced is not None and self.forced.match_file(candidate):
+            return True
         for base, spec in self.specs:
             sub = candidate[len(base) + 1:] if base else candidate
             result = spec.check_file(sub)
