@@ -266,6 +266,7 @@ class AdeSageMakerBackend(AbstractBackend):
                                poll_interval_s=config.poll_interval_s, tailer=tailer,
                                observers=self._observers(config, clients, client, run_id, job))
         follower.log_files = log_files
+        follower.scratch_dirs = log_files if tailer is not None else []  # the CloudWatch copy, once uploaded
         return follower
 
     @staticmethod

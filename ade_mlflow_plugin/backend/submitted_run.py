@@ -5,6 +5,7 @@ alike (both answer DescribeTrainingJob-shaped dicts).
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class JobFollower:
     tailer: Any = None
     observers: list[Observer] = field(default_factory=list)
     log_files: list[Path] = field(default_factory=list)
+    scratch_dirs: list[Path] = field(default_factory=list)  # ours: removed once their logs are in the run
     sleep: Callable[[float], None] = time.sleep
     _last: tuple[str, str] | None = None
     _transitions_seen: int = 0
@@ -129,6 +131,8 @@ class JobFollower:
                 self.mlflow_client.log_artifact(self.run_id, str(path), "logs")
             elif path.is_dir() and any(path.iterdir()):
                 self.mlflow_client.log_artifacts(self.run_id, str(path), "logs")
+        for scratch in self.scratch_dirs:
+            shutil.rmtree(scratch, ignore_errors=True)
         self.mlflow_client.set_terminated(self.run_id, RunStatus.to_string(RUN_STATUS[status]))
 
 

@@ -21,7 +21,10 @@ def _start(project, data_dir, tmp_path, tracking, **overrides):
     config = write_config(tmp_path, **overrides)
     cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-b", "ade-sagemaker",
            "--backend-config", str(config), "-P", f"data={data_dir}", "-P", "lr=0.5"]
-    return subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking}, cwd=tmp_path,
+    scratch = tmp_path / "tmp"  # the command's own temp dir, to see what it leaves behind
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "TMPDIR": str(scratch)}
+    return subprocess.Popen(cmd, env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -80,6 +83,7 @@ def test_completed_job_finishes_the_run_with_tags_and_logs(project, data_dir, tm
     assert run.data.params["lr"] == "0.5"
     artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "logs")]
     assert artifacts, "the CloudWatch log was not mirrored into logs/"
+    assert not list((tmp_path / "tmp").glob("ade-logs-*")), "the local copy of the job's log outlived the command"
     mlflow.set_tracking_uri(None)
 
 
