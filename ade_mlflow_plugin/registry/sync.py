@@ -24,6 +24,7 @@ import filelock
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -31,6 +32,7 @@ from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
 from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.registry import fetch
 from ade_mlflow_plugin.registry import store as st
 from ade_mlflow_plugin.registry.config import ModelRegistryConfig
 
@@ -43,6 +45,8 @@ SERVING_STAGES = ("Production", "Staging")
 LOCK_TIMEOUT_S = 3600
 #: Files at least this large are hashed while they download; smaller ones right after.
 FOLLOW_MIN_BYTES = 4 << 20
+#: Parallel byte ranges per file on the presigned path (files themselves download in parallel too).
+FETCH_WORKERS_PER_FILE = 4
 _TAGS = {"base_model": "ade.base_model", "dataset_digest": "ade.dataset_digest",
          "git_commit": "ade.git_commit", "job_name": "sagemaker.job_name"}
 
@@ -138,7 +142,8 @@ class ModelSyncManager:
         try:
             files = self._download_verified(
                 self._call(repo.result, f"model version {mv.name}/{mv.version} has no artifacts"),
-                f"{mv.name}/{mv.version}", staging / st.ARTIFACTS, fetched)
+                f"{mv.name}/{mv.version}", staging / st.ARTIFACTS, fetched,
+                presigned_fetch=self.config.presigned_fetch)
             self._write_metadata(mv, staging, files, run.result())
             self.store.install(staging, final)  # replaces an old copy in one step
         except BaseException:
@@ -169,11 +174,12 @@ class ModelSyncManager:
 
     @staticmethod
     def _download_verified(repo: ArtifactRepository, what: str, dst: Path,
-                           fetched: threading.Event | None = None) -> dict[str, dict[str, Any]]:
+                           fetched: threading.Event | None = None, *,
+                           presigned_fetch: bool = True) -> dict[str, dict[str, Any]]:
         # The recorder keeps the listing MLflow fetches for its own download (no second listing)
         # and hashes each file in the download worker that writes it.
         dst.mkdir(parents=True)
-        recorder = _DownloadRecorder(repo, dst, fetched or threading.Event())
+        recorder = _DownloadRecorder(repo, dst, fetched or threading.Event(), presigned_fetch)
         try:
             repo.download_artifacts("", str(dst))
         finally:
@@ -312,11 +318,13 @@ class _DownloadRecorder:
 
     MLflow's download_artifacts lists the repository and then calls ``_download_file`` per file in
     its thread pool; both are wrapped on this repository instance only. Listed paths are checked
-    before anything is fetched; each file is hashed in the worker that wrote it (while it streams,
-    for a writer known to append, else right after), so hashing overlaps the rest of the download.
+    before anything is fetched; each file is hashed in the worker that fetches it, so hashing
+    overlaps the rest of the download: while it lands (presigned ranges fetched by fetch.py, or
+    MLflow's in-order stream), else right after MLflow's writer returns.
     """
 
-    def __init__(self, repo: ArtifactRepository, dst: Path, fetched: threading.Event) -> None:
+    def __init__(self, repo: ArtifactRepository, dst: Path, fetched: threading.Event,
+                 presigned_fetch: bool = True) -> None:
         self.dst = dst
         #: Set when no transfer is running any more (a hint for other work; the caller sets it too).
         self.fetched = fetched
@@ -325,7 +333,8 @@ class _DownloadRecorder:
         self.digests: dict[str, tuple[str, st.Stamp]] = {}
         self._guard = threading.Lock()
         inner = _fetching_repo(repo)
-        self._appends = _writes_in_order(inner)
+        self._mode = _download_mode(inner, presigned_fetch)
+        self._repo = inner
         self._list, self._fetch = inner.list_artifacts, inner._download_file
         inner.list_artifacts, inner._download_file = self._list_artifacts, self._download_file
 
@@ -340,26 +349,60 @@ class _DownloadRecorder:
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         rel = os.path.relpath(local_path, self.dst).replace(os.sep, "/")
-        follow = self._appends and (self.listing.get(rel) or 0) >= FOLLOW_MIN_BYTES
+        result = None
+        if self._mode == "presigned":
+            result = self._counted(self._fetch_presigned, remote_file_path, local_path)
+        if result is None:
+            result = self._fetch_then_hash(rel, remote_file_path, local_path)
+        with self._guard:
+            self.digests[rel] = result
+
+    def _fetch_presigned(self, remote_file_path: str, local_path: str) -> tuple[str, st.Stamp] | None:
+        """Our own ranged download of the server's presigned URL, hashed as it lands.
+
+        None (MLflow's writer then fetches the file and reports any server problem itself) when
+        the server gives no presigned URL or size for this file.
+        """
+        try:
+            presigned = self._repo._get_presigned_download_url(remote_file_path)
+        except Exception as exc:  # noqa: BLE001 - MLflow's own download path follows and raises
+            _log.debug("no presigned URL for %s (%s); MLflow downloads it", remote_file_path, exc)
+            return None
+        if presigned.file_size is None:
+            return None
+
+        def renew() -> fetch.PresignedUrl:
+            fresh = self._repo._get_presigned_download_url(remote_file_path)
+            return fetch.PresignedUrl(fresh.url, dict(fresh.headers or {}))
+
+        source = fetch.PresignedUrl(presigned.url, dict(presigned.headers or {}), renew)
+        digest = fetch.fetch_presigned(source, local_path, presigned.file_size,
+                                       piece_bytes=MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE.get(),
+                                       workers=FETCH_WORKERS_PER_FILE)
+        return digest, st.file_stamp(local_path)
+
+    def _fetch_then_hash(self, rel: str, remote_file_path: str, local_path: str) -> tuple[str, st.Stamp]:
+        """MLflow's writer; the file is hashed while it streams (in-order writers) or right after."""
+        follow = self._mode == "stream" and (self.listing.get(rel) or 0) >= FOLLOW_MIN_BYTES
         done = threading.Event()
         with ThreadPoolExecutor(max_workers=1) as follower:  # starts a thread only when following
             followed = follower.submit(st.sha256_following, local_path, done) if follow else None
             try:
-                self._counted_fetch(remote_file_path, local_path)
+                self._counted(self._fetch, remote_file_path, local_path)
             finally:
                 done.set()
         result = followed.result() if followed else None
         if result is None:
             stamp = st.file_stamp(local_path)  # before hashing: a later change makes the stamp stale
             result = (st.sha256_file(Path(local_path)), stamp)
-        with self._guard:
-            self.digests[rel] = result
+        return result
 
-    def _counted_fetch(self, remote_file_path: str, local_path: str) -> None:
+    def _counted(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` counted as a running transfer (``fetched`` is set when none is left)."""
         with self._guard:
             self._active += 1
         try:
-            self._fetch(remote_file_path, local_path)
+            return fn(*args)
         finally:
             with self._guard:
                 self._active -= 1
@@ -367,22 +410,28 @@ class _DownloadRecorder:
                     self.fetched.set()
 
 
-def _writes_in_order(repo: ArtifactRepository) -> bool:
-    """True for the one writer followed while it writes: HttpArtifactRepository._download_file.
+def _download_mode(repo: ArtifactRepository, presigned_fetch: bool = True) -> str:
+    """How files of ``repo`` are fetched and hashed.
 
-    It opens the file "wb" and writes the server's stream in order. mlflow-artifacts:/ uses it
-    unless the server offers presigned multipart downloads (ranges written at offsets, S3 stores),
-    in which case the files are hashed right after they land.
+    "presigned": mlflow-artifacts:/ on a server that offers presigned downloads (S3 stores): sync
+    fetches each file itself from the presigned URL MLflow asks the server for (fetch.py; streamed
+    ranges hashed in order, about twice as fast here as MLflow's buffered ranges).
+    "stream": HttpArtifactRepository._download_file, which writes the server's stream in order, so
+    the file is hashed while it grows. "other": MLflow's writer, the file hashed right after.
     """
     method = type(repo)._download_file
     if method is HttpArtifactRepository._download_file:
-        return True
+        return "stream"
     if method is MlflowArtifactsRepository._download_file:
         try:  # MLflow's own check (one server-info call, cached on the repository for the download)
-            return not repo._is_multipart_download_enabled()
+            multipart = repo._is_multipart_download_enabled()
         except Exception:  # noqa: BLE001 - then MLflow's download reports the server problem itself
-            return False
-    return False
+            return "other"
+        if not multipart:
+            return "stream"
+        usable = presigned_fetch and hasattr(repo, "_get_presigned_download_url")
+        return "presigned" if usable else "other"
+    return "other"
 
 
 def _after(event: threading.Event, fn: Any, *args: Any) -> Any:

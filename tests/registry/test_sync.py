@@ -217,3 +217,24 @@ def test_before_sync_hook_can_abort_and_nothing_is_written(make_version, model_n
         manager.sync(model_name, version)
     assert not (root / "registry").exists() or not any((root / "registry").iterdir())
     assert not (root / "providers.json").exists()
+
+
+def test_both_download_paths_give_the_same_verified_copy(make_version, model_name, tmp_path, monkeypatch):
+    """ADE's presigned fetch (the default on an S3-backed server) and MLflow's own download agree."""
+    from ade_mlflow_plugin.registry import sync as sync_module
+
+    version = make_version(model_name, files={"model.safetensors": os.urandom(3 << 20)})
+    chosen: list[str] = []
+    real_mode = sync_module._download_mode
+    monkeypatch.setattr(sync_module, "_download_mode",
+                        lambda repo, presigned: chosen.append(real_mode(repo, presigned)) or chosen[-1])
+    metas = {}
+    for label, presigned in (("ade", True), ("mlflow", False)):
+        config = ModelRegistryConfig(root=tmp_path / label, load_entry_points=False, presigned_fetch=presigned)
+        result = ModelSyncManager(config, plugin_manager=get_plugin_manager(config, builtin_sync=False)).sync(
+            model_name, version)
+        metas[label] = json.loads((result.path / "metadata.json").read_text())["files"]
+        assert {k: v["sha256"] for k, v in metas[label].items()} == sha256_tree(result.path / "model_artifacts")
+
+    assert chosen == ["presigned", "other"]
+    assert metas["ade"] == metas["mlflow"] and "model.safetensors" in metas["ade"]
