@@ -73,8 +73,6 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console entry: AdeError -> one line on stderr, exit 2 (bad input) or 1 (failure)."""
-    from ade_mlflow_plugin.errors import AdeError
-
     try:
         return cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -85,9 +83,19 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
-    except AdeError as exc:
-        click.echo(f"ade-mlflow: error: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if not _is_ade_error(exc):
+            raise
+        click.echo(f"ade-mlflow: error: {exc.message}", err=True)  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+
+
+def _is_ade_error(exc: BaseException) -> bool:
+    # AdeError subclasses MlflowException (mlflow run and Python API callers catch that), so importing
+    # errors.py imports mlflow (~1.3 s). Only a verb that imported errors.py can raise an AdeError,
+    # so looking the module up in sys.modules keeps `--help` and usage errors free of mlflow.
+    errors = sys.modules.get("ade_mlflow_plugin.errors")
+    return errors is not None and isinstance(exc, errors.AdeError)
 
 
 if __name__ == "__main__":  # pragma: no cover
