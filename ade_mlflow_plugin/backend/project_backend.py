@@ -8,8 +8,10 @@ waits for plugin backends), followed to its end unless `"wait": false`.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -79,6 +81,33 @@ def warn_unreachable(uri: str, console: TextIO) -> None:
             "MLFLOW_TRACKING_URI), or a SageMaker managed MLflow ARN (pip install "
             "'ade-mlflow-plugin[sagemaker-mlflow]').\n"
         )
+
+
+class _FollowedLogCopy:
+    """The follower's CloudWatch tailer. Its local copy (an ``ade-logs-*`` temp dir, uploaded into the
+    run's logs/ when the job ends) is made on the first poll, so a job nobody follows (``"wait": false``)
+    leaves none; and removed when this object or the process goes, should the follower never finish."""
+
+    def __init__(self, logs_client: Any, job_name: str) -> None:
+        from ade_mlflow_plugin.backend.logs import LogTailer
+
+        self.tailer = LogTailer(logs_client, job_name, out_dir=None, console=sys.stdout)
+        self.dirs: list[Path] = []  # shared with the follower: log_files and scratch_dirs
+
+    def _local_copy(self) -> None:
+        if self.tailer.out_dir is None:
+            path = Path(tempfile.mkdtemp(prefix="ade-logs-"))
+            weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+            self.tailer.out_dir = path
+            self.dirs.append(path)
+
+    def poll(self) -> int:
+        self._local_copy()
+        return self.tailer.poll()
+
+    def drain(self, attempts: int = 3, pause: Callable[[float], None] | None = None) -> int:
+        self._local_copy()
+        return self.tailer.drain(attempts=attempts, pause=pause)
 
 
 class AdeSageMakerBackend(AbstractBackend):
@@ -253,20 +282,15 @@ class AdeSageMakerBackend(AbstractBackend):
 
     def _follower(self, config: CloudTrainingConfig, clients: AwsClients, client: Any, run_id: str, job: Any,
                   job_name: str) -> JobFollower:
-        tailer, log_files = None, []
+        tailer: _FollowedLogCopy | None = None
         if config.mode == "sagemaker":
-            from ade_mlflow_plugin.backend.logs import LogTailer
-
-            log_dir = Path(tempfile.mkdtemp(prefix="ade-logs-"))
-            tailer = LogTailer(clients.logs, job_name, out_dir=log_dir, console=sys.stdout)
-            log_files = [log_dir]
-        else:
-            log_files = [job.log_path]
+            tailer = _FollowedLogCopy(clients.logs, job_name)
         follower = JobFollower(job=job, run_id=run_id, mlflow_client=client, console=self.console,
                                poll_interval_s=config.poll_interval_s, tailer=tailer,
                                observers=self._observers(config, clients, client, run_id, job))
-        follower.log_files = log_files
-        follower.scratch_dirs = log_files if tailer is not None else []  # the CloudWatch copy, once uploaded
+        # The CloudWatch copy is ours: removed once uploaded. The list fills only if the job is followed.
+        follower.log_files = tailer.dirs if tailer is not None else [job.log_path]
+        follower.scratch_dirs = tailer.dirs if tailer is not None else []
         return follower
 
     @staticmethod
