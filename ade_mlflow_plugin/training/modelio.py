@@ -1,6 +1,7 @@
 """The trained adapter (or merged model) -> files, an MLflow logged model and a registered version."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -164,27 +165,64 @@ def _base_card(base_dir: Path | None) -> Any:
         return None
 
 
-def log_model(model: Any, tokenizer: Any, *, base_dir: Path | None, merge: bool, quantized: bool,
-              max_new_tokens: int, base_model: str | None = None) -> Any:
-    """mlflow.transformers.log_model of a merged model, or of the adapter with a base reference that works
-    away from the job (see base_reference): the hub repo at the trained commit, a lasting local folder,
-    or, for a base that lived in the job's inputs, the adapter merged into the base."""
-    import mlflow
+@dataclass(frozen=True)
+class Publishable:
+    """What is saved to SM_MODEL_DIR and logged: a merged model (reference None) or the adapter + its base."""
 
-    # return_full_text=False: predict answers with the completion only, not the prompt echoed back.
-    common = {"task": "text-generation", "name": MODEL_NAME, "signature": signature(max_new_tokens),
-              "pip_requirements": pip_requirements(quantized and not merge),
-              "model_config": {"return_full_text": False, "max_new_tokens": max(1, max_new_tokens)}}
-    if merge:
-        return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, **common)
+    model: Any
+    reference: BaseReference | None
+
+
+def publishable(model: Any, base_dir: Path | None, *, merge_adapter: bool,
+                base_model: str | None = None) -> Publishable:
+    """The trained adapter -> what to publish, merged at most once: when asked, or when the base is in the
+    job's inputs (see base_reference) and so gone after the job."""
+    name = base_model or model.get_base_model().name_or_path
+    if merge_adapter:
+        return Publishable(merged(model, name), None)
     reference = reference_for(model, base_dir, base_model)
     if reference.kind == "path" and base_dir is None:
         raise ConfigError("the base model's folder was not given, so the adapter cannot be logged with "
                           "base_model_path: pass base_dir (model.local_model_dir), or merge_adapter=true")
     if reference.kind == "merge":
         logger.info("merging the adapter into the base model: %s", reference.reason)
-        return log_model(merged(model, base_model or model.get_base_model().name_or_path), tokenizer,
-                         base_dir=None, merge=True, quantized=quantized, max_new_tokens=max_new_tokens)
+        return Publishable(merged(model, name), None)
+    return Publishable(model, reference)
+
+
+def save_publishable(chosen: Publishable, tokenizer: Any, out_dir: Path) -> Path:
+    """The files of exactly what is logged; an adapter's config pins the hub commit it was trained on."""
+    save_files(chosen.model, tokenizer, out_dir)
+    revision = chosen.reference.revision if chosen.reference is not None else None
+    config_file = out_dir / "adapter_config.json"
+    if revision and config_file.is_file():  # PEFT's AutoPeftModel loads the base at this revision
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**config, "revision": revision}, indent=2, sort_keys=True))
+    return out_dir
+
+
+def log_model(model: Any, tokenizer: Any, *, base_dir: Path | None, merge: bool, quantized: bool,
+              max_new_tokens: int, base_model: str | None = None) -> Any:
+    """mlflow.transformers.log_model of a merged model (merge=True: `model` is merged already), or of the
+    adapter with a base reference that works away from the job (see publishable)."""
+    chosen = Publishable(model, None) if merge else publishable(model, base_dir, merge_adapter=False,
+                                                                 base_model=base_model)
+    return log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=quantized,
+                           max_new_tokens=max_new_tokens)
+
+
+def log_publishable(chosen: Publishable, tokenizer: Any, *, base_dir: Path | None, quantized: bool,
+                    max_new_tokens: int) -> Any:
+    """Log what publishable() chose: the merged model, or the adapter by base folder path or hub repo."""
+    import mlflow
+
+    model, reference = chosen.model, chosen.reference
+    # return_full_text=False: predict answers with the completion only, not the prompt echoed back.
+    common = {"task": "text-generation", "name": MODEL_NAME, "signature": signature(max_new_tokens),
+              "pip_requirements": pip_requirements(quantized and reference is not None),
+              "model_config": {"return_full_text": False, "max_new_tokens": max(1, max_new_tokens)}}
+    if reference is None:
+        return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, **common)
     if reference.kind == "path":
         return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer},
                                              base_model_path=str(base_dir), **common)

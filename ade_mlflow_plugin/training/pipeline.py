@@ -163,18 +163,17 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
 
 def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: Any, prepared: Any,
              outcome: Outcome, base_dir: Path | None) -> None:
-    """Model files to SM_MODEL_DIR, the model into the run, a registered version."""
+    """Model files to SM_MODEL_DIR, the same model into the run, a registered version."""
     import mlflow
 
     from ade_mlflow_plugin.training import modelio
 
-    final = model
-    if config.merge_adapter:
-        final = modelio.merged(model, config.base_model)
+    # Decided (and merged, if at all) once: the job's model.tar.gz is exactly the logged model.
+    chosen = modelio.publishable(model, base_dir, merge_adapter=config.merge_adapter, base_model=config.base_model)
     if os.environ.get("SM_MODEL_DIR"):
-        modelio.save_files(final, tokenizer, Path(os.environ["SM_MODEL_DIR"]))
-    info = modelio.log_model(final, tokenizer, base_dir=base_dir, merge=config.merge_adapter,
-                             quantized=config.quantization != "none", max_new_tokens=config.max_new_tokens)
+        modelio.save_publishable(chosen, tokenizer, Path(os.environ["SM_MODEL_DIR"]))
+    info = modelio.log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=config.quantization != "none",
+                                   max_new_tokens=config.max_new_tokens)
     outcome.model_uri = info.model_uri
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit(session.run.data.tags if session.run else {})
