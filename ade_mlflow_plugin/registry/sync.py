@@ -182,6 +182,11 @@ class ModelSyncManager:
         recorder = _DownloadRecorder(repo, dst, fetched or threading.Event(), presigned_fetch)
         try:
             repo.download_artifacts("", str(dst))
+        except BaseException as exc:
+            recorder.cancel.set()  # transfers still running (Ctrl-C) stop within a megabyte
+            if isinstance(exc, MlflowException) and recorder.failure is not None:
+                raise recorder.failure_error(what) from None  # one line, not MLflow's per-file report
+            raise
         finally:
             recorder.fetched.set()
         expected = recorder.listing or _remote_listing(repo)
@@ -331,6 +336,10 @@ class _DownloadRecorder:
         self._active = 0
         self.listing: dict[str, int | None] = {}
         self.digests: dict[str, tuple[str, st.Stamp]] = {}
+        #: Set on the first failure (or by the caller): the other files' transfers stop.
+        self.cancel = threading.Event()
+        #: (relative path, exception) of the first file that failed.
+        self.failure: tuple[str, BaseException] | None = None
         self._guard = threading.Lock()
         inner = _fetching_repo(repo)
         self._mode = _download_mode(inner, presigned_fetch)
@@ -349,13 +358,32 @@ class _DownloadRecorder:
 
     def _download_file(self, remote_file_path: str, local_path: str) -> None:
         rel = os.path.relpath(local_path, self.dst).replace(os.sep, "/")
-        result = None
-        if self._mode == "presigned":
-            result = self._counted(self._fetch_presigned, remote_file_path, local_path)
-        if result is None:
-            result = self._fetch_then_hash(rel, remote_file_path, local_path)
+        if self.cancel.is_set():
+            raise fetch.Cancelled("download cancelled")
+        try:
+            result = None
+            if self._mode == "presigned":
+                result = self._counted(self._fetch_presigned, remote_file_path, local_path)
+            if result is None:
+                result = self._fetch_then_hash(rel, remote_file_path, local_path)
+        except BaseException as exc:
+            with self._guard:
+                if self.failure is None and not isinstance(exc, fetch.Cancelled):
+                    self.failure = (rel, exc)
+            self.cancel.set()
+            raise
         with self._guard:
             self.digests[rel] = result
+
+    def failure_error(self, what: str) -> AdeError:
+        """The first failed file's error as one line (never a URL: presigned URLs carry credentials)."""
+        rel, exc = self.failure  # type: ignore[misc]
+        if isinstance(exc, AdeError):
+            return AdeError(f"downloading {rel} of models:/{what} failed: {_first_line(str(exc))}")
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        reason = f"HTTP {status}" if status else type(exc).__name__
+        return AdeError(f"downloading {rel} of models:/{what} failed ({reason}); check the artifact store "
+                        "and the MLflow server, then run the sync again")
 
     def _fetch_presigned(self, remote_file_path: str, local_path: str) -> tuple[str, st.Stamp] | None:
         """Our own ranged download of the server's presigned URL, hashed as it lands.
@@ -375,10 +403,10 @@ class _DownloadRecorder:
             fresh = self._repo._get_presigned_download_url(remote_file_path)
             return fetch.PresignedUrl(fresh.url, dict(fresh.headers or {}))
 
-        source = fetch.PresignedUrl(presigned.url, dict(presigned.headers or {}), renew)
-        digest = fetch.fetch_presigned(source, local_path, presigned.file_size,
+        digest = fetch.fetch_presigned(fetch.PresignedUrl(presigned.url, dict(presigned.headers or {})),
+                                       local_path, presigned.file_size, renew=renew,
                                        piece_bytes=MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE.get(),
-                                       workers=FETCH_WORKERS_PER_FILE)
+                                       workers=FETCH_WORKERS_PER_FILE, cancel=self.cancel)
         return digest, st.file_stamp(local_path)
 
     def _fetch_then_hash(self, rel: str, remote_file_path: str, local_path: str) -> tuple[str, st.Stamp]:

@@ -1,21 +1,23 @@
 """Presigned ranged download: bytes and sha256 right against moto S3; breaks, expiry and bad servers."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.registry import fetch
 from ade_mlflow_plugin.registry.config import ModelRegistryConfig
-from ade_mlflow_plugin.errors import ConfigError
 
 MB = 1 << 20
+SECRET = "SECRETSIGNATURE0123"
 
 
 def test_ranges_cover_the_file_once():
@@ -43,6 +45,20 @@ def test_presigned_s3_object_lands_whole_with_its_sha256(s3_bucket, tmp_path, pi
     assert digest == hashlib.sha256(data).hexdigest()
 
 
+def test_gzip_encoded_object_is_stored_as_uploaded(s3_bucket, tmp_path):
+    """MLflow uploads *.gz artifacts with Content-Encoding: gzip; the copy must be the .gz file itself."""
+    import boto3
+
+    data = gzip.compress(os.urandom(2 * MB), compresslevel=1)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=s3_bucket, Key="m/data.gz", Body=data, ContentEncoding="gzip")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": s3_bucket, "Key": "m/data.gz"})
+
+    digest = fetch.fetch_presigned(fetch.PresignedUrl(url, {}), tmp_path / "data.gz", len(data), piece_bytes=MB)
+
+    assert (tmp_path / "data.gz").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+
+
 def test_empty_object_makes_an_empty_file(tmp_path):
     dst = tmp_path / "empty"
 
@@ -60,6 +76,9 @@ class _Blob:
         self.break_first_at: int | None = None  # cut the first response after this many bytes
         self.ignore_range = False
         self.lie_length = False
+        self.etags: list[str] = []  # one per request, in order; empty: no ETag header
+        self.slow_from: int | None = None  # ranges starting here are sent slowly, 256 KB at a time
+        self.sent_slowly = 0
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
 
@@ -76,21 +95,35 @@ def _handler(blob: _Blob) -> type[BaseHTTPRequestHandler]:
             with blob.lock:
                 blob.requests.append((self.path, rng))
                 cut, blob.break_first_at = blob.break_first_at, None
+                etag = blob.etags.pop(0) if blob.etags else None
             if f"token={blob.token}" not in self.path:
                 self._reply(403, b"<Error>Request has expired</Error>")
                 return
             start, end = 0, len(blob.data) - 1
             match = re.fullmatch(r"bytes=(\d+)-(\d+)", rng or "")
-            if match and not blob.ignore_range:
+            ranged = bool(match) and not blob.ignore_range
+            if ranged:
                 start, end = int(match[1]), int(match[2])
             body = blob.data[start:end + 1]
-            self.send_response(206 if match and not blob.ignore_range else 200)
+            self.send_response(206 if ranged else 200)
             self.send_header("Content-Length", str(len(body) + (1 if blob.lie_length else 0)))
+            if ranged:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(blob.data)}")
+            if etag:
+                self.send_header("ETag", etag)
             self.end_headers()
             if cut is not None:  # promise everything, send part, drop the connection
                 self.wfile.write(body[:cut])
                 self.wfile.flush()
                 self.close_connection = True
+                return
+            if blob.slow_from is not None and start >= blob.slow_from:
+                for i in range(0, len(body), 256 << 10):
+                    self.wfile.write(body[i:i + (256 << 10)])
+                    self.wfile.flush()
+                    with blob.lock:
+                        blob.sent_slowly += len(body[i:i + (256 << 10)])
+                    time.sleep(0.05)
                 return
             self.wfile.write(body)
 
@@ -104,6 +137,8 @@ def _handler(blob: _Blob) -> type[BaseHTTPRequestHandler]:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
     def handle_error(self, request, client_address) -> None:  # noqa: ANN001
         pass  # the client dropping a refused response midway is what these tests do
 
@@ -120,12 +155,16 @@ def blob_server() -> Iterator[tuple[_Blob, str]]:
     thread.join(10)
 
 
+def _fetch(url: str, blob: _Blob, tmp_path, **kwargs) -> str:  # noqa: ANN001, ANN003
+    kwargs.setdefault("piece_bytes", MB)
+    return fetch.fetch_presigned(fetch.PresignedUrl(url, {}), tmp_path / "w", len(blob.data), **kwargs)
+
+
 def test_a_range_that_breaks_midway_resumes_from_its_last_byte(blob_server, tmp_path):
     blob, url = blob_server
     blob.break_first_at = MB + 5
 
-    digest = fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}), tmp_path / "w", len(blob.data),
-                                   piece_bytes=len(blob.data), workers=1)
+    digest = _fetch(f"{url}?token=t1", blob, tmp_path, piece_bytes=len(blob.data), workers=1)
 
     assert digest == hashlib.sha256(blob.data).hexdigest()
     assert (tmp_path / "w").read_bytes() == blob.data
@@ -135,20 +174,20 @@ def test_a_range_that_breaks_midway_resumes_from_its_last_byte(blob_server, tmp_
     assert 0 < int(resumed[1]) <= MB + 5 and int(resumed[2]) == len(blob.data) - 1
 
 
-def test_an_expired_url_is_renewed(blob_server, tmp_path):
+def test_an_expired_url_is_renewed_once_for_all_ranges(blob_server, tmp_path):
     blob, url = blob_server
     blob.token = "t2"
     renewed = []
 
     def renew() -> fetch.PresignedUrl:
         renewed.append(1)
+        time.sleep(0.1)  # give the other ranges time to hit the expired URL too
         return fetch.PresignedUrl(f"{url}?token=t2", {})
 
-    digest = fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}, renew), tmp_path / "w",
-                                   len(blob.data), piece_bytes=MB, workers=2)
+    digest = _fetch(f"{url}?token=t1", blob, tmp_path, renew=renew, workers=4)
 
     assert digest == hashlib.sha256(blob.data).hexdigest()
-    assert renewed
+    assert len(renewed) == 1
 
 
 def test_a_refused_url_without_renewal_fails_with_the_status(blob_server, tmp_path):
@@ -156,8 +195,21 @@ def test_a_refused_url_without_renewal_fails_with_the_status(blob_server, tmp_pa
     blob.token = "t2"
 
     with pytest.raises(fetch.FetchError, match=r"refused the presigned URL \(HTTP 403\)"):
-        fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}), tmp_path / "w", len(blob.data),
-                              piece_bytes=MB)
+        _fetch(f"{url}?token=t1", blob, tmp_path)
+
+
+def test_a_renewal_that_fails_is_one_line(blob_server, tmp_path):
+    blob, url = blob_server
+    blob.token = "t2"
+
+    def renew() -> fetch.PresignedUrl:
+        raise ConnectionError(f"http://mlflow/presigned?X-Amz-Signature={SECRET} refused")
+
+    with pytest.raises(fetch.FetchError) as info:
+        _fetch(f"{url}?token=t1", blob, tmp_path, renew=renew)
+
+    assert "could not renew the expired download URL (ConnectionError)" in str(info.value)
+    assert SECRET not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_server_that_ignores_range_is_refused(blob_server, tmp_path):
@@ -165,17 +217,66 @@ def test_a_server_that_ignores_range_is_refused(blob_server, tmp_path):
     blob.ignore_range = True
 
     with pytest.raises(fetch.FetchError, match="HTTP 200 instead of 206; it must support Range"):
-        fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}), tmp_path / "w", len(blob.data),
-                              piece_bytes=MB)
+        _fetch(f"{url}?token=t1", blob, tmp_path)
 
 
 def test_a_length_other_than_asked_is_refused(blob_server, tmp_path):
     blob, url = blob_server
     blob.lie_length = True
 
-    with pytest.raises(fetch.FetchError, match="object changed during the download"):
-        fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}), tmp_path / "w", len(blob.data),
+    with pytest.raises(fetch.FetchError, match="run the sync again"):
+        _fetch(f"{url}?token=t1", blob, tmp_path)
+
+
+def test_an_object_larger_than_listed_is_refused(blob_server, tmp_path):
+    blob, url = blob_server
+
+    with pytest.raises(fetch.FetchError, match=r"changed on the artifact store.*of 2097152\)"):
+        fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}), tmp_path / "w", 2 * MB,
                               piece_bytes=MB)
+
+
+def test_ranges_from_two_versions_of_the_object_are_refused(blob_server, tmp_path):
+    blob, url = blob_server
+    blob.etags = ['"v1"', '"v2"', '"v2"', '"v2"']
+
+    with pytest.raises(fetch.FetchError, match="file changed on the artifact store during the download"):
+        _fetch(f"{url}?token=t1", blob, tmp_path, workers=1)
+
+
+def test_errors_never_show_the_presigned_url(tmp_path):
+    with socket_closed_port() as port:
+        url = f"http://127.0.0.1:{port}/b/k?X-Amz-Signature={SECRET}&X-Amz-Security-Token={SECRET}"
+        with pytest.raises(fetch.FetchError) as info:
+            fetch.fetch_presigned(fetch.PresignedUrl(url, {}), tmp_path / "w", 10, piece_bytes=MB)
+
+    assert "could not reach the artifact store (ConnectionError)" in str(info.value)
+    assert SECRET not in str(info.value) and "127.0.0.1" not in str(info.value)
+
+
+def test_one_failed_range_stops_the_others(blob_server, tmp_path):
+    blob, url = blob_server
+    blob.slow_from = MB  # ranges 2 and 3 trickle in; range 1 gets a 200 for its range request
+    blob.ignore_range = False
+    blob.etags = ['"v1"', '"v2"', '"v2"', '"v2"']  # the second answer to arrive is from another object
+
+    with pytest.raises(fetch.FetchError):
+        _fetch(f"{url}?token=t1", blob, tmp_path, workers=4)
+
+    # The slow ranges (2 MB + 99 bytes) stopped after the failure instead of finishing.
+    assert blob.sent_slowly < 2 * MB
+
+
+def test_cancel_stops_the_download(blob_server, tmp_path):
+    blob, url = blob_server
+    blob.slow_from = 0
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+
+    with pytest.raises(fetch.Cancelled):  # one range sent over ~0.6 s, cancelled after 0.2 s
+        _fetch(f"{url}?token=t1", blob, tmp_path, piece_bytes=len(blob.data), cancel=cancel)
+
+    assert blob.sent_slowly < len(blob.data)
 
 
 def test_presigned_fetch_switch_reads_the_environment(monkeypatch, tmp_path):
@@ -188,14 +289,15 @@ def test_presigned_fetch_switch_reads_the_environment(monkeypatch, tmp_path):
         ModelRegistryConfig(root=tmp_path)
 
 
-def test_failed_fetch_leaves_no_thread_behind(blob_server, tmp_path):
-    blob, url = blob_server
-    blob.ignore_range = True
-    before = {t.name for t in threading.enumerate()}
+class socket_closed_port:  # noqa: N801 - used as a context manager
+    """A local port nothing listens on (bound, then closed)."""
 
-    with pytest.raises(fetch.FetchError):
-        fetch.fetch_presigned(fetch.PresignedUrl(f"{url}?token=t1", {}), tmp_path / "w", len(blob.data),
-                              piece_bytes=MB, workers=4)
+    def __enter__(self) -> int:
+        import socket
 
-    assert not [t for t in threading.enumerate() if t.name.startswith("ade-fetch") and t.name not in before]
-    assert Path(tmp_path / "w").exists()  # the caller (sync's staging dir) discards it
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        pass

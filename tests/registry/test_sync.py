@@ -221,13 +221,14 @@ def test_before_sync_hook_can_abort_and_nothing_is_written(make_version, model_n
 
 def test_both_download_paths_give_the_same_verified_copy(make_version, model_name, tmp_path, monkeypatch):
     """ADE's presigned fetch (the default on an S3-backed server) and MLflow's own download agree."""
-    from ade_mlflow_plugin.registry import sync as sync_module
+    from ade_mlflow_plugin.registry import fetch
 
-    version = make_version(model_name, files={"model.safetensors": os.urandom(3 << 20)})
-    chosen: list[str] = []
-    real_mode = sync_module._download_mode
-    monkeypatch.setattr(sync_module, "_download_mode",
-                        lambda repo, presigned: chosen.append(real_mode(repo, presigned)) or chosen[-1])
+    monkeypatch.setenv("MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE", str(1 << 20))  # several ranges per file
+    version = make_version(model_name, files={"model.safetensors": os.urandom(3 << 20), "MLmodel": b"x: 1\n"})
+    fetched: list[int] = []
+    real_fetch = fetch.fetch_presigned
+    monkeypatch.setattr(fetch, "fetch_presigned",
+                        lambda *a, **kw: fetched.append(a[2]) or real_fetch(*a, **kw))
     metas = {}
     for label, presigned in (("ade", True), ("mlflow", False)):
         config = ModelRegistryConfig(root=tmp_path / label, load_entry_points=False, presigned_fetch=presigned)
@@ -235,6 +236,38 @@ def test_both_download_paths_give_the_same_verified_copy(make_version, model_nam
             model_name, version)
         metas[label] = json.loads((result.path / "metadata.json").read_text())["files"]
         assert {k: v["sha256"] for k, v in metas[label].items()} == sha256_tree(result.path / "model_artifacts")
-
-    assert chosen == ["presigned", "other"]
+        if label == "ade":
+            assert sorted(fetched) == [5, 3 << 20]  # every file came through fetch.py
+    assert sorted(fetched) == [5, 3 << 20]  # and none with presigned_fetch=False
     assert metas["ade"] == metas["mlflow"] and "model.safetensors" in metas["ade"]
+
+
+def test_file_gone_from_the_store_midway_is_one_line_and_leaves_nothing(make_version, model_name, root, capsys,
+                                                                        monkeypatch):
+    """A listed file that is gone when its bytes are fetched: one line (no URL), no version dir."""
+    from urllib.parse import urlsplit
+
+    import boto3
+    from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+    version = make_version(model_name)
+    real = MlflowArtifactsRepository._get_presigned_download_url
+
+    def gone_after_listing(self, remote_file_path):  # noqa: ANN001, ANN202 - as if deleted meanwhile
+        answer = real(self, remote_file_path)
+        if remote_file_path.endswith("tokenizer.json"):  # a valid URL for a key that is not there
+            bucket, key = urlsplit(answer.url).path.lstrip("/").split("/", 1)
+            answer.url = boto3.client("s3").generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key + "-deleted"})
+        return answer
+
+    monkeypatch.setattr(MlflowArtifactsRepository, "_get_presigned_download_url", gone_after_listing)
+
+    code, _, err = run_cli(["sync", f"{model_name}/{version}", "--root", str(root)], capsys)
+
+    err = err.splitlines()[-1] if err else err  # MLflow's progress bar may precede the message
+    assert code == 1 and "Traceback" not in err, err
+    assert "downloading tokenizer.json of models:/" in err and "(HTTP 404); run the sync again" in err, err
+    assert "Signature" not in err and "X-Amz" not in err
+    assert not (root / "registry" / f"{model_name}-v{version}").exists()
+    assert not [p for p in (root / "registry").iterdir() if p.name.startswith(".staging")]
