@@ -16,6 +16,7 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from ade_mlflow_plugin.errors import AdeError
 from ade_mlflow_plugin.registry import store as st
 from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.registry.download import download_verified
 from ade_mlflow_plugin.registry.sync import ModelSyncManager
 from tests.registry.conftest import sha256_tree
 
@@ -138,5 +139,5 @@ def test_listing_that_escapes_is_refused_before_any_file_is_fetched(tmp_path):
 
     dst = tmp_path / "staging" / "model_artifacts"
     with pytest.raises(AdeError, match="would leave the ADE storage root"):
-        ModelSyncManager._download_verified(EscapingRepo(str(store)), "m/1", dst)
+        download_verified(EscapingRepo(str(store)), "m/1", dst)
     assert list(dst.iterdir()) == []

@@ -11,7 +11,7 @@ from ade_mlflow_plugin.errors import AdeError, ConfigError
 from ade_mlflow_plugin.registry.config import ModelRegistryConfig
 from ade_mlflow_plugin.registry.store import (AdeStore, check_relative_path, checksum_tree,
                                               write_json_atomic)
-from ade_mlflow_plugin.registry.sync import _verify_against_listing
+from ade_mlflow_plugin.registry.download import verify_against_listing
 
 
 @pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "a/..", "C:/x", "..\\x", ""])
@@ -66,13 +66,13 @@ def test_prune_keeps_newest_and_protected(tmp_path):
 
 def test_download_that_differs_from_the_listing_is_refused():
     files = {"a": {"size": 3, "sha256": "x"}, "registered_model_meta": {"size": 1, "sha256": "y"}}
-    _verify_against_listing(files, {"a": 3}, "m/1")
+    verify_against_listing(files, {"a": 3}, "m/1")
     with pytest.raises(AdeError, match="wrong size"):
-        _verify_against_listing(files, {"a": 4}, "m/1")
+        verify_against_listing(files, {"a": 4}, "m/1")
     with pytest.raises(AdeError, match="missing \\['b'\\]"):
-        _verify_against_listing(files, {"a": 3, "b": 1}, "m/1")
+        verify_against_listing(files, {"a": 3, "b": 1}, "m/1")
     with pytest.raises(AdeError, match="unexpected \\['c'\\]"):
-        _verify_against_listing({**files, "c": {"size": 1, "sha256": "z"}}, {"a": 3}, "m/1")
+        verify_against_listing({**files, "c": {"size": 1, "sha256": "z"}}, {"a": 3}, "m/1")
 
 
 def test_atomic_json_leaves_no_temp_files(tmp_path):
@@ -98,7 +98,7 @@ def test_registry_config_defaults_and_validation(tmp_path, monkeypatch):
 def test_listing_with_an_escaping_path_is_refused_before_install():
     from mlflow.entities import FileInfo
 
-    from ade_mlflow_plugin.registry.sync import _remote_listing
+    from ade_mlflow_plugin.registry.download import remote_listing
 
     class MaliciousListing:  # what a compromised artifact server could answer
         def list_artifacts(self, path=None):  # noqa: ANN001, ANN201
@@ -106,4 +106,4 @@ def test_listing_with_an_escaping_path_is_refused_before_install():
                     "sub": [FileInfo("sub/../../../etc/cron.d/x", False, 5)]}[path]
 
     with pytest.raises(AdeError, match="would leave the ADE storage root"):
-        _remote_listing(MaliciousListing())
+        remote_listing(MaliciousListing())
