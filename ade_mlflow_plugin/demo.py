@@ -30,9 +30,10 @@ EXPERIMENT = "ade-demo"
 SETTINGS = ({"lora_r": "8", "lora_alpha": "16"}, {"lora_r": "16", "lora_alpha": "32"})
 # Sized for < 5 min on 2 CPU cores. The eval split is kept small on purpose: every eval example is also
 # a greedy-generation sample for exact_match (before and after training), the slowest part of a run.
+# eval_samples is not declared in the MLproject: the backend passes any TrainingConfig option through.
 TRAINING = {"num_examples": "120", "synthetic_ratio": "0.3", "eval_fraction": "0.1", "max_steps": "30",
             "batch_size": "4", "grad_accumulation": "1", "max_seq_len": "256", "learning_rate": "0.003",
-            "seed": "42"}
+            "seed": "42", "eval_samples": "8"}
 STEPS = 5
 HEARTBEAT_S = 15.0  # a step silent for this long prints how long it has been running
 

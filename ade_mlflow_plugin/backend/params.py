@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from ade_mlflow_plugin.errors import ConfigError
 
 REMOTE_PATH_SCHEMES = ("s3://", "models:/", "runs:/")
+#: Entries whose script parses every TrainingConfig option (training/entry.py config_parser).
+_TRAINING_SCRIPT = re.compile(r"entrypoints/(main|train)\.py\b")
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,37 @@ def _check_path(name: str, value: str, project_dir: Path) -> str:
     return str(path.resolve())
 
 
+def _training_options(entry: Any) -> dict[str, Any]:
+    """Options an entry takes beyond its declared params: every TrainingConfig field, for the training
+    entries (their scripts parse them all; MLflow appends an undeclared -P as `--name value`)."""
+    if not _TRAINING_SCRIPT.search(str(getattr(entry, "command", ""))):
+        return {}
+    from ade_mlflow_plugin.training.config import PARSERS  # no torch: config checks only
+
+    return PARSERS
+
+
+def _undeclared(entry: Any, entry_point: str, params: dict[str, Any]) -> dict[str, str]:
+    """The undeclared params the entry accepts (checked); any other is a one-line error."""
+    declared, options = entry.parameters, _training_options(entry)
+    extra: dict[str, str] = {}
+    for name in sorted(set(params) - set(declared)):
+        if name not in options:
+            known = sorted({*declared, *options})
+            hint = difflib.get_close_matches(name, known, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"declared: {', '.join(sorted(declared)) or '(none)'}"
+            raise ConfigError(f"parameter '{name}' is not declared by entry point '{entry_point}' ({fix})")
+        options[name](name, str(params[name]))  # raises ConfigError naming the param and the fix
+        extra[name] = str(params[name])
+    return extra
+
+
 def resolve_params(project: Any, entry_point: str, params: dict[str, Any], project_dir: Path) -> ResolvedParams:
     """Validate ``params`` for ``entry_point`` and split plain values from path params."""
     entry = _entry_point(project, entry_point, Path(project_dir))
     declared = entry.parameters
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        hint = difflib.get_close_matches(unknown[0], sorted(declared), n=1)
-        fix = f"did you mean '{hint[0]}'?" if hint else f"declared: {', '.join(sorted(declared)) or '(none)'}"
-        raise ConfigError(f"parameter '{unknown[0]}' is not declared by entry point '{entry_point}' ({fix})")
-    values: dict[str, str] = {}
+    extra = _undeclared(entry, entry_point, params)
+    values: dict[str, str] = dict(extra)
     paths: dict[str, str] = {}
     for name, spec in declared.items():
         raw = params.get(name, spec.default)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from ade_mlflow_plugin.demo import MODEL_NAME, SETTINGS, run_logged, summary
+from ade_mlflow_plugin.demo import MODEL_NAME, SETTINGS, TRAINING, run_logged, summary
 from ade_mlflow_plugin.errors import AdeError
 from tests.conftest import REPO_ROOT
 
@@ -34,6 +34,7 @@ def test_two_local_mode_runs_are_tracked_and_registered(demo_flow):
         assert run.info.status == "FINISHED"
         assert run.info.experiment_id == result.experiment_id
         assert {k: run.data.params[k] for k in setting} == setting
+        assert run.data.params["eval_samples"] == TRAINING["eval_samples"]  # an option the MLproject omits
         assert run.data.tags["mlflow.project.backend"] == "ade-sagemaker"
         assert run.data.tags["sagemaker.mode"] == "local"
         assert run.data.tags["sagemaker.status"] == "Completed"
