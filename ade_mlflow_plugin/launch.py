@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ade_mlflow_plugin.errors import ConfigError
+# errors.py imports mlflow (~1.3 s): it is imported where an error is raised, so that
+# `ade-mlflow launch --help` and its usage errors stay fast.
 
 PROJECT_DIR = Path(__file__).resolve().parent / "project"
 BACKEND = "ade-sagemaker"
@@ -26,6 +27,8 @@ def _as_dict(config: Any) -> dict[str, Any]:
         return {k: v for k, v in asdict(config).items() if v is not None}
     if isinstance(config, dict):
         return dict(config)
+    from ade_mlflow_plugin.errors import ConfigError
+
     raise ConfigError(f"cloud_config must be a CloudTrainingConfig or a dict, got {type(config).__name__}")
 
 
@@ -40,6 +43,8 @@ def _apply_output_dir(backend_config: dict[str, Any], output_dir: str | None) ->
     elif backend_config.get("mode") == "local":
         backend_config.setdefault("job_root", str(Path(output_dir).resolve()))
     else:
+        from ade_mlflow_plugin.errors import ConfigError
+
         raise ConfigError("output_dir must be an s3://bucket/prefix URI in sagemaker mode (or use mode local)")
 
 
@@ -137,5 +142,7 @@ def launch_command(codebase_path: str, base_model: str, num_examples: int, synth
 def _split_param(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
+        from ade_mlflow_plugin.errors import ConfigError
+
         raise ConfigError(f"-P '{text}': expected NAME=VALUE")
     return name, value

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ade_mlflow_plugin.cli import COMMANDS
+import click
+import pytest
+
+from ade_mlflow_plugin.cli import COMMANDS, cli
 
 # Runs the CLI's console entry in a fresh interpreter and reports, at exit, whether mlflow got imported.
 PROBE = ("import atexit, sys\n"
@@ -43,6 +46,43 @@ def test_usage_errors_exit_2_without_importing_mlflow():
         assert result.returncode == 2, result.stderr
         assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert "MLFLOW_IMPORTED=False" in result.stdout, (args, result.stdout)
+
+
+# Every verb the group lists, so a verb added later is covered without editing this file.
+VERBS = cli.list_commands(click.Context(cli))
+# make-tiny-model's module (training/tiny.py) imports errors.py, hence mlflow, at import time; it is
+# outside the CLI's files. strict: the test reports XPASS as a failure once that is fixed.
+STILL_IMPORTS_MLFLOW = {"make-tiny-model": "training/tiny.py imports errors.py (mlflow) at module level"}
+
+
+def _verb_param(verb: str):  # noqa: ANN202
+    mark = pytest.mark.xfail(reason=STILL_IMPORTS_MLFLOW[verb], strict=True) if verb in STILL_IMPORTS_MLFLOW else ()
+    return pytest.param(verb, marks=mark, id=verb)
+
+
+@pytest.mark.parametrize("verb", [_verb_param(v) for v in VERBS])
+def test_verb_help_does_not_import_mlflow(verb):
+    result = _probe(verb, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f" {verb} [OPTIONS]" in result.stdout, result.stdout  # prog name is "-c" under python -c
+    assert "MLFLOW_IMPORTED=False" in result.stdout, (verb, result.stdout)
+
+
+def _has_required_param(verb: str) -> bool:
+    command = cli.get_command(click.Context(cli), verb)
+    return any(param.required for param in command.params)
+
+
+@pytest.mark.parametrize("verb", [_verb_param(v) for v in VERBS])
+def test_verb_usage_errors_exit_2_without_importing_mlflow(verb):
+    cases = [(["--no-such-option"], "No such option '--no-such-option'")]
+    if _has_required_param(verb):  # with no arguments at all, click names the first missing one
+        cases.append(([], "Missing "))
+    for args, words in cases:
+        result = _probe(verb, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert "MLFLOW_IMPORTED=False" in result.stdout, (verb, args, result.stdout)
 
 
 def test_verb_config_error_is_still_one_line(tmp_path):

@@ -10,9 +10,8 @@ from typing import Any
 
 import click
 
-from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL, SageMakerJob
-from ade_mlflow_plugin.errors import ConfigError
+# aws.py, submitted_run.py and errors.py import mlflow and boto3 (~2 s together): they are imported
+# inside the commands, so that `--help` and usage errors of status/logs (and cost) stay fast.
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -33,6 +32,8 @@ def resolve_target(ref: str, region: str | None) -> Target:
     if not _RUN_ID.fullmatch(ref):
         return Target(ref, region, "sagemaker")
     import mlflow
+
+    from ade_mlflow_plugin.errors import ConfigError
 
     try:
         tags = mlflow.MlflowClient().get_run(ref).data.tags
@@ -58,6 +59,9 @@ def _local_status(target: Target) -> dict[str, Any]:
 @click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
 def status_command(ref: str, region: str | None) -> None:
     """Show a job's status by MLflow RUN_ID or SageMaker JOB name."""
+    from ade_mlflow_plugin.backend.aws import AwsClients
+    from ade_mlflow_plugin.backend.submitted_run import SageMakerJob
+
     target = resolve_target(ref, region)
     if target.mode == "local":
         for key, value in _local_status(target).items():
@@ -82,6 +86,8 @@ def status_command(ref: str, region: str | None) -> None:
 def _run_status(status: str) -> str:
     from mlflow.entities import RunStatus
 
+    from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS
+
     return RunStatus.to_string(RUN_STATUS[status])
 
 
@@ -96,7 +102,9 @@ def logs_command(ref: str, follow: bool, region: str | None, poll_interval: floa
     if target.mode == "local":
         _local_logs(target, follow, poll_interval)
         return
+    from ade_mlflow_plugin.backend.aws import AwsClients
     from ade_mlflow_plugin.backend.logs import LogTailer
+    from ade_mlflow_plugin.backend.submitted_run import TERMINAL, SageMakerJob
 
     clients = AwsClients(region=target.region)
     tailer = LogTailer(clients.logs, target.job_name, console=sys.stdout)
@@ -111,6 +119,8 @@ def logs_command(ref: str, follow: bool, region: str | None, poll_interval: floa
 
 def _local_logs(target: Target, follow: bool, poll_interval: float) -> None:
     if target.local_log is None or not target.local_log.is_file():
+        from ade_mlflow_plugin.errors import ConfigError
+
         raise ConfigError(f"the local log of {target.job_name} is not on this machine ({target.local_log})")
     with open(target.local_log, encoding="utf-8", errors="replace") as handle:
         while True:

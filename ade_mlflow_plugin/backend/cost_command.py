@@ -9,16 +9,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
-from botocore.exceptions import ClientError
 
-from ade_mlflow_plugin.backend import cost
-from ade_mlflow_plugin.backend.aws import AwsClients, translate
 from ade_mlflow_plugin.backend.commands import Target, resolve_target
-from ade_mlflow_plugin.backend.cost import PriceBook
-from ade_mlflow_plugin.errors import ConfigError
+
+# aws.py and errors.py import mlflow and boto3, cost.py botocore (~2 s together): they are imported
+# where used, so that `ade-mlflow cost --help` and its usage errors stay fast.
+if TYPE_CHECKING:
+    from ade_mlflow_plugin.backend.aws import AwsClients
+    from ade_mlflow_plugin.backend.cost import PriceBook
 
 HEADER = ("JOB", "INSTANCE", "SPOT", "BILLABLE", "COST", "SAVINGS")
 _NOT_FOUND = {"ValidationException", "ResourceNotFound"}
@@ -74,6 +75,8 @@ class CostReport:
     """Turns targets into rows; one AwsClients per region, one price book, each warning printed once."""
 
     def __init__(self, region: str | None, price_book: PriceBook | None = None) -> None:
+        from ade_mlflow_plugin.backend import cost
+
         self.region = region
         self.book = price_book or cost.default_price_book()
         self._clients: dict[str | None, AwsClients] = {}
@@ -81,6 +84,8 @@ class CostReport:
 
     def clients(self, region: str | None) -> AwsClients:
         if region not in self._clients:
+            from ade_mlflow_plugin.backend.aws import AwsClients
+
             self._clients[region] = AwsClients(region=region)
         return self._clients[region]
 
@@ -93,6 +98,11 @@ class CostReport:
         return self._row_of(description, target)
 
     def _describe(self, target: Target, strict: bool) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        from ade_mlflow_plugin.backend.aws import translate
+        from ade_mlflow_plugin.errors import ConfigError
+
         try:
             return self.clients(target.region).sagemaker.describe_training_job(TrainingJobName=target.job_name)
         except ClientError as exc:
@@ -105,6 +115,8 @@ class CostReport:
                               "id or --region") from exc
 
     def _row_of(self, description: dict[str, Any], target: Target) -> Row:
+        from ade_mlflow_plugin.backend import cost
+
         instance, count = cost.instances(description)
         spot = bool(description.get("EnableManagedSpotTraining"))
         row = Row(description["TrainingJobName"], f"{instance or 'mixed'} x{count}", spot,
@@ -128,6 +140,8 @@ class CostReport:
 def experiment_targets(name: str, region: str | None) -> Iterable[Target]:
     """Every run of the experiment submitted through the ade-sagemaker backend, newest first."""
     import mlflow
+
+    from ade_mlflow_plugin.errors import ConfigError
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ade_mlflow_plugin.errors import ConfigError
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
+# errors.py imports mlflow (~1.3 s), and registry/config.py imports errors.py: both are imported inside
+# the commands, so that `--help` and usage errors of the registry verbs stay fast.
+if TYPE_CHECKING:
+    from ade_mlflow_plugin.registry.config import ModelRegistryConfig
 
 _root_option = click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -18,6 +21,8 @@ _keep_option = click.option("--keep", "keep_versions", type=int, default=3, show
 
 
 def _config(root: Path | None, keep_versions: int = 3) -> ModelRegistryConfig:
+    from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
+
     return ModelRegistryConfig(root=root or default_root(), keep_versions=keep_versions)
 
 
@@ -30,6 +35,8 @@ def _client():  # noqa: ANN202 (mlflow import kept lazy)
 def _secret(var: str) -> str:
     value = os.environ.get(var, "")
     if not value:
+        from ade_mlflow_plugin.errors import ConfigError
+
         raise ConfigError(f"environment variable {var} is empty or not set; export the webhook secret "
                           f"in {var} (the same value given to webhook-register)")
     return value
@@ -88,6 +95,7 @@ def sync_command(ref: str, root: Path | None, keep_versions: int) -> None:
 def watch_command(root: Path | None, keep_versions: int, models: tuple[str, ...], interval_s: float,
                   once: bool, cursor: Path | None) -> None:
     """Poll the registry for alias and stage changes and sync them (works for legacy stages)."""
+    from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
     from ade_mlflow_plugin.registry.plugins import get_plugin_manager
     from ade_mlflow_plugin.registry.watch import CURSOR_FILE, Watcher
 
@@ -115,6 +123,8 @@ def watch_command(root: Path | None, keep_versions: int, models: tuple[str, ...]
 def webhook_server_command(secret_env: str, root: Path | None, keep_versions: int, host: str, port: int,
                            window_s: int) -> None:
     """Receive MLflow registry webhooks (HMAC-verified) and sync promoted versions."""
+    from ade_mlflow_plugin.errors import ConfigError
+    from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
     from ade_mlflow_plugin.registry.plugins import get_plugin_manager
     from ade_mlflow_plugin.registry.store import AdeStore
     from ade_mlflow_plugin.registry.webhooks import DeliveryVerifier, WebhookReceiver
