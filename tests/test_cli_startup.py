@@ -50,17 +50,9 @@ def test_usage_errors_exit_2_without_importing_mlflow():
 
 # Every verb the group lists, so a verb added later is covered without editing this file.
 VERBS = cli.list_commands(click.Context(cli))
-# make-tiny-model's module (training/tiny.py) imports errors.py, hence mlflow, at import time; it is
-# outside the CLI's files. strict: the test reports XPASS as a failure once that is fixed.
-STILL_IMPORTS_MLFLOW = {"make-tiny-model": "training/tiny.py imports errors.py (mlflow) at module level"}
 
 
-def _verb_param(verb: str):  # noqa: ANN202
-    mark = pytest.mark.xfail(reason=STILL_IMPORTS_MLFLOW[verb], strict=True) if verb in STILL_IMPORTS_MLFLOW else ()
-    return pytest.param(verb, marks=mark, id=verb)
-
-
-@pytest.mark.parametrize("verb", [_verb_param(v) for v in VERBS])
+@pytest.mark.parametrize("verb", VERBS)
 def test_verb_help_does_not_import_mlflow(verb):
     result = _probe(verb, "--help")
     assert result.returncode == 0, result.stderr
@@ -73,7 +65,7 @@ def _has_required_param(verb: str) -> bool:
     return any(param.required for param in command.params)
 
 
-@pytest.mark.parametrize("verb", [_verb_param(v) for v in VERBS])
+@pytest.mark.parametrize("verb", VERBS)
 def test_verb_usage_errors_exit_2_without_importing_mlflow(verb):
     cases = [(["--no-such-option"], "No such option '--no-such-option'")]
     if _has_required_param(verb):  # with no arguments at all, click names the first missing one

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from ade_mlflow_plugin.errors import ConfigError
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<|EOT|>"
@@ -54,6 +53,8 @@ def train_tokenizer(codebase: Path, vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from ade_mlflow_plugin.errors import ConfigError  # here: errors.py imports mlflow (keeps --help fast)
+
     texts = list(corpus(codebase))
     if not any(t.strip() for t in texts):
         raise ConfigError(f"codebase '{codebase}' has no source files to train a tokenizer on: "
@@ -92,6 +93,8 @@ def make_tiny_model(out_dir: str | Path, codebase: str | Path, *, vocab_size: in
     """Write a random-weight tiny LlamaForCausalLM and its tokenizer to out_dir; returns out_dir."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
+
+    from ade_mlflow_plugin.errors import ConfigError  # here: errors.py imports mlflow (keeps --help fast)
 
     out, source = Path(out_dir).expanduser(), Path(codebase).expanduser()
     if not source.is_dir():
