@@ -43,6 +43,26 @@ os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Temp files of the code under test land in pytest's own base temp (rotated), not loose in /tmp.
+
+    MLflow leaves a ``db_init_lock-*`` file in the temp dir for every sqlite store it opens, torch
+    elastic a ``torchelastic_*`` dir per launch; servers and jobs started by tests inherit TMPDIR.
+    """
+    import tempfile
+
+    path = tmp_path_factory.mktemp("tmp")
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
+    yield path
+    tempfile.tempdir = saved_tempdir
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
