@@ -33,7 +33,8 @@ _log = logging.getLogger(__name__)
 MLFLOW_ADDED_FILES = frozenset({"registered_model_meta"})
 #: Files at least this large are hashed while MLflow's in-order stream writes them; smaller ones after.
 FOLLOW_MIN_BYTES = 4 << 20
-#: Parallel byte ranges per file on the presigned path (files themselves download in parallel too).
+#: Parallel byte ranges per file on the presigned path when the repository does not say; MLflow's
+#: own range download uses its repository's max_workers (2 per CPU, at most 20), and so does sync.
 FETCH_WORKERS_PER_FILE = 4
 
 
@@ -153,7 +154,8 @@ class _DownloadRecorder:
         digest = fetch.fetch_presigned(fetch.PresignedUrl(presigned.url, dict(presigned.headers or {})),
                                        local_path, presigned.file_size, renew=renew,
                                        piece_bytes=MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE.get(),
-                                       workers=FETCH_WORKERS_PER_FILE, cancel=self.cancel)
+                                       workers=getattr(self._repo, "max_workers", FETCH_WORKERS_PER_FILE),
+                                       cancel=self.cancel)
         return digest, st.file_stamp(local_path)
 
     def _fetch_then_hash(self, rel: str, remote_file_path: str, local_path: str) -> tuple[str, st.Stamp]:
