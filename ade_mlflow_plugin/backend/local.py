@@ -26,6 +26,8 @@ from ade_mlflow_plugin.errors import AdeError, ConfigError
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
 CHECKPOINT_SYNC_S = 30.0
+#: SageMaker returns this much of the failure file as FailureReason.
+FAILURE_REASON_CHARS = 1024
 
 
 def _now() -> datetime:
@@ -292,9 +294,9 @@ class LocalJob:
         self._done.set()
 
     def _failure_reason(self, code: int) -> str:
+        # As SageMaker does: the failure file's first 1024 characters (the launcher puts the cause first).
         detail = self.paths.failure_file.read_text().strip() if self.paths.failure_file.is_file() else ""
-        last = detail.splitlines()[-1] if detail else f"exit code {code}"
-        return f"AlgorithmError: {last}"
+        return f"AlgorithmError: {detail[:FAILURE_REASON_CHARS].rstrip() or f'exit code {code}'}"
 
     def _upload_model(self) -> str:
         output = self.request["OutputDataConfig"]["S3OutputPath"]

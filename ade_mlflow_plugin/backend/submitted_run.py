@@ -105,7 +105,7 @@ class JobFollower:
     def _report(self, description: dict[str, Any]) -> None:
         transitions = description.get("SecondaryStatusTransitions") or []
         for transition in transitions[self._transitions_seen:]:
-            message = transition.get("StatusMessage", "")
+            message = _first_line(transition.get("StatusMessage", ""))
             self.console.write(f"{description['TrainingJobName']}: {transition['Status']}"
                                f"{' - ' + message if message else ''}\n")
         self._transitions_seen = max(self._transitions_seen, len(transitions))
@@ -120,7 +120,10 @@ class JobFollower:
         tags = {"sagemaker.status": status}
         if description.get("FailureReason"):
             tags["sagemaker.failure_reason"] = description["FailureReason"][:5000]
-            self.console.write(f"{description['TrainingJobName']} failed: {description['FailureReason']}\n")
+            # The cause leads the reason (the launcher writes it first); the rest (the output tail) is
+            # in the tag and the job's log, not on the console.
+            cause = _first_line(description["FailureReason"])
+            self.console.write(f"{description['TrainingJobName']} failed: {cause}\n")
         artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
         if artifacts:
             tags["sagemaker.model_artifacts"] = artifacts
@@ -175,3 +178,9 @@ class AdeSubmittedRun(SubmittedRun):
                 self.final = self.follower.finish(description)
                 return
             self.follower.sleep(min(5.0, self.follower.poll_interval_s))
+
+
+def _first_line(text: str) -> str:
+    """A status message's or failure reason's first line: the cause (a Failed job's carries its output tail)."""
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""

@@ -229,6 +229,18 @@ def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None
         print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
 
 
+def failure_text(tail: list[str], code: int) -> str:
+    """The failure file: the entry's last words first, then the output tail they came from.
+
+    SageMaker returns the start of this file (its first 1024 characters) as the job's FailureReason,
+    so the line that says what went wrong (an entry's one-line error, a traceback's exception) leads.
+    """
+    lines = [line for line in tail if line.strip()]
+    if not lines:
+        return f"entry exited with code {code}"
+    return lines[-1].strip() + "\n\n" + "\n".join(tail)
+
+
 def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
     try:
         paths.output_dir.mkdir(parents=True, exist_ok=True)
@@ -287,7 +299,7 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
         _end_run(launch.env, "KILLED", launch.resource)
         return EXIT_STOPPED
     if code != 0:
-        _write_failure(paths, "\n".join(entry.tail) or f"entry exited with code {code}")
+        _write_failure(paths, failure_text(list(entry.tail), code))
         _end_run(launch.env, "FAILED", launch.resource)
         return code if 0 < code < 256 else 1
     _end_run(launch.env, "FINISHED", launch.resource)

@@ -111,3 +111,9 @@ def test_a_failing_entry_fails_mlflow_run_and_the_run_says_why(tmp_path):
     assert run.data.metrics["count"] == 2  # what the entry logged before it failed stays on the run
     failure = next((tmp_path / "jobs" / "jobs").glob("*/output/failure")).read_text()
     assert "Traceback" in failure and "RuntimeError: counter: failing at step 2" in failure
+    # The cause leads the file (SageMaker shows its first 1024 characters as FailureReason), and the
+    # local job reports the same start of the file.
+    assert failure.startswith("RuntimeError: counter: failing at step 2 as asked\n\n")
+    reason = run.data.tags["sagemaker.failure_reason"]
+    assert reason.startswith("AlgorithmError: RuntimeError: counter: failing at step 2 as asked")
+    assert reason == "AlgorithmError: " + failure.strip()[:1024].rstrip()
