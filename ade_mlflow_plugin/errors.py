@@ -1,8 +1,19 @@
-"""The package's few exception types. Each message is one line naming the problem and the fix."""
+"""The package's exception types and the one place that turns third-party errors into one line.
+
+Every message a user sees is one line naming the problem and the fix. AWS (botocore) and MLflow
+errors are translated here and nowhere else: :func:`aws_error`, :func:`mlflow_error`, and
+:func:`first_line` for any other exception's text. botocore is imported only when an AWS error is
+translated, so the job side and the CLI's startup do not pay for it.
+"""
 from __future__ import annotations
 
+import re
+
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, INTERNAL_ERROR
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+#: Longest first line kept from a third-party message (a stack of HTML or JSON must not fill a terminal).
+FIRST_LINE_CHARS = 300
 
 
 class AdeError(MlflowException):
@@ -29,3 +40,111 @@ class AwsError(AdeError):
 
 class JobFailedError(AdeError):
     """The training job ended Failed or Stopped."""
+
+
+def first_line(error: BaseException | str | None, limit: int = FIRST_LINE_CHARS) -> str:
+    """The first non-empty line of an error (or a text), at most ``limit`` characters.
+
+    An exception without a message gives its type name, so a line is never empty.
+    """
+    if isinstance(error, BaseException):
+        text = getattr(error, "message", None) if isinstance(error, MlflowException) else None
+        text = str(text if text is not None else error).strip()
+        if not text:
+            return type(error).__name__
+    else:
+        text = str(error or "").strip()
+    return re.split(r"[\r\n]", text, maxsplit=1)[0][:limit]
+
+
+# ---- AWS ------------------------------------------------------------------------------------------
+
+# Error codes that mean "the user must fix something", with the fix to suggest.
+AWS_FIXES = {
+    "AccessDenied": "grant the permission (see examples/iam-policy.json) or use another role/profile",
+    "AccessDeniedException": "grant the permission (see examples/iam-policy.json) or use another role/profile",
+    # S3 answers a refused HEAD with a bare 403 and no message: name the likely cause.
+    "403": "the credentials may not read/write this bucket: grant s3:GetObject/PutObject/ListBucket "
+           "(see examples/iam-policy.json) or use another bucket",
+    "UnrecognizedClientException": "check your AWS credentials (aws sts get-caller-identity)",
+    "InvalidClientTokenId": "check your AWS credentials (aws sts get-caller-identity)",
+    "ExpiredToken": "refresh your AWS session credentials",
+    "ExpiredTokenException": "refresh your AWS session credentials",
+    "ResourceLimitExceeded": "ask AWS for a higher SageMaker quota for this instance type or pick another",
+    "NoSuchBucket": "create the bucket or set 'bucket' in the backend config to an existing one",
+    "ValidationException": "fix the value AWS names above",
+    "ResourceNotFound": "check the job name and region",
+}
+ACCESS_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "403"})
+NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "ResourceNotFound"})
+
+
+def aws_error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError ("AccessDenied", "404", ...), else ""."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    error = response.get("Error") or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode", "")
+    return str(error.get("Code") or status or "")
+
+
+def aws_reason(exc: BaseException) -> str:
+    """One short line: error code and message (an HTML error page becomes just its HTTP status)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return first_line(" ".join(str(exc).split()), 200)
+    message = " ".join(str((response.get("Error") or {}).get("Message", "")).split())
+    if message.startswith("<"):
+        message = ""
+    code = aws_error_code(exc)
+    code = f"HTTP {code}" if code.isdigit() else code
+    return f"{code}: {message[:200]}".strip(": ")
+
+
+def aws_error(action: str, exc: BaseException, fix: str | None = None) -> AwsError:
+    """Turn a botocore error into one line naming what failed and how to fix it.
+
+    ``fix`` overrides the suggestion looked up by error code (e.g. the exact permission to grant).
+    """
+    from botocore.exceptions import NoCredentialsError, NoRegionError
+
+    if isinstance(exc, NoCredentialsError):
+        return AwsError(f"{action}: no AWS credentials found; configure them (aws configure, AWS_PROFILE "
+                        "or an instance role)")
+    if isinstance(exc, NoRegionError):
+        return AwsError(f"{action}: no AWS region; set 'region' in the backend config or AWS_DEFAULT_REGION")
+    code = aws_error_code(exc)
+    if code:
+        suggestion = fix or AWS_FIXES.get(code, "see the AWS message above")
+        return AwsError(f"{action} failed: {aws_reason(exc)} ({suggestion})")
+    return AwsError(f"{action} failed: {first_line(exc)}" + (f" ({fix})" if fix else ""))
+
+
+def is_aws_error(exc: BaseException) -> bool:
+    """True for botocore's errors (client and transport), without importing botocore up front."""
+    module = type(exc).__module__ or ""
+    return module.startswith("botocore.")
+
+
+# ---- MLflow ---------------------------------------------------------------------------------------
+
+TRACKING_FIX = "check MLFLOW_TRACKING_URI and that the server is up"
+
+
+def mlflow_error(action: str, exc: BaseException, fix: str = TRACKING_FIX,
+                 error_class: type[AdeError] = AdeError) -> AdeError:
+    """One line for a failed MLflow call: what failed, MLflow's first line, and the fix."""
+    return error_class(f"{action} failed: {first_line(exc)}; {fix}")
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of any error for a warning: translated when it is AWS's or MLflow's."""
+    if is_aws_error(exc):
+        return aws_reason(exc)
+    return first_line(exc) if isinstance(exc, MlflowException) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
+__all__ = ["AdeError", "ConfigError", "AwsError", "JobFailedError", "first_line", "aws_error",
+                      "aws_error_code", "aws_reason", "is_aws_error", "mlflow_error", "describe", "AWS_FIXES",
+                      "ACCESS_DENIED", "NOT_FOUND", "TRACKING_FIX"]

@@ -13,9 +13,9 @@ from typing import Any, Callable, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from ade_mlflow_plugin.errors import AwsError, ConfigError
+from ade_mlflow_plugin.errors import AwsError, ConfigError, aws_error, aws_error_code
 
 T = TypeVar("T")
 
@@ -32,24 +32,6 @@ PRICING_CONFIG = Config(
     read_timeout=10,
     user_agent_extra="ade-mlflow-plugin",
 )
-
-# Error codes that mean "the user must fix something", with the fix to suggest.
-_USER_FIXES = {
-    "AccessDenied": "grant the permission (see examples/iam-policy.json) or use another role/profile",
-    "AccessDeniedException": "grant the permission (see examples/iam-policy.json) or use another role/profile",
-    # S3 answers a refused HEAD with a bare 403 and no message: name the likely cause.
-    "403": "the credentials may not read/write this bucket: grant s3:GetObject/PutObject/ListBucket "
-           "(see examples/iam-policy.json) or use another bucket",
-    "UnrecognizedClientException": "check your AWS credentials (aws sts get-caller-identity)",
-    "InvalidClientTokenId": "check your AWS credentials (aws sts get-caller-identity)",
-    "ExpiredToken": "refresh your AWS session credentials",
-    "ExpiredTokenException": "refresh your AWS session credentials",
-    "ResourceLimitExceeded": "ask AWS for a higher SageMaker quota for this instance type or pick another",
-    "NoSuchBucket": "create the bucket or set 'bucket' in the backend config to an existing one",
-    "ValidationException": "fix the value AWS names above",
-    "ResourceNotFound": "check the job name and region",
-}
-
 
 @dataclass
 class AwsClients:
@@ -109,25 +91,9 @@ class AwsClients:
         return self.client("sts")
 
 
-def error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return exc.response.get("Error", {}).get("Code", "")
-    return ""
-
-
-def translate(action: str, exc: BaseException) -> AwsError:
-    """Turn a botocore error into one line naming what failed and how to fix it."""
-    if isinstance(exc, NoCredentialsError):
-        return AwsError(f"{action}: no AWS credentials found; configure them (aws configure, AWS_PROFILE "
-                        "or an instance role)")
-    if isinstance(exc, NoRegionError):
-        return AwsError(f"{action}: no AWS region; set 'region' in the backend config or AWS_DEFAULT_REGION")
-    if isinstance(exc, ClientError):
-        code = error_code(exc)
-        message = exc.response.get("Error", {}).get("Message", str(exc))
-        fix = _USER_FIXES.get(code, "see the AWS message above")
-        return AwsError(f"{action} failed: {code}: {message} ({fix})")
-    return AwsError(f"{action} failed: {exc}")
+# Kept as names of this module for its callers; the translation itself lives in errors.py.
+error_code = aws_error_code
+translate = aws_error
 
 
 def aws_call(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
