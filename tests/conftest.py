@@ -6,17 +6,14 @@ AWS_ENDPOINT_URL (boto3 honours it), the MLflow server through its http:// track
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+
+from tests.servers import start_mlflow_server, stop_server, wait_http  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -69,20 +66,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A moto server in this process (so tests can edit job state through moto's backends)."""
@@ -125,38 +108,16 @@ def mlflow_server(moto_server: str, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("mlflow-server")
     boto3.client("s3").create_bucket(Bucket="mlflow-artifacts")
     port = free_port()
-    env = dict(os.environ)
-    env.setdefault("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "YHJqcTsimaUtrFqr343hRDEKQGPNrb-JNoTRd3lDdEU=")
-    env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
-    env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
-    env["MLFLOW_WEBHOOK_CACHE_TTL"] = "1"
-    # The server's background job runner (huey consumers) serves GenAI jobs the tests never submit;
-    # on 2 cores its processes only cost time. Webhook delivery does not use it (a thread pool).
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-        "--artifacts-destination", "s3://mlflow-artifacts/",
-        "--workers", "1",
-    ]
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{uri}/health", timeout=120, proc=proc)
-    except RuntimeError:
-        proc.kill()
-        raise RuntimeError((root / "server.log").read_text()[-3000:])
-    yield uri
-    # SIGTERM to the parent stops mlflow's workers; the group kill is a backstop.
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    env = {
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": os.environ.get(
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "YHJqcTsimaUtrFqr343hRDEKQGPNrb-JNoTRd3lDdEU="),
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    }
+    proc = start_mlflow_server(root, port, f"sqlite:///{root}/mlflow.db", "s3://mlflow-artifacts/", env)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(proc)
 
 
 @pytest.fixture
