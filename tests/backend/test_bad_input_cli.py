@@ -37,23 +37,53 @@ CASES = [
 ]
 
 
+# The real `mlflow run` in a subprocess costs ~10 s of interpreter and MLflow start-up each: two cases prove
+# that path (stderr, exit code, no traceback); the others run the same click command in this process.
+SUBPROCESS_CASES = {"unknown-key", "float-param"}
+
+
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('bad-input')}/mlflow.db"
 
 
+def _run_in_process(args: list[str], env: dict[str, str], cwd, monkeypatch) -> tuple[int, str]:
+    """`mlflow run ARGS` through MLflow's own click group in this process: (exit code, stderr)."""
+    import mlflow
+    from click.testing import CliRunner
+    from mlflow.cli import cli
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(cwd)
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        result = CliRunner().invoke(cli, args, catch_exceptions=True)
+    finally:
+        mlflow.set_tracking_uri(None)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stderr
+
+
 @pytest.mark.parametrize("case_id,config,args,words", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_one_line_exit_2_no_aws_call(case_id, config, args, words, project, data_dir, tmp_path,
-                                                aws_call_counter, tracking):
+                                                aws_call_counter, tracking, monkeypatch):
     endpoint, counter = aws_call_counter
     needs_data = case_id not in {"missing-param", "missing-path"}
     data_args = ["-P", f"data={data_dir}"] if needs_data else []
-    result = mlflow_run(project, ["--backend-config", json.dumps(config), *data_args, *args],
-                        env={"AWS_ENDPOINT_URL": endpoint, "MLFLOW_TRACKING_URI": tracking}, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("ade-sagemaker: error:")]
-    assert len(lines) == 1, result.stderr
+    cli_args = ["--backend-config", json.dumps(config), *data_args, *args]
+    env = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_TRACKING_URI": tracking}
+    if case_id in SUBPROCESS_CASES:
+        result = mlflow_run(project, cli_args, env=env, cwd=tmp_path)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, stderr = _run_in_process(["run", str(project), "-b", "ade-sagemaker", *cli_args], env, tmp_path,
+                                       monkeypatch)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("ade-sagemaker: error:")]
+    assert len(lines) == 1, stderr
     for word in words:
         assert word in lines[0], lines[0]
     assert counter.count == 0, f"{counter.count} AWS calls were made"
