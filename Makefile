@@ -38,7 +38,7 @@ test: $(STAMP) browser
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m ade_mlflow_plugin.demo
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m examples.demo
 
 clean:
 	rm -rf $(VENV) .ade build *.egg-info

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ade_mlflow_plugin.demo import DemoResult
+from examples.demo import DemoResult
 
 
 @dataclass
@@ -21,8 +21,8 @@ class DemoFlow:
 
 @pytest.fixture(scope="session")
 def demo_flow(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> DemoFlow:
-    """`make demo`'s code (ade_mlflow_plugin.demo.run_demo) pointed at the test server, in a tmp root."""
-    from ade_mlflow_plugin.demo import run_demo
+    """`make demo`'s code (examples.demo.run_demo) pointed at the test server, in a tmp root."""
+    from examples.demo import run_demo
     from ade_mlflow_plugin.errors import AdeError
 
     root = tmp_path_factory.mktemp("demo")

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from ade_mlflow_plugin.demo import MODEL_NAME, SETTINGS, TRAINING, run_logged, summary
+from examples.demo import MODEL_NAME, SETTINGS, TRAINING, run_logged, summary
 from ade_mlflow_plugin.errors import AdeError
 from tests.conftest import REPO_ROOT
 
@@ -119,7 +119,7 @@ def test_a_silent_step_prints_a_heartbeat_and_a_failed_step_is_one_error(tmp_pat
 def test_demo_refuses_a_file_as_models_root(tmp_path):
     target = tmp_path / "models.txt"
     target.write_text("not a folder")
-    proc = subprocess.run([sys.executable, "-m", "ade_mlflow_plugin.demo", "--workdir", str(tmp_path / "w"),
+    proc = subprocess.run([sys.executable, "-m", "examples.demo", "--workdir", str(tmp_path / "w"),
                            "--models-root", str(target)], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2

@@ -268,7 +268,7 @@ def demo_command(workdir: Path, models_root: Path, tracking_uri: str | None, job
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m ade_mlflow_plugin.demo`: errors as one line, exit 2 for bad input, 1 for a failure."""
+    """`python -m examples.demo`: errors as one line, exit 2 for bad input, 1 for a failure."""
     try:
         demo_command.main(args=argv, standalone_mode=False)
     except click.ClickException as exc:
