@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
-from ade_mlflow_plugin.container.procs import kill_tree
+from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
+from ade_mlflow_plugin.job.procs import kill_tree
 from ade_mlflow_plugin.errors import AdeError, ConfigError
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
@@ -185,7 +185,7 @@ class LocalJob:
         self._transition("Training", "Training in progress on this machine")
         self._started = _now()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ade_mlflow_plugin.container.launcher"], cwd=self.root, env=self._env(),
+            [sys.executable, "-m", "ade_mlflow_plugin.job.launcher"], cwd=self.root, env=self._env(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
         self._pump = threading.Thread(target=self._pump_output, daemon=True)
         self._pump.start()

@@ -39,7 +39,7 @@ BUNDLE_DIR = "_ade_bundle"
 SHIM_SOURCE = (
     "import os, sys\n"
     "sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), \"_ade_bundle\"))\n"
-    "from ade_mlflow_plugin.container.launcher import main\n"
+    "from ade_mlflow_plugin.job.launcher import main\n"
     "sys.exit(main())\n"
 )
 _FIXED_MTIME = 315532800  # 1980-01-01, the zip epoch: any fixed value makes the archive reproducible

@@ -149,7 +149,7 @@ def _algorithm(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, Any]
         # SageMaker signals only PID 1 on stop and spot reclaim, and AWS's toolkit does not pass SIGTERM on
         # (aws/sagemaker-training-toolkit#125): the bootstrap makes our launcher PID 1 so the entry gets
         # its 120 s to checkpoint. It unpacks sagemaker_submit_directory exactly as the toolkit would.
-        from ade_mlflow_plugin.container.bootstrap import container_entrypoint
+        from ade_mlflow_plugin.job.bootstrap import container_entrypoint
 
         algorithm.update(container_entrypoint())
     return algorithm

@@ -6,7 +6,7 @@ import sys
 def test_client_side_imports_no_training_stack():
     code = ("import sys; import ade_mlflow_plugin.cli, ade_mlflow_plugin.launch, "
             "ade_mlflow_plugin.backend.project_backend, ade_mlflow_plugin.backend.commands, "
-            "ade_mlflow_plugin.backend.local, ade_mlflow_plugin.container.launcher, ade_mlflow_plugin.config; "
+            "ade_mlflow_plugin.backend.local, ade_mlflow_plugin.job.launcher, ade_mlflow_plugin.config; "
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -2,7 +2,7 @@
 
 Started through the `ade_entry.py` shim with the code already unpacked next to it (by bootstrap.py,
 which keeps the launcher at PID 1 so SageMaker's SIGTERM reaches it, or by AWS's toolkit), or by the
-local runner as `python -m ade_mlflow_plugin.container.launcher` (code fetched from
+local runner as `python -m ade_mlflow_plugin.job.launcher` (code fetched from
 `sagemaker_submit_directory` and unpacked safely). It ends the MLflow run itself (FINISHED, FAILED,
 KILLED), so the run is right even when nobody follows the job, and writes output/failure on error.
 """
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.container import contract
-from ade_mlflow_plugin.container.deps import install_missing_requirements
-from ade_mlflow_plugin.container.procs import wait_for_group
+from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job.deps import install_missing_requirements
+from ade_mlflow_plugin.job.procs import wait_for_group
 
 EXIT_STOPPED = 143
 FAILURE_TAIL_LINES = 40

@@ -15,9 +15,9 @@ import botocore.session
 import mlflow
 
 from ade_mlflow_plugin.backend import packaging
-from ade_mlflow_plugin.container.bootstrap import ARG_LIMIT, container_entrypoint
-from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
-from tests.container.test_bad_job_input import COUNTER, _request, _tarball
+from ade_mlflow_plugin.job.bootstrap import ARG_LIMIT, container_entrypoint
+from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
+from tests.job.test_bad_job_input import COUNTER, _request, _tarball
 
 
 def _code_on_s3(bucket: str, archive: Path) -> str:

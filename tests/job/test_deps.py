@@ -18,9 +18,9 @@ import pytest
 
 from ade_mlflow_plugin.backend import packaging
 from ade_mlflow_plugin.backend.local import LocalJob
-from ade_mlflow_plugin.container.deps import declared_requirements, missing_requirements
+from ade_mlflow_plugin.job.deps import declared_requirements, missing_requirements
 from tests.conftest import FIXTURES
-from tests.container.test_bad_job_input import _request, _run
+from tests.job.test_bad_job_input import _request, _run
 
 
 def _wheel(dest: Path, name: str = "adetoy", version: str = "1.0") -> Path:

@@ -12,7 +12,7 @@ import pytest
 from ade_mlflow_plugin.backend import local
 from ade_mlflow_plugin.backend.local import LocalJob, Location
 from ade_mlflow_plugin.errors import ConfigError
-from tests.container.test_bad_job_input import _request
+from tests.job.test_bad_job_input import _request
 
 
 def _channel(name: str, uri: str) -> dict:

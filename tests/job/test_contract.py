@@ -6,8 +6,8 @@ import json
 import mlflow
 import pytest
 
-from ade_mlflow_plugin.container import contract, launcher
-from tests.container.test_bad_job_input import _request
+from ade_mlflow_plugin.job import contract, launcher
+from tests.job.test_bad_job_input import _request
 
 
 def test_contract_files_and_sm_environment_follow_the_request(sqlite_tracking, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from tests.container.test_bad_job_input import _request, _run
+from tests.job.test_bad_job_input import _request, _run
 
 
 def test_two_process_gloo_run_through_the_launcher(sqlite_tracking, tmp_path, monkeypatch):
@@ -30,7 +30,7 @@ def test_two_process_gloo_run_through_the_launcher(sqlite_tracking, tmp_path, mo
     ({"current_host": "algo-1", "hosts": ["algo-1"]}, 8, ["--nnodes=1", "--node_rank=0", "--nproc_per_node=8"]),
 ])
 def test_torchrun_arguments_follow_the_contract(resource, gpus, expected, monkeypatch):
-    from ade_mlflow_plugin.container.launcher import distributed
+    from ade_mlflow_plugin.job.launcher import distributed
 
     monkeypatch.delenv("ADE_NPROC_PER_NODE", raising=False)
     command = distributed("python entrypoints/main.py --lora_r 16", resource, gpus)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from ade_mlflow_plugin.container.procs import descendants, group_members, kill_tree
+from ade_mlflow_plugin.job.procs import descendants, group_members, kill_tree
 
 # A parent that starts a grandchild in a session of its own (as torchrun does with its workers).
 TREE = ("import subprocess, sys, time; "

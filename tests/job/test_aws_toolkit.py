@@ -9,7 +9,7 @@ import sys
 import mlflow
 
 from ade_mlflow_plugin.backend.local import Location
-from ade_mlflow_plugin.container.contract import ContainerPaths, write_contract
+from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
 from tests.conftest import submit_to_moto
 
 
@@ -44,7 +44,7 @@ def test_toolkit_does_not_pass_sigterm_on_which_is_why_jobs_start_through_the_bo
     import time
 
     from ade_mlflow_plugin.backend import packaging
-    from tests.container.test_bad_job_input import COUNTER, _request
+    from tests.job.test_bad_job_input import COUNTER, _request
 
     archive = packaging.build_project_tarball(COUNTER, tmp_path / "code").path
     request, _ = _request(tmp_path, sqlite_tracking, code_uri=str(archive),
