@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,10 +19,9 @@ from typing import Any
 from mlflow.environment_variables import MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
-from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
-from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
-from ade_mlflow_plugin.errors import AdeError
+from ade_mlflow_plugin.adapters import mlflow_artifacts
+from ade_mlflow_plugin.errors import AdeError, first_line
 from ade_mlflow_plugin.registry import fetch
 from ade_mlflow_plugin.registry import store as st
 
@@ -69,8 +67,9 @@ def download_verified(repo: ArtifactRepository, what: str, dst: Path, fetched: t
 class _DownloadRecorder:
     """Watches MLflow's own download through the repository that fetches the files.
 
-    MLflow's download_artifacts lists the repository and then calls ``_download_file`` per file in
-    its thread pool; both are wrapped on this repository instance only. Listed paths are checked
+    MLflow's download_artifacts lists the repository and then calls its per-file writer in its
+    thread pool; both are wrapped on this repository instance only (the writer through
+    adapters.mlflow_artifacts; without it every file is hashed after the download). Listed paths are checked
     before anything is fetched; each file is hashed in the worker that fetches it, so hashing
     overlaps the rest of the download: while it lands (presigned ranges fetched by fetch.py, or
     MLflow's in-order stream), else right after MLflow's writer returns.
@@ -92,8 +91,14 @@ class _DownloadRecorder:
         inner = _fetching_repo(repo)
         self._mode = download_mode(inner, presigned_fetch)
         self._repo = inner
-        self._list, self._fetch = inner.list_artifacts, inner._download_file
-        inner.list_artifacts, inner._download_file = self._list_artifacts, self._download_file
+        self._list = inner.list_artifacts
+        inner.list_artifacts = self._list_artifacts
+        self._fetch: mlflow_artifacts.Writer | None = None
+        mlflow_artifacts.wrap_file_writer(inner, self._writer)
+
+    def _writer(self, original: mlflow_artifacts.Writer) -> mlflow_artifacts.Writer:
+        self._fetch = original
+        return self._download_file
 
     def _list_artifacts(self, path: str | None = None) -> list[Any]:
         infos = self._list(path)
@@ -127,7 +132,7 @@ class _DownloadRecorder:
         """The first failed file's error as one line (never a URL: presigned URLs carry credentials)."""
         rel, exc = self.failure  # type: ignore[misc]
         if isinstance(exc, AdeError):
-            return AdeError(f"downloading {rel} of models:/{what} failed: {first_line(str(exc))}")
+            return AdeError(f"downloading {rel} of models:/{what} failed: {first_line(exc)}")
         status = getattr(getattr(exc, "response", None), "status_code", None)
         reason = f"HTTP {status}" if status else type(exc).__name__
         return AdeError(f"downloading {rel} of models:/{what} failed ({reason}); check the artifact store "
@@ -140,18 +145,20 @@ class _DownloadRecorder:
         the server gives no presigned URL or size for this file.
         """
         try:
-            presigned = self._repo._get_presigned_download_url(remote_file_path)
+            presigned = mlflow_artifacts.presigned_download(self._repo, remote_file_path)
         except Exception as exc:  # noqa: BLE001 - MLflow's own download path follows and raises
-            _log.debug("no presigned URL for %s (%s); MLflow downloads it", remote_file_path, exc)
+            _log.debug("no presigned URL for %s (%s); MLflow downloads it", remote_file_path, first_line(exc))
             return None
-        if presigned.file_size is None:
+        if presigned is None or presigned.file_size is None:
             return None
 
         def renew() -> fetch.PresignedUrl:
-            fresh = self._repo._get_presigned_download_url(remote_file_path)
-            return fetch.PresignedUrl(fresh.url, dict(fresh.headers or {}))
+            fresh = mlflow_artifacts.presigned_download(self._repo, remote_file_path)
+            if fresh is None:
+                raise fetch.FetchError(f"MLflow gave no new presigned URL for {remote_file_path}")
+            return fetch.PresignedUrl(fresh.url, fresh.headers)
 
-        digest = fetch.fetch_presigned(fetch.PresignedUrl(presigned.url, dict(presigned.headers or {})),
+        digest = fetch.fetch_presigned(fetch.PresignedUrl(presigned.url, presigned.headers),
                                        local_path, presigned.file_size, renew=renew,
                                        piece_bytes=MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE.get(),
                                        workers=getattr(self._repo, "max_workers", FETCH_WORKERS_PER_FILE),
@@ -165,7 +172,7 @@ class _DownloadRecorder:
         with ThreadPoolExecutor(max_workers=1) as follower:  # starts a thread only when following
             followed = follower.submit(st.sha256_following, local_path, done) if follow else None
             try:
-                self._counted(self._fetch, remote_file_path, local_path)
+                self._counted(self._fetch, remote_file_path, local_path)  # type: ignore[arg-type]
             finally:
                 done.set()
         result = followed.result() if followed else None
@@ -193,22 +200,19 @@ def download_mode(repo: ArtifactRepository, presigned_fetch: bool = True) -> str
     "presigned": mlflow-artifacts:/ on a server that offers presigned downloads (S3 stores): sync
     fetches each file itself from the presigned URL MLflow asks the server for (fetch.py; streamed
     ranges hashed in order, about twice as fast here as MLflow's buffered ranges).
-    "stream": HttpArtifactRepository._download_file, which writes the server's stream in order, so
-    the file is hashed while it grows. "other": MLflow's writer, the file hashed right after.
+    "stream": MLflow's HTTP writer, which writes the server's stream in order, so the file is hashed
+    while it grows. "other": MLflow's writer, the file hashed right after.
     """
-    method = type(repo)._download_file
-    if method is HttpArtifactRepository._download_file:
+    kind = mlflow_artifacts.writer_kind(repo)
+    if kind != "multipart":
+        return kind
+    try:  # MLflow's own check (one server-info call, cached on the repository for the download)
+        multipart = mlflow_artifacts.multipart_download_enabled(repo)
+    except Exception:  # noqa: BLE001 - then MLflow's download reports the server problem itself
+        return "other"
+    if not multipart:
         return "stream"
-    if method is MlflowArtifactsRepository._download_file:
-        try:  # MLflow's own check (one server-info call, cached on the repository for the download)
-            multipart = repo._is_multipart_download_enabled()
-        except Exception:  # noqa: BLE001 - then MLflow's download reports the server problem itself
-            return "other"
-        if not multipart:
-            return "stream"
-        usable = presigned_fetch and hasattr(repo, "_get_presigned_download_url")
-        return "presigned" if usable else "other"
-    return "other"
+    return "presigned" if presigned_fetch and mlflow_artifacts.can_presign(repo) else "other"
 
 
 def _fetching_repo(repo: ArtifactRepository) -> ArtifactRepository:
@@ -242,8 +246,3 @@ def verify_against_listing(files: dict[str, dict[str, Any]], expected: dict[str,
     if missing or extra or wrong:
         raise AdeError(f"download of {what} does not match the artifact store (missing {missing[:3]}, "
                        f"unexpected {extra[:3]}, wrong size {wrong[:3]}); sync again")
-
-
-def first_line(text: str) -> str:
-    """The first line of a (possibly multi-line) error text, at most 300 characters."""
-    return re.split(r"[\r\n]", str(text).strip(), maxsplit=1)[0][:300]
