@@ -1,9 +1,8 @@
 """Download one file from a presigned URL in byte ranges, taking its sha256 in order as it lands.
 
 MLflow's own presigned multipart download (used for mlflow-artifacts:/ when the server stores
-artifacts in S3) reads each 100 MB range whole into memory
-and writes it in one go, and the ranges finish in any order, so a checksum can only start once the
-file is complete. Here every range streams to its offset in the file in 1 MB pieces, and the caller's
+artifacts in S3) reads each 100 MB range whole into memory and writes it in one go, and the ranges
+finish in any order, so a checksum can only start once the file is complete. Here every range streams to its offset in the file in 1 MB pieces, and the caller's
 thread hashes the contiguous prefix while it grows: the digest is ready moments after the last byte.
 
 Robustness: a range that breaks midway resumes from its last written byte; an expired URL is renewed
