@@ -6,14 +6,14 @@ import logging
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.adapters.mlflow_transformers import pinned_hub_revision
+from ade_mlflow_plugin.errors import ConfigError, mlflow_error
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "model"  # name of the logged model inside the run
@@ -135,23 +135,6 @@ def reference_for(model: Any, base_dir: Path | None, base_model: str | None = No
                           scratch_roots=scratch_roots())
 
 
-@contextmanager
-def _pinned_hub_revision(repo: str, revision: str | None) -> Iterator[None]:
-    """MLflow records the hub's LATEST commit for a weight-less PEFT base (an HfApi call at log time, which
-    fails offline and may name a newer base than the one trained on). Answer with the snapshot's commit."""
-    from mlflow.transformers import flavor_config
-
-    original = getattr(flavor_config, "get_latest_commit_for_repo", None)
-    if revision is None or original is None:  # not cached, or MLflow changed: its own lookup (needs the hub)
-        yield
-        return
-    flavor_config.get_latest_commit_for_repo = lambda name: revision if name == repo else original(name)
-    try:
-        yield
-    finally:
-        flavor_config.get_latest_commit_for_repo = original
-
-
 def _base_card(base_dir: Path | None) -> Any:
     """The base's model card from the cached snapshot (else MLflow tries to fetch it from the hub)."""
     readme = base_dir / "README.md" if base_dir is not None else None
@@ -201,16 +184,6 @@ def save_publishable(chosen: Publishable, tokenizer: Any, out_dir: Path) -> Path
     return out_dir
 
 
-def log_model(model: Any, tokenizer: Any, *, base_dir: Path | None, merge: bool, quantized: bool,
-              max_new_tokens: int, base_model: str | None = None) -> Any:
-    """mlflow.transformers.log_model of a merged model (merge=True: `model` is merged already), or of the
-    adapter with a base reference that works away from the job (see publishable)."""
-    chosen = Publishable(model, None) if merge else publishable(model, base_dir, merge_adapter=False,
-                                                                 base_model=base_model)
-    return log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=quantized,
-                           max_new_tokens=max_new_tokens)
-
-
 def log_publishable(chosen: Publishable, tokenizer: Any, *, base_dir: Path | None, quantized: bool,
                     max_new_tokens: int) -> Any:
     """Log what publishable() chose: the merged model, or the adapter by base folder path or hub repo."""
@@ -227,7 +200,8 @@ def log_publishable(chosen: Publishable, tokenizer: Any, *, base_dir: Path | Non
         return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer},
                                              base_model_path=str(base_dir), **common)
     repo = model.get_base_model().name_or_path
-    with _pinned_hub_revision(repo, reference.revision):
+    # MLflow would ask the hub for the repo's LATEST commit (fails offline, may be newer than trained on).
+    with pinned_hub_revision(repo, reference.revision):
         info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer},
                                              model_card=_base_card(base_dir), **common)
     logger.info("logged the adapter; %s", reference.reason)
@@ -253,7 +227,7 @@ def register(model_uri: str, name: str, tags: dict[str, Any]) -> Any:
     try:
         return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     except mlflow.exceptions.MlflowException as exc:
-        raise AdeError(f"registering '{name}' failed: {exc.message.splitlines()[0][:300]}") from exc
+        raise mlflow_error(f"registering '{name}'", exc) from exc
 
 
 def version_tags(*, base_model: str, digest: str | None, commit: str, metrics: dict[str, float]) -> dict[str, Any]:

@@ -95,6 +95,11 @@ def adapter_on(tiny_model):
     return build
 
 
+def _log(model, tokenizer, base_dir: Path):  # noqa: ANN001, ANN202 - what the pipeline logs
+    chosen = modelio.publishable(model, base_dir, merge_adapter=False)
+    return modelio.log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=False, max_new_tokens=4)
+
+
 def _logits(model, tokenizer):
     import torch
 
@@ -119,8 +124,7 @@ def test_base_from_a_job_channel_is_merged_and_loads_after_the_job(adapter_on, t
     model, tokenizer = adapter_on(channel)
     expected = _logits(model, tokenizer)
     with caplog.at_level(logging.INFO, logger=modelio.__name__), mlflow.start_run():
-        info = modelio.log_model(model, tokenizer, base_dir=source.resolve(), merge=False, quantized=False,
-                                 max_new_tokens=4)
+        info = _log(model, tokenizer, source.resolve())
     lines = [r.getMessage() for r in caplog.records if r.name == modelio.__name__ and "merging" in r.getMessage()]
     assert len(lines) == 1 and str(job) in lines[0]
     flavor = info.flavors["transformers"]
@@ -139,8 +143,7 @@ def test_folder_the_user_named_stays_a_path_reference(adapter_on, tiny_model, sq
     monkeypatch.delenv("SAGEMAKER_BASE_DIR", raising=False)
     model, tokenizer = adapter_on(tiny_model)
     with mlflow.start_run():
-        info = modelio.log_model(model, tokenizer, base_dir=tiny_model.resolve(), merge=False, quantized=False,
-                                 max_new_tokens=4)
+        info = _log(model, tokenizer, tiny_model.resolve())
     flavor = info.flavors["transformers"]
     assert flavor["local_base_model_path"] == str(tiny_model.resolve()) and flavor["peft_adaptor"] == "peft"
 
@@ -165,8 +168,9 @@ ids = torch.tensor([tokenizer("def add(a, b):\\n")["input_ids"]])
 with torch.no_grad():
     torch.save({"ids": ids, "logits": model(input_ids=ids).logits}, out + ".pt")
 with mlflow.start_run():
-    info = modelio.log_model(model, tokenizer, base_dir=local_model_dir(repo), merge=False, quantized=False,
-                             max_new_tokens=4)
+    chosen = modelio.publishable(model, local_model_dir(repo), merge_adapter=False)
+    info = modelio.log_publishable(chosen, tokenizer, base_dir=local_model_dir(repo), quantized=False,
+                                   max_new_tokens=4)
 json.dump({"uri": info.model_uri, "flavor": info.flavors["transformers"]}, open(out + ".json", "w"))
 """
 LOAD_SIDE = """

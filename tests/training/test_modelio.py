@@ -28,7 +28,8 @@ def test_merged_model_logged_equals_base_plus_adapter(trained_peft, tiny_model, 
     merged = modelio.merged(model, str(tiny_model))
     assert not hasattr(merged, "peft_config")
     with mlflow.start_run():
-        info = modelio.log_model(merged, tokenizer, base_dir=None, merge=True, quantized=False, max_new_tokens=8)
+        info = modelio.log_publishable(modelio.Publishable(merged, None), tokenizer, base_dir=None, quantized=False,
+                                       max_new_tokens=8)
     pins = open(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read()
     assert "peft==" in pins and "torch==" in pins and "torchvision" not in pins and "+cpu" not in pins
 
@@ -48,7 +49,7 @@ def test_adapter_without_local_base_is_a_clear_error(trained_peft):
 
     model, tokenizer = trained_peft
     with pytest.raises(ConfigError, match="merge_adapter=true"):
-        modelio.log_model(model, tokenizer, base_dir=None, merge=False, quantized=False, max_new_tokens=8)
+        modelio.publishable(model, None, merge_adapter=False)
 
 
 def test_evaluate_entry_scores_a_logged_adapter(trained_peft, tiny_model, prepared_dataset, sqlite_tracking,
@@ -57,7 +58,8 @@ def test_evaluate_entry_scores_a_logged_adapter(trained_peft, tiny_model, prepar
 
     model, tokenizer = trained_peft
     with mlflow.start_run() as run:
-        info = modelio.log_model(model, tokenizer, base_dir=tiny_model, merge=False, quantized=False, max_new_tokens=8)
+        chosen = modelio.publishable(model, tiny_model, merge_adapter=False)
+        info = modelio.log_publishable(chosen, tokenizer, base_dir=tiny_model, quantized=False, max_new_tokens=8)
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
     code = entry.evaluate(["--model_uri", info.model_uri, "--dataset", str(prepared_dataset),
                            "--max_new_tokens", "4.0", "--num_samples", "2", "--max_seq_len", "256"])
