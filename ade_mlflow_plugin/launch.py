@@ -94,9 +94,9 @@ async def launch_training_job_async(codebase_path: str, output_dir: str | None =
 def _backend_config_option(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    from ade_mlflow_plugin.config import _load_raw
+    from ade_mlflow_plugin.config import read_backend_config
 
-    return _load_raw(value)
+    return read_backend_config(value)
 
 
 @click.command("launch")

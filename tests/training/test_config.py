@@ -29,15 +29,16 @@ def test_target_modules_list():
 
 
 @pytest.mark.parametrize("name, value, expected", [
-    ("lora_r", "16.5", "whole number"),
-    ("lora_r", "0", "whole number"),
-    ("batch_size", "four", "a number"),
-    ("quantization", "3bit", "none or 8bit or 4bit"),
+    ("lora_r", "16.5", "an integer between 1 and 1024"),
+    ("lora_r", "0", "an integer between 1 and 1024"),
+    ("batch_size", "four", "an integer >= 1"),
+    ("lora_alpha", "0", "a positive number"),
+    ("quantization", "3bit", "'none' or '8bit' or '4bit'"),
     ("merge_adapter", "maybe", "true or false"),
     ("learning_rate", "0", "(0.0, 1.0]"),
     ("lora_dropout", "1", "[0.0, 1.0)"),
     ("eval_fraction", "-0.1", "[0.0, 1.0)"),
-    ("max_seq_len", "8", "whole number >= 16"),
+    ("max_seq_len", "8", "an integer >= 16"),
     ("target_modules", "q proj", "all-linear or module names"),
     ("epochs", "nan", "finite"),
 ])
@@ -54,7 +55,7 @@ def test_unknown_param_gets_did_you_mean():
 
 
 def test_zero_epochs_without_max_steps_is_refused():
-    with pytest.raises(ConfigError, match="'epochs' must be > 0 when max_steps is 0"):
+    with pytest.raises(ConfigError, match="'epochs': must be > 0 when max_steps is 0"):
         TrainingConfig.from_params({"epochs": "0"})
     assert TrainingConfig.from_params({"epochs": "0", "max_steps": "5"}).max_steps == 5
 

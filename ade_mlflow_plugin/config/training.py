@@ -1,0 +1,166 @@
+"""TrainingConfig: the training parameters of the MLproject entries, each declared once (options kit).
+
+MLflow hands every parameter over as a string and `float`-typed MLproject params arrive as "16" or
+"16.0", so integer fields accept both. Every bad value raises ConfigError naming the parameter, the
+value and what to pass instead. The backend checks a run's params with these same parsers before it
+creates the run; the entries' command lines (and --help) are built from these fields. No torch here.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from ade_mlflow_plugin.options import (Invalid, Option, Style, boolean, choice, from_mapping, option,
+                                       options_class, real, text, whole)
+
+DEFAULT_BASE_MODEL = "deepseek-ai/deepseek-coder-1.3b-instruct"
+QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
+SCHEDULER_CHOICES = ("cosine", "linear", "constant_with_warmup")
+# Share of decoder layers a quantized (QLoRA) run checkpoints by default: on an H200 with the 1.3b model,
+# batch 16, it brought peak memory from 0.97x to under 0.8x of LoRA's at ~7% speed (benchmarks/RESULTS.md).
+AUTO_CHECKPOINT_SHARE = 0.6
+STYLE = Style("parameter", unknown="unknown training parameter '{key}' ({fix})")
+
+
+def auto_or_whole(value: Any) -> str:
+    """"auto" or an integer >= 0, kept as text so that the MLflow param reads as the user wrote it."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return str(whole(0)(value))
+    except Invalid:
+        raise Invalid("auto or a whole number >= 0") from None
+
+
+def modules(value: Any) -> str:
+    """`all-linear` or a comma-separated list of module names such as `q_proj,v_proj`."""
+    parsed = text(required=True)(value)
+    if parsed.lower() == "all-linear":
+        return "all-linear"
+    parts = [p.strip() for p in parsed.split(",")]
+    if any(not p or not p.replace("_", "").replace(".", "").isalnum() for p in parts):
+        raise Invalid("all-linear or module names separated by commas, e.g. q_proj,v_proj")
+    return ",".join(parts)
+
+
+def optional_path(value: Any) -> str | None:
+    """A path or URI; unset or empty is None."""
+    return None if value is None else (text()(value) or None)
+
+
+# Declared once, shared with the dataset options (config/dataset.py): the `main` entry mines the codebase
+# with the same values the `prepare_data` entry and `ade-mlflow prepare-data` take.
+NUM_EXAMPLES = Option(1000, whole(1), "most examples to make from the codebase (all there are if fewer)")
+SYNTHETIC_RATIO = Option(0.3, real(0.0, 1.0), "share of synthetic examples, 0 to 1")
+EVAL_FRACTION = Option(0.1, real(0.0, 1.0, hi_open=True), "share of examples (whole files) held out for eval")
+SEED = Option(42, whole(0, 2**32 - 1), "random seed for data selection, splits and training")
+BASE_MODEL = Option(DEFAULT_BASE_MODEL, text(required=True),
+                    "base model: hub name, local folder, or models:/NAME@ALIAS of a registered version")
+MAX_SEQ_LEN = Option(2048, whole(16), "longest sequence, tokens")
+MAX_NEW_TOKENS = Option(64, whole(0), "most tokens generated per eval example")
+
+
+@options_class
+@dataclass
+class TrainingConfig:
+    """What one training job does. Defaults suit deepseek-coder-1.3b with LoRA on one 24 GB GPU (A10G/L4)."""
+
+    OPTIONS_STYLE: ClassVar[Style] = STYLE
+
+    # data (the `main` entry mines `codebase`; `train` reads a prepared `dataset`)
+    codebase: str | None = option(None, optional_path, "codebase to mine (the main entry)")
+    dataset: str | None = option(None, optional_path, "prepared dataset folder (the train entry)")
+    num_examples: int = NUM_EXAMPLES.field()
+    synthetic_ratio: float = SYNTHETIC_RATIO.field()
+    eval_fraction: float = EVAL_FRACTION.field()
+    # model and adapter
+    base_model: str = BASE_MODEL.field()
+    lora_r: int = option(16, whole(1, 1024), "LoRA rank")
+    lora_alpha: float = option(32.0, real(0.0, lo_open=True), "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = option(0.0, real(0.0, 1.0, hi_open=True),
+                                 "LoRA dropout; PEFT's default 0, as 0.05 costs ~9% speed and ~40% activation memory")
+    target_modules: str = option("all-linear", modules,
+                                 "modules to adapt: all-linear, or names separated by commas (q_proj,v_proj)")
+    quantization: str = option("none", choice(*QUANTIZATION_CHOICES),
+                               "quantize the base model: none (LoRA), 8bit or 4bit (QLoRA)")
+    # optimisation: effective batch 4 x 4 = 16 sequences of up to 2048 tokens per step
+    learning_rate: float = option(2e-4, real(0.0, 1.0, lo_open=True), "peak learning rate")
+    epochs: float = option(2.0, real(0.0), "passes over the training split (max_steps, when set, wins)")
+    max_steps: int = option(0, whole(0), "optimizer steps to train; 0: as many as epochs make")
+    batch_size: int = option(4, whole(1), "sequences per device per step")
+    grad_accumulation: int = option(4, whole(1), "steps of gradients summed per optimizer step")
+    max_seq_len: int = MAX_SEQ_LEN.field()
+    seed: int = SEED.field()
+    packing: bool = option(True, boolean(), "pack several examples into each sequence (faster)")
+    warmup_ratio: float = option(0.03, real(0.0, 1.0, hi_open=True), "share of steps spent warming up")
+    lr_scheduler: str = option("cosine", choice(*SCHEDULER_CHOICES), "learning-rate schedule")
+    weight_decay: float = option(0.0, real(0.0), "AdamW weight decay")
+    gradient_checkpointing: bool = option(False, boolean(),
+                                          "recompute every decoder layer in backward: least memory, slowest")
+    checkpoint_layers: str = option("auto", auto_or_whole,
+                                    "recompute only this many decoder layers in backward, a memory/speed trade "
+                                    f"in between; auto: {AUTO_CHECKPOINT_SHARE:.0%} of them with a quantized "
+                                    "base (what QLoRA is for, at a few % speed), none otherwise")
+    # speed options (training/speed.py): on by default, each one a switch to turn it off
+    flex_attention: bool = option(True, boolean(), "flex attention over packed sequences (GPU)")
+    compile_layers: bool = option(True, boolean(), "torch.compile each decoder layer (GPU)")
+    fused_loss: bool = option(True, boolean(), "fused linear cross-entropy loss (GPU, liger)")
+    bf16_adapters: bool = option(True, boolean(), "LoRA adapters in bf16 where the GPU has it (fp32 costs 13%)")
+    # bookkeeping
+    logging_steps: int = option(10, whole(1), "log metrics every this many steps")
+    save_steps: int = option(100, whole(1), "checkpoint (and evaluate) every this many steps")
+    keep_checkpoints: int = option(3, whole(1), "most checkpoints kept")
+    eval_samples: int = option(32, whole(0), "eval examples generated from for exact_match; 0: none")
+    max_new_tokens: int = MAX_NEW_TOKENS.field()
+    registered_model_name: str = option("", text(), "register the model under this name (empty: do not)")
+    merge_adapter: bool = option(False, boolean(), "merge the adapter into the base weights when logging")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "TrainingConfig":
+        """Parse and validate a mapping of parameter name -> value (strings as MLflow passes them);
+        a None value means not given."""
+        return from_mapping(cls, {k: v for k, v in params.items() if v is not None})
+
+    def check_combinations(self) -> None:
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise STYLE.bad_value("epochs", self.epochs, Invalid(
+                "", detail="must be > 0 when max_steps is 0: pass e.g. epochs=2 or max_steps=500"))
+        if self.eval_samples > 0 and self.max_new_tokens < 1:
+            raise STYLE.bad_value("max_new_tokens", self.max_new_tokens,
+                                  Invalid("an integer >= 1 when eval_samples > 0"))
+
+    def checkpointed_layers(self, num_layers: int) -> int:
+        """How many of the model's decoder layers recompute their activations in backward."""
+        if self.gradient_checkpointing:
+            return num_layers
+        if self.checkpoint_layers == "auto":
+            return round(AUTO_CHECKPOINT_SHARE * num_layers) if self.quantization != "none" else 0
+        return min(int(self.checkpoint_layers), num_layers)
+
+    @property
+    def target_module_list(self) -> str | list[str]:
+        """What peft's LoraConfig takes: the string "all-linear" or a list of module names."""
+        return "all-linear" if self.target_modules == "all-linear" else self.target_modules.split(",")
+
+    def to_params(self) -> dict[str, str]:
+        """Resolved config as MLflow params (strings)."""
+        return {k: "" if v is None else str(v) for k, v in asdict(self).items()}
+
+
+@options_class
+@dataclass
+class EvaluateConfig:
+    """The `evaluate` entry's options: a logged or registered model scored on a prepared dataset."""
+
+    OPTIONS_STYLE: ClassVar[Style] = STYLE
+
+    model_uri: str | None = option(None, optional_path, "model to score: runs:/<id>/model or models:/<name>/<n>")
+    dataset: str | None = option(None, optional_path, "prepared dataset folder (its eval split is used)")
+    max_new_tokens: int = MAX_NEW_TOKENS.field()
+    num_samples: int = option(50, whole(1), "eval examples to score")
+    max_seq_len: int = MAX_SEQ_LEN.field()
+
+    def check_combinations(self) -> None:
+        if not self.model_uri or not self.dataset:
+            raise STYLE.bad_value("model_uri", self.model_uri, Invalid("", detail=(
+                "evaluate needs --model_uri (runs:/<id>/model or models:/<name>/<n>) and --dataset")))
