@@ -179,6 +179,14 @@ def parse_value(cls: type, name: str, value: Any, *, key: str | None = None) -> 
         raise style_of(cls).bad_value(key or name, value, error, opt.default) from None
 
 
+def parse_as(parser: Parser, key: str, value: Any, style: Style) -> Any:
+    """Parse a value that belongs to no config field (an MLproject param of another project)."""
+    try:
+        return parser(value)
+    except Invalid as error:
+        raise style.bad_value(key, value, error) from None
+
+
 def parse_fields(config: Any) -> None:
     """Parse every field of a config instance in place (frozen dataclasses included)."""
     cls = type(config)
@@ -218,6 +226,11 @@ def _number(value: Any) -> float:
     if not math.isfinite(number):
         raise Invalid("a finite number")
     return number
+
+
+def number(value: Any) -> float:
+    """Any finite number."""
+    return _number(value)
 
 
 def whole(lo: int, hi: int | None = None) -> Parser:

@@ -1,19 +1,23 @@
 """Check the entry point and `-P` params against the MLproject, as MLflow does not for plugin backends.
 
 MLflow hands a plugin every value as a string and checks nothing (unknown `-P`, unknown `-e`, a
-`float` that is not a number all arrive). Each problem here becomes one line naming the param and
-the fix, raised before the run is created or AWS is called.
+`float` that is not a number all arrive). The training entries (`main`, `train`) are checked with
+TrainingConfig's own parsers and combination checks, every training parameter, declared in the
+MLproject or passed undeclared with `-P`: a bad value fails here, not inside the paid job. Each
+problem is one line naming the param and the fix, raised before the run is created or AWS is called.
 """
 from __future__ import annotations
 
-import difflib
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ade_mlflow_plugin.config.training import STYLE, TrainingConfig
 from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.options import number, options_of, parse_as, suggest
 
 REMOTE_PATH_SCHEMES = ("s3://", "models:/", "runs:/")
 #: Entries whose script parses every TrainingConfig option (training/entry.py config_parser).
@@ -28,27 +32,29 @@ class ResolvedParams:
     paths: dict[str, str]  # param -> local path (absolute) or a remote URI
 
 
+def entry_point_names(project_dir: Path) -> list[str]:
+    """The entry points the MLproject declares. It is a YAML file of the project: read it as MLflow
+    finds it (the first file named MLproject in any case), rather than through the Project's private
+    entry-point table."""
+    for path in sorted(Path(project_dir).iterdir()):
+        if path.name.lower() == "mlproject" and path.is_file():
+            data = yaml.safe_load(path.read_text()) or {}
+            return sorted(data.get("entry_points") or {})
+    return []
+
+
 def _entry_point(project: Any, entry_point: str, project_dir: Path) -> Any:
-    names = sorted(project._entry_points or {})
-    if entry_point in (project._entry_points or {}):
-        return project._entry_points[entry_point]
+    names = entry_point_names(project_dir)
+    if entry_point in names:
+        return project.get_entry_point(entry_point)
     if entry_point.endswith((".py", ".sh")):
         if not (project_dir / entry_point).is_file():
             raise ConfigError(f"entry point '{entry_point}': no such script in {project_dir}; "
                               f"use one of {', '.join(names)}")
         return project.get_entry_point(entry_point)
-    hint = difflib.get_close_matches(entry_point, names, n=1)
-    fix = f"did you mean '{hint[0]}'?" if hint else f"use one of: {', '.join(names) or '(none)'}"
+    hint = suggest(entry_point, names)
+    fix = f"did you mean '{hint}'?" if hint else f"use one of: {', '.join(names) or '(none)'}"
     raise ConfigError(f"entry point '{entry_point}' is not in the MLproject ({fix})")
-
-
-def _check_float(name: str, value: str) -> None:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"parameter '{name}': got '{value}', expected a number (-P {name}=0.5)") from None
-    if not math.isfinite(number):
-        raise ConfigError(f"parameter '{name}': got '{value}', expected a finite number")
 
 
 def _check_path(name: str, value: str, project_dir: Path) -> str:
@@ -65,53 +71,61 @@ def _check_path(name: str, value: str, project_dir: Path) -> str:
     return str(path.resolve())
 
 
-def _training_options(entry: Any) -> dict[str, Any]:
-    """Options an entry takes beyond its declared params: every TrainingConfig field, for the training
-    entries (their scripts parse them all; MLflow appends an undeclared -P as `--name value`)."""
+def _training_fields(entry: Any) -> set[str]:
+    """The TrainingConfig fields an entry takes: all of them for the training entries (their scripts
+    parse them all; MLflow appends an undeclared -P as `--name value`), none for the others."""
     if not _TRAINING_SCRIPT.search(str(getattr(entry, "command", ""))):
-        return {}
-    from ade_mlflow_plugin.training.config import PARSERS  # no torch: config checks only
-
-    return PARSERS
+        return set()
+    return set(options_of(TrainingConfig))
 
 
-def _undeclared(entry: Any, entry_point: str, params: dict[str, Any]) -> dict[str, str]:
-    """The undeclared params the entry accepts (checked); any other is a one-line error."""
-    declared, options = entry.parameters, _training_options(entry)
+def _undeclared(entry: Any, entry_point: str, params: dict[str, Any], training: set[str]) -> dict[str, str]:
+    """The undeclared params the entry accepts; any other is a one-line error."""
+    declared = entry.parameters
     extra: dict[str, str] = {}
     for name in sorted(set(params) - set(declared)):
-        if name not in options:
-            known = sorted({*declared, *options})
-            hint = difflib.get_close_matches(name, known, n=1)
-            fix = f"did you mean '{hint[0]}'?" if hint else f"declared: {', '.join(sorted(declared)) or '(none)'}"
+        if name not in training:
+            hint = suggest(name, {*declared, *training})
+            fix = f"did you mean '{hint}'?" if hint else f"declared: {', '.join(sorted(declared)) or '(none)'}"
             raise ConfigError(f"parameter '{name}' is not declared by entry point '{entry_point}' ({fix})")
-        options[name](name, str(params[name]))  # raises ConfigError naming the param and the fix
         extra[name] = str(params[name])
     return extra
 
 
+def _declared_value(entry_point: str, name: str, spec: Any, params: dict[str, Any]) -> str:
+    raw = params.get(name, spec.default)
+    if raw is None:
+        raise ConfigError(f"parameter '{name}' of entry point '{entry_point}' has no default: pass -P {name}=...")
+    return str(raw)
+
+
+def _split(name: str, value: str, spec: Any, project_dir: Path, resolved: ResolvedParams) -> None:
+    """Route one declared param to the values or to the paths (channels)."""
+    if spec.type == "path":
+        resolved.paths[name] = _check_path(name, value, project_dir)
+    elif value.startswith("models:/"):
+        # A registered model as input (base_model=models:/NAME@ALIAS): shipped as a channel.
+        resolved.paths[name] = value
+    elif spec.type == "uri" and "://" not in value and ":/" not in value and not Path(value).exists():
+        raise ConfigError(f"parameter '{name}': got '{value}', expected a URI such as s3://bucket/key")
+    else:
+        resolved.values[name] = value
+
+
 def resolve_params(project: Any, entry_point: str, params: dict[str, Any], project_dir: Path) -> ResolvedParams:
     """Validate ``params`` for ``entry_point`` and split plain values from path params."""
-    entry = _entry_point(project, entry_point, Path(project_dir))
-    declared = entry.parameters
-    extra = _undeclared(entry, entry_point, params)
-    values: dict[str, str] = dict(extra)
-    paths: dict[str, str] = {}
-    for name, spec in declared.items():
-        raw = params.get(name, spec.default)
-        if raw is None:
-            raise ConfigError(f"parameter '{name}' of entry point '{entry_point}' has no default: "
-                              f"pass -P {name}=...")
-        value = str(raw)
-        if spec.type == "float":
-            _check_float(name, value)
-        if spec.type == "path":
-            paths[name] = _check_path(name, value, Path(project_dir))
-        elif value.startswith("models:/"):
-            # A registered model as input (base_model=models:/NAME@ALIAS): shipped as a channel.
-            paths[name] = value
-        elif spec.type == "uri" and "://" not in value and ":/" not in value and not Path(value).exists():
-            raise ConfigError(f"parameter '{name}': got '{value}', expected a URI such as s3://bucket/key")
-        else:
-            values[name] = value
-    return ResolvedParams(values, paths)
+    project_dir = Path(project_dir)
+    entry = _entry_point(project, entry_point, project_dir)
+    training = _training_fields(entry)
+    extra = _undeclared(entry, entry_point, params, training)
+    resolved = ResolvedParams(dict(extra), {})
+    given: dict[str, str] = dict(extra)
+    for name, spec in entry.parameters.items():
+        given[name] = value = _declared_value(entry_point, name, spec, params)
+        if spec.type == "float" and name not in training:
+            parse_as(number, name, value, STYLE)
+        _split(name, value, spec, project_dir, resolved)
+    if training:
+        # Every training value, with the job's own parsers and combination checks.
+        TrainingConfig.from_params({k: v for k, v in given.items() if k in training})
+    return resolved
