@@ -14,6 +14,8 @@ import re
 from collections import Counter
 from functools import lru_cache
 
+from ade_mlflow_plugin.adapters.detect_secrets import flagged_line_numbers
+
 # Lower-cased literals whose every occurrence makes a line a candidate: credential keywords
 # (detect-secrets' KeywordDetector deny-list and more) and prefixes of well-known token formats
 # (AWS, GitHub, GitLab, Slack, Stripe, Square, SendGrid, JWT, PyPI, npm, OpenAI, Artifactory, ...).
@@ -166,14 +168,10 @@ def configure() -> None:
 
 
 def scan_rows(lines: list[tuple[int, str]], path: str) -> set[int]:
-    """Rows among (row, line) pairs that detect-secrets flags."""
-    # detect-secrets' own line loop (plugins + its filters); it has no public per-line API with filters.
-    from detect_secrets.core.scan import _process_line_based_plugins
-
+    """Rows among (row, line) pairs that detect-secrets flags (its plugins and file-scan filters)."""
     configure()
     numbered = [(i + 1, line) for i, (_, line) in enumerate(lines)]
-    hits = _process_line_based_plugins(numbered, filename=path)
-    return {lines[secret.line_number - 1][0] for secret in hits}
+    return {lines[number - 1][0] for number in flagged_line_numbers(numbered, path)}
 
 
 def secret_rows(text: str, lines: list[str], path: str) -> set[int]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ade_mlflow_plugin.adapters.detect_secrets import flagged_line_numbers
 from ade_mlflow_plugin.dataset import build_dataset, dedup, examples
 from ade_mlflow_plugin.dataset.mine import mine_file
 from ade_mlflow_plugin.dataset.pool import mine_all
@@ -49,10 +50,8 @@ PLUGIN_LINES = [
 
 def _full_scan_rows(lines: list[str], path: str) -> set[int]:
     """detect-secrets over every line, no pre-filter: the reference."""
-    from detect_secrets.core.scan import _process_line_based_plugins
-
     configure()
-    return {s.line_number - 1 for s in _process_line_based_plugins(list(enumerate(lines, 1)), filename=path)}
+    return {number - 1 for number in flagged_line_numbers(list(enumerate(lines, 1)), path)}
 
 
 def test_prefilter_keeps_every_line_a_full_scan_flags(codebase):
