@@ -35,7 +35,16 @@ class ConfigError(AdeError):
 
 
 class AwsError(AdeError):
-    """An AWS call failed for a reason the user must fix (permissions, missing resource)."""
+    """An AWS call failed for a reason the user must fix (permissions, missing resource).
+
+    ``action`` and ``code`` (AWS's error code, "" for transport errors) let a caller that warns
+    instead of failing recognise the same failure again (its message may name a changing resource).
+    """
+
+    def __init__(self, message: str, action: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.action = action
+        self.code = code
 
 
 class JobFailedError(AdeError):
@@ -102,23 +111,28 @@ def aws_reason(exc: BaseException) -> str:
     return f"{code}: {message[:200]}".strip(": ")
 
 
-def aws_error(action: str, exc: BaseException, fix: str | None = None) -> AwsError:
+def aws_error(action: str, exc: BaseException, fix: str | None = None,
+              permission: str | None = None) -> AwsError:
     """Turn a botocore error into one line naming what failed and how to fix it.
 
-    ``fix`` overrides the suggestion looked up by error code (e.g. the exact permission to grant).
+    ``fix`` overrides the suggestion looked up by error code; ``permission`` (e.g.
+    "logs:GetLogEvents") is named only when AWS refused the call, other errors keep their own fix.
     """
     from botocore.exceptions import NoCredentialsError, NoRegionError
 
     if isinstance(exc, NoCredentialsError):
         return AwsError(f"{action}: no AWS credentials found; configure them (aws configure, AWS_PROFILE "
-                        "or an instance role)")
+                        "or an instance role)", action, "NoCredentials")
     if isinstance(exc, NoRegionError):
-        return AwsError(f"{action}: no AWS region; set 'region' in the backend config or AWS_DEFAULT_REGION")
+        return AwsError(f"{action}: no AWS region; set 'region' in the backend config or AWS_DEFAULT_REGION",
+                        action, "NoRegion")
     code = aws_error_code(exc)
     if code:
         suggestion = fix or AWS_FIXES.get(code, "see the AWS message above")
-        return AwsError(f"{action} failed: {aws_reason(exc)} ({suggestion})")
-    return AwsError(f"{action} failed: {first_line(exc)}" + (f" ({fix})" if fix else ""))
+        if permission and code in ACCESS_DENIED and not fix:
+            suggestion = f"grant {permission} (see examples/iam-policy.json) or use another role/profile"
+        return AwsError(f"{action} failed: {aws_reason(exc)} ({suggestion})", action, code)
+    return AwsError(f"{action} failed: {first_line(exc)}" + (f" ({fix})" if fix else ""), action)
 
 
 def is_aws_error(exc: BaseException) -> bool:
@@ -130,12 +144,38 @@ def is_aws_error(exc: BaseException) -> bool:
 # ---- MLflow ---------------------------------------------------------------------------------------
 
 TRACKING_FIX = "check MLFLOW_TRACKING_URI and that the server is up"
+#: MLflow error codes meaning "no such entity" or "bad name": the user's input, not the server.
+MISSING_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
 def mlflow_error(action: str, exc: BaseException, fix: str = TRACKING_FIX,
                  error_class: type[AdeError] = AdeError) -> AdeError:
     """One line for a failed MLflow call: what failed, MLflow's first line, and the fix."""
     return error_class(f"{action} failed: {first_line(exc)}; {fix}")
+
+
+def is_missing(exc: BaseException) -> bool:
+    """True when MLflow refused a call because the named entity does not exist or the name is invalid:
+    the user's input is wrong (exit 2), not the server."""
+    return getattr(exc, "error_code", None) in MISSING_CODES
+
+
+def registry_error(what: str, exc: BaseException, missing_fix: str, fix: str = TRACKING_FIX) -> AdeError:
+    """One line for a failed model-registry call: a ConfigError naming ``missing_fix`` when the model,
+    version or alias does not exist, else an AdeError naming ``fix``."""
+    if is_missing(exc):
+        return ConfigError(f"{what}: {first_line(exc)}; {missing_fix}")
+    return AdeError(f"{what}: {first_line(exc)}; {fix}")
+
+
+def warning_key(exc: BaseException) -> tuple[str, str]:
+    """What makes two failures "the same" for a warn-once caller: the AWS action and error code when
+    known (AWS messages name request ids and resources that change), else the one-line description."""
+    if isinstance(exc, AwsError) and exc.code:
+        return exc.action, exc.code
+    if is_aws_error(exc) and aws_error_code(exc):
+        return type(exc).__name__, aws_error_code(exc)
+    return "", describe(exc)
 
 
 def describe(exc: BaseException) -> str:
@@ -146,5 +186,6 @@ def describe(exc: BaseException) -> str:
 
 
 __all__ = ["AdeError", "ConfigError", "AwsError", "JobFailedError", "first_line", "aws_error",
-                      "aws_error_code", "aws_reason", "is_aws_error", "mlflow_error", "describe", "AWS_FIXES",
-                      "ACCESS_DENIED", "NOT_FOUND", "TRACKING_FIX"]
+           "aws_error_code", "aws_reason", "is_aws_error", "mlflow_error", "is_missing", "registry_error",
+           "warning_key", "describe", "AWS_FIXES", "ACCESS_DENIED", "NOT_FOUND", "TRACKING_FIX",
+           "MISSING_CODES"]

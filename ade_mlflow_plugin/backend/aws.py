@@ -3,7 +3,7 @@
 Everything else receives an :class:`AwsClients` (or a single client) so tests can hand in clients
 bound to moto or wrapped in botocore's Stubber. Throttling is retried by botocore's own "adaptive"
 retry mode (exponential backoff with jitter plus client-side rate limiting); other errors are
-translated into one clear line by :func:`translate`.
+translated into one clear line by :func:`ade_mlflow_plugin.errors.aws_error`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ade_mlflow_plugin.errors import AwsError, ConfigError, aws_error, aws_error_code
+from ade_mlflow_plugin.errors import ConfigError, aws_error
 
 T = TypeVar("T")
 
@@ -91,13 +91,13 @@ class AwsClients:
         return self.client("sts")
 
 
-# Kept as names of this module for its callers; the translation itself lives in errors.py.
-error_code = aws_error_code
+# Old name, still imported by backend/local.py; new code imports aws_error from errors.py.
 translate = aws_error
 
 
-def aws_call(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorator: botocore errors leave the wrapped function as :class:`AwsError`."""
+def aws_call(action: str, permission: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator: botocore errors leave the wrapped function as one-line
+    :class:`~ade_mlflow_plugin.errors.AwsError` (naming ``permission`` when AWS refused the call)."""
 
     def decorate(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
@@ -105,7 +105,7 @@ def aws_call(action: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
             try:
                 return fn(*args, **kwargs)
             except (ClientError, BotoCoreError) as exc:
-                raise translate(action, exc) from exc
+                raise aws_error(action, exc, permission=permission) from exc
 
         return wrapper
 

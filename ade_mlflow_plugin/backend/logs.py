@@ -3,15 +3,24 @@
 SageMaker writes one stream per host under the log group `/aws/sagemaker/TrainingJobs`. The tailer
 remembers each stream's forward token, so a poll only fetches new events; the caller backs off
 between polls and calls :meth:`drain` once the job has ended so no trailing line is lost.
+
+While a job is followed the tailer is one of the follower's observers (:meth:`on_poll`,
+:meth:`on_end`), guarded like the others (submitted_run.Guarded): a refused or failed CloudWatch Logs call
+is one warning and the job is still followed to its end. AWS errors leave it as one-line AwsError.
 """
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from ade_mlflow_plugin.backend.aws import aws_call
+
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+#: Named in the warning when CloudWatch Logs refuses the tailer (examples/iam-policy.json grants both).
+PERMISSIONS = "logs:DescribeLogStreams and logs:GetLogEvents"
 
 
 @dataclass
@@ -25,20 +34,20 @@ class LogTailer:
     group: str = LOG_GROUP
     _tokens: dict[str, str] = field(default_factory=dict)
     lines_seen: int = 0
+    pause: Callable[[float], None] = time.sleep  # between drain rounds; the follower passes its own sleep
 
+    @aws_call("CloudWatch Logs DescribeLogStreams", permission=PERMISSIONS)
     def _streams(self) -> list[str]:
-        names: list[str] = []
-        kwargs: dict[str, Any] = {"logGroupName": self.group, "logStreamNamePrefix": f"{self.job_name}/"}
+        paginator = self.logs_client.get_paginator("describe_log_streams")
+        pages = paginator.paginate(logGroupName=self.group, logStreamNamePrefix=f"{self.job_name}/")
         try:
-            while True:
-                page = self.logs_client.describe_log_streams(**kwargs)
-                names += [s["logStreamName"] for s in page.get("logStreams", [])]
-                if not page.get("nextToken"):
-                    return sorted(names)
-                kwargs["nextToken"] = page["nextToken"]
+            return sorted(s["logStreamName"] for page in pages for s in page.get("logStreams", []))
         except self.logs_client.exceptions.ResourceNotFoundException:
             return []  # the group appears only once the first host starts logging
 
+    # GetLogEvents has no boto3 paginator, and tailing must resume from each stream's last
+    # nextForwardToken on the next poll anyway: the tokens are kept here, per stream.
+    @aws_call("CloudWatch Logs GetLogEvents", permission=PERMISSIONS)
     def _fetch(self, stream: str) -> list[str]:
         lines: list[str] = []
         while True:
@@ -55,6 +64,13 @@ class LogTailer:
             if done or not page.get("events"):
                 return lines
 
+    # ---- the follower's observer interface (see submitted_run.Observer) ----
+    def on_poll(self, description: dict[str, Any]) -> None:
+        self.poll()
+
+    def on_end(self, description: dict[str, Any]) -> None:
+        self.drain(pause=self.pause)
+
     def poll(self) -> int:
         """Fetch and emit new lines of every stream; returns how many were new."""
         new = 0
@@ -69,9 +85,7 @@ class LogTailer:
 
     def drain(self, attempts: int = 3, pause: Callable[[float], None] | None = None) -> int:
         """After the job ended: poll until a round brings nothing new (events arrive late)."""
-        import time
-
-        pause = pause or time.sleep
+        pause = pause or self.pause
         total = 0
         for _ in range(attempts):
             got = self.poll()

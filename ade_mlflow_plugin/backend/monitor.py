@@ -8,7 +8,9 @@
 - :class:`CloudWatchMirror`: SageMaker's per-host system metrics (namespace /aws/sagemaker/TrainingJobs)
   into the run as ``system/sagemaker/<host>/<metric>`` with CloudWatch's timestamps, each datapoint once.
 
-An observer failing (AWS, MLflow, a plugin) prints one warning and never stops the follower.
+An observer failing (AWS, MLflow, a plugin) prints one warning (once per kind of failure, see
+:func:`ade_mlflow_plugin.errors.warning_key`) and never stops the follower (submitted_run.Guarded);
+the CloudWatch log tailer (logs.py) is guarded the same way.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TextIO
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError
 from mlflow.entities import Metric
 
 from ade_mlflow_plugin.backend import cost
+from ade_mlflow_plugin.backend.aws import aws_call
 from ade_mlflow_plugin.backend.cost import PriceBook, PriceQuote
+from ade_mlflow_plugin.backend.submitted_run import Guarded
+from ade_mlflow_plugin.errors import describe
 
 Clock = Callable[[], datetime]
 ENDED = {"Completed", "Failed", "Stopped"}
@@ -76,7 +81,7 @@ class BudgetGuard:
             self.hook(run_id=self.run_id, job_name=job_name, cost_usd=cost_usd, budget_usd=self.budget_usd,
                       fraction=fraction, action=action)
         except Exception as exc:  # a third-party plugin must not end the follow loop
-            self.console.write(f"WARNING: an ade_cost_alert plugin failed: {type(exc).__name__}: {exc}\n")
+            self.console.write(f"WARNING: an ade_cost_alert plugin failed: {describe(exc)}\n")
 
     def _stop(self, job_name: str, cost_usd: float) -> None:
         self.job.stop()  # raises on failure: the next poll tries again
@@ -207,6 +212,7 @@ class CloudWatchMirror:
         # Period-aligned windows give the same bucket timestamps on every poll (the dedup key).
         return start - timedelta(seconds=start.timestamp() % PERIOD_S, microseconds=start.microsecond)
 
+    @aws_call("CloudWatch GetMetricData", permission="cloudwatch:GetMetricData")
     def _fetch(self, queries: dict[str, tuple[str, str, dict[str, Any]]], start: datetime, now: datetime,
                origin: datetime) -> list[Metric]:
         end = now - timedelta(seconds=now.timestamp() % PERIOD_S) + timedelta(seconds=PERIOD_S)
@@ -221,43 +227,6 @@ class CloudWatchMirror:
                     found.append(Metric(f"system/sagemaker/{host}/{name}", float(value), _ms(stamp), step))
                     self._newest = max(self._newest or stamp, stamp)
         return found
-
-
-@dataclass
-class Guarded:
-    """Runs an observer so that its failure is one warning line, not the end of following the job."""
-
-    observer: Any
-    console: TextIO
-    what: str
-    _warned: set[str] = field(default_factory=set)
-
-    def on_poll(self, description: dict[str, Any]) -> None:
-        self._call(self.observer.on_poll, description)
-
-    def on_end(self, description: dict[str, Any]) -> None:
-        self._call(self.observer.on_end, description)
-
-    def _call(self, method: Callable[[dict[str, Any]], None], description: dict[str, Any]) -> None:
-        try:
-            method(description)
-        except Exception as exc:  # noqa: BLE001 - any failure here is reported, never fatal
-            message = _explain(exc)
-            if message not in self._warned:
-                self._warned.add(message)
-                self.console.write(f"WARNING: {self.what}: {message} (following the job continues)\n")
-
-
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        text = f"{error.get('Code', '')}: {error.get('Message', '')}"
-        if error.get("Code") in {"AccessDenied", "AccessDeniedException"}:
-            text += " (grant cloudwatch:GetMetricData to read system metrics)"
-        return text
-    if isinstance(exc, BotoCoreError):
-        return str(exc)
-    return getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
 
 
 def _region(config: Any, clients: Any) -> str:
@@ -277,7 +246,7 @@ def _cost_alert_hook(console: TextIO, plugin_manager: Any = None) -> Callable[..
             plugin_manager = get_plugin_manager(builtin_sync=False)
         return plugin_manager.hook.ade_cost_alert
     except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the job being followed
-        console.write(f"WARNING: budget alerts go to the console only: {_explain(exc)}\n")
+        console.write(f"WARNING: budget alerts go to the console only: {describe(exc)}\n")
         return None
 
 

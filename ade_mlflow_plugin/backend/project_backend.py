@@ -19,16 +19,19 @@ from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.projects.backend.abstract_backend import AbstractBackend
-from mlflow.projects.utils import get_or_create_run, load_project
+from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run, load_project
 
+from ade_mlflow_plugin.adapters.mlflow_projects import synchronous as is_synchronous
+from ade_mlflow_plugin.adapters.mlflow_projects import under_mlflow_run_cli
 from ade_mlflow_plugin.backend import packaging, spec
 from ade_mlflow_plugin.backend.aws import AwsClients, aws_call
 from ade_mlflow_plugin.backend.images import resolve_image_uri
 from ade_mlflow_plugin.backend.params import ResolvedParams, resolve_params
-from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, JobFollower, SageMakerJob
+from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, Guarded, JobFollower, SageMakerJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError
+from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError, mlflow_error
 
 _logger = logging.getLogger(__name__)
 BACKEND_NAME = "ade-sagemaker"
@@ -44,21 +47,18 @@ class Submission:
     bytes_uploaded: int
 
 
-def _under_cli() -> bool:
-    """True when called from the `mlflow run` command (exit codes are then ours to set)."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    return ctx is not None and ctx.info_name == "run"
-
-
-def _fetch_project(project_uri: str, version: str | None) -> Path:
+def _fetch_project(project_uri: str, version: str | None, entry_point: str, params: dict[str, Any]) -> Path:
+    """A local project directory as it is; a git or zip URI fetched by MLflow's public
+    ``fetch_and_validate_project``, which also checks the entry point and required params as MLflow
+    does for its own backends (local directories get params.py's finer one-line checks instead)."""
     local = Path(project_uri[7:] if project_uri.startswith("file://") else project_uri)
     if local.is_dir():
         return local.resolve()
-    from mlflow.projects.utils import _fetch_project as mlflow_fetch  # git URIs, zip URLs
-
-    return Path(mlflow_fetch(uri=project_uri, version=version))
+    try:
+        return Path(fetch_and_validate_project(project_uri, version, entry_point, params))
+    except MlflowException as exc:
+        raise mlflow_error(f"fetching project {project_uri}", exc, "check the project URI, the version "
+                           "(-v) and the entry point and params it declares", ConfigError) from exc
 
 
 def job_tracking_uri(uri: str, mode: str) -> str:
@@ -84,14 +84,15 @@ def warn_unreachable(uri: str, console: TextIO) -> None:
 
 
 class _FollowedLogCopy:
-    """The follower's CloudWatch tailer. Its local copy (an ``ade-logs-*`` temp dir, uploaded into the
-    run's logs/ when the job ends) is made on the first poll, so a job nobody follows (``"wait": false``)
-    leaves none; and removed when this object or the process goes, should the follower never finish."""
+    """The follower's CloudWatch log observer (guarded: a refused call is one warning). Its local copy
+    (an ``ade-logs-*`` temp dir, uploaded into the run's logs/ when the job ends) is made on the first
+    poll, so a job nobody follows (``"wait": false``) leaves none; and removed when this object or the
+    process goes, should the follower never finish."""
 
-    def __init__(self, logs_client: Any, job_name: str) -> None:
+    def __init__(self, logs_client: Any, job_name: str, pause: Callable[[float], None]) -> None:
         from ade_mlflow_plugin.backend.logs import LogTailer
 
-        self.tailer = LogTailer(logs_client, job_name, out_dir=None, console=sys.stdout)
+        self.tailer = LogTailer(logs_client, job_name, out_dir=None, console=sys.stdout, pause=pause)
         self.dirs: list[Path] = []  # shared with the follower: log_files and scratch_dirs
 
     def _local_copy(self) -> None:
@@ -101,13 +102,13 @@ class _FollowedLogCopy:
             self.tailer.out_dir = path
             self.dirs.append(path)
 
-    def poll(self) -> int:
+    def on_poll(self, description: dict[str, Any]) -> None:
         self._local_copy()
-        return self.tailer.poll()
+        self.tailer.on_poll(description)
 
-    def drain(self, attempts: int = 3, pause: Callable[[float], None] | None = None) -> int:
+    def on_end(self, description: dict[str, Any]) -> None:
         self._local_copy()
-        return self.tailer.drain(attempts=attempts, pause=pause)
+        self.tailer.on_end(description)
 
 
 class AdeSageMakerBackend(AbstractBackend):
@@ -126,7 +127,7 @@ class AdeSageMakerBackend(AbstractBackend):
             return self._run(project_uri, entry_point, params, version, backend_config or {},
                              tracking_uri, experiment_id)
         except AdeError as exc:
-            if not _under_cli():
+            if not under_mlflow_run_cli():
                 raise
             self.console.write(f"ade-sagemaker: error: {exc.message}\n")
             sys.exit(exc.exit_code)
@@ -135,8 +136,8 @@ class AdeSageMakerBackend(AbstractBackend):
              backend_config: dict[str, Any] | str, tracking_uri: str | None,
              experiment_id: str) -> AdeSubmittedRun:
         config = CloudTrainingConfig.from_backend_config(backend_config)
-        synchronous = isinstance(backend_config, dict) and backend_config.get("SYNCHRONOUS", True)
-        project_dir = _fetch_project(project_uri, version)
+        synchronous = is_synchronous(backend_config)
+        project_dir = _fetch_project(project_uri, version, entry_point, params or {})
         project = load_project(str(project_dir))
         resolved = resolve_params(project, entry_point, params or {}, project_dir)
         job_uri = job_tracking_uri(config.tracking_uri or tracking_uri or mlflow.get_tracking_uri(), config.mode)
@@ -282,15 +283,19 @@ class AdeSageMakerBackend(AbstractBackend):
 
     def _follower(self, config: CloudTrainingConfig, clients: AwsClients, client: Any, run_id: str, job: Any,
                   job_name: str) -> JobFollower:
-        tailer: _FollowedLogCopy | None = None
-        if config.mode == "sagemaker":
-            tailer = _FollowedLogCopy(clients.logs, job_name)
         follower = JobFollower(job=job, run_id=run_id, mlflow_client=client, console=self.console,
-                               poll_interval_s=config.poll_interval_s, tailer=tailer,
-                               observers=self._observers(config, clients, client, run_id, job))
-        # The CloudWatch copy is ours: removed once uploaded. The list fills only if the job is followed.
-        follower.log_files = tailer.dirs if tailer is not None else [job.log_path]
-        follower.scratch_dirs = tailer.dirs if tailer is not None else []
+                               poll_interval_s=config.poll_interval_s)
+        observers = self._observers(config, clients, client, run_id, job)
+        if config.mode == "sagemaker":
+            # The follower's own sleep paces the final drain (tests replace it); first, so the drain is
+            # in the log files before they are uploaded. The CloudWatch copy is ours: removed once
+            # uploaded. Its list fills only if the job is followed.
+            logs = _FollowedLogCopy(clients.logs, job_name, pause=lambda s: follower.sleep(s))
+            observers.insert(0, Guarded(logs, self.console, "CloudWatch logs"))
+            follower.log_files, follower.scratch_dirs = logs.dirs, logs.dirs
+        else:
+            follower.log_files = [job.log_path]
+        follower.observers = observers
         return follower
 
     @staticmethod

@@ -16,6 +16,7 @@ from mlflow.entities import RunStatus
 from mlflow.projects.submitted_run import SubmittedRun
 
 from ade_mlflow_plugin.backend.aws import aws_call
+from ade_mlflow_plugin.errors import describe, first_line, warning_key
 
 #: THE status table: SageMaker TrainingJobStatus -> MLflow run status.
 RUN_STATUS = {
@@ -26,6 +27,8 @@ RUN_STATUS = {
     "Stopped": RunStatus.KILLED,
 }
 TERMINAL = {"Completed", "Failed", "Stopped"}
+#: SageMaker keeps the first 1024 characters of output/failure as FailureReason: its cause line fits.
+FAILURE_CAUSE_CHARS = 1024
 
 
 class Job(Protocol):
@@ -37,7 +40,9 @@ class Job(Protocol):
 
 
 class Observer(Protocol):
-    """Extra work at each poll (cost ticker, CloudWatch metrics mirror, budget); see monitor.py."""
+    """Extra work at each poll (log tailer, cost ticker, CloudWatch metrics mirror, budget); see
+    logs.py and monitor.py. ``on_end`` runs in list order before the run is ended, so the log
+    tailer comes first: its final drain lands in the log files uploaded with the run."""
 
     def on_poll(self, job: dict[str, Any]) -> None: ...
 
@@ -59,15 +64,39 @@ class SageMakerJob:
 
 
 @dataclass
+class Guarded:
+    """Runs an observer so that its failure is one warning line, not the end of following the job."""
+
+    observer: Any
+    console: TextIO
+    what: str
+    _warned: set[tuple[str, str]] = field(default_factory=set)
+
+    def on_poll(self, description: dict[str, Any]) -> None:
+        self._call(self.observer.on_poll, description)
+
+    def on_end(self, description: dict[str, Any]) -> None:
+        self._call(self.observer.on_end, description)
+
+    def _call(self, method: Callable[[dict[str, Any]], None], description: dict[str, Any]) -> None:
+        try:
+            method(description)
+        except Exception as exc:  # noqa: BLE001 - any failure here is reported, never fatal
+            key = warning_key(exc)
+            if key not in self._warned:
+                self._warned.add(key)
+                self.console.write(f"WARNING: {self.what}: {describe(exc)} (following the job continues)\n")
+
+
+@dataclass
 class JobFollower:
-    """Polls a job, prints status changes, tails logs, feeds observers, ends the MLflow run."""
+    """Polls a job, prints status changes, feeds observers (logs, cost, metrics), ends the MLflow run."""
 
     job: Job
     run_id: str
     mlflow_client: Any
     console: TextIO = sys.stderr
     poll_interval_s: float = 15.0
-    tailer: Any = None
     observers: list[Observer] = field(default_factory=list)
     log_files: list[Path] = field(default_factory=list)
     scratch_dirs: list[Path] = field(default_factory=list)  # ours: removed once their logs are in the run
@@ -78,8 +107,6 @@ class JobFollower:
     def poll(self) -> dict[str, Any]:
         description = self.job.describe()
         self._report(description)
-        if self.tailer is not None:
-            self.tailer.poll()
         for observer in self.observers:
             observer.on_poll(description)
         return description
@@ -95,8 +122,6 @@ class JobFollower:
             delay = min(delay * 2, self.poll_interval_s)
 
     def finish(self, description: dict[str, Any]) -> dict[str, Any]:
-        if self.tailer is not None:
-            self.tailer.drain(pause=self.sleep)
         for observer in self.observers:
             observer.on_end(description)
         self._mirror_end(description)
@@ -105,7 +130,7 @@ class JobFollower:
     def _report(self, description: dict[str, Any]) -> None:
         transitions = description.get("SecondaryStatusTransitions") or []
         for transition in transitions[self._transitions_seen:]:
-            message = _first_line(transition.get("StatusMessage", ""))
+            message = first_line(transition.get("StatusMessage", ""))
             self.console.write(f"{description['TrainingJobName']}: {transition['Status']}"
                                f"{' - ' + message if message else ''}\n")
         self._transitions_seen = max(self._transitions_seen, len(transitions))
@@ -122,7 +147,7 @@ class JobFollower:
             tags["sagemaker.failure_reason"] = description["FailureReason"][:5000]
             # The cause leads the reason (the launcher writes it first); the rest (the output tail) is
             # in the tag and the job's log, not on the console.
-            cause = _first_line(description["FailureReason"])
+            cause = first_line(description["FailureReason"], FAILURE_CAUSE_CHARS)
             self.console.write(f"{description['TrainingJobName']} failed: {cause}\n")
         artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
         if artifacts:
@@ -179,8 +204,3 @@ class AdeSubmittedRun(SubmittedRun):
                 return
             self.follower.sleep(min(5.0, self.follower.poll_interval_s))
 
-
-def _first_line(text: str) -> str:
-    """A status message's or failure reason's first line: the cause (a Failed job's carries its output tail)."""
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""

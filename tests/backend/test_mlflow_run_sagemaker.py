@@ -101,3 +101,28 @@ def test_failed_job_fails_the_run_and_the_command(project, data_dir, tmp_path, m
     assert run.data.tags["sagemaker.failure_reason"] == "AlgorithmError: CUDA out of memory"
     assert run.data.tags["sagemaker.spot"] == "true"
     mlflow.set_tracking_uri(None)
+
+
+def test_zipped_project_is_fetched_by_mlflow_and_submitted(project, data_dir, tmp_path, aws, sqlite_tracking):
+    """A non-directory project URI goes through MLflow's public fetch_and_validate_project."""
+    import io
+    import shutil
+
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+    from ade_mlflow_plugin.errors import ConfigError
+    from tests.backend.conftest import ROLE
+
+    archive = shutil.make_archive(str(tmp_path / "tiny-backend"), "zip", project)
+    boto3.client("s3").create_bucket(Bucket="ade-zip-project")
+    config = {"role_arn": ROLE, "bucket": "ade-zip-project", "region": "us-east-1", "wait": False,
+              "SYNCHRONOUS": False}
+    experiment = mlflow.get_experiment_by_name("Default").experiment_id
+    backend = AdeSageMakerBackend(console=io.StringIO())
+    submitted = backend.run(archive, "main", {"data": str(data_dir)}, None, dict(config), sqlite_tracking,
+                            experiment)
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=submitted.job_name)
+    assert json.loads(described["HyperParameters"]["ade_entry_point"]) == "main"
+    with pytest.raises(ConfigError) as caught:  # MLflow's own check of required params, in one line
+        backend.run(archive, "main", {}, None, dict(config), sqlite_tracking, experiment)
+    message = caught.value.message
+    assert message.startswith(f"fetching project {archive} failed:") and "'data'" in message and "\n" not in message

@@ -82,8 +82,8 @@ def test_missing_job_is_one_line_with_the_fix(aws):
 def test_bare_s3_403_names_the_likely_fix():
     from botocore.exceptions import ClientError
 
-    from ade_mlflow_plugin.backend.aws import translate
+    from ade_mlflow_plugin.errors import aws_error
 
     error = ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadObject")
-    message = translate("Uploading the project to S3", error).message
+    message = aws_error("Uploading the project to S3", error).message
     assert "403: Forbidden" in message and "s3:GetObject/PutObject" in message and "\n" not in message
