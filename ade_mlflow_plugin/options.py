@@ -339,7 +339,8 @@ def optional(parser: Parser) -> Parser:
 
 def help_text(cls: type, name: str) -> str:
     """The field's help with its default, as --help shows it."""
-    default = options_of(cls)[name].default  # the declared one: a default_factory may read the environment
+    opt = options_of(cls)[name]
+    default = opt.default  # the declared one: a default_factory may read the environment
     shown = "none" if default in (None, "", {}, []) else default
     return f"{opt.help} (default: {shown})"
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
 from typing import Callable, NoReturn
 
+from ade_mlflow_plugin.config.training import EvaluateConfig, TrainingConfig
 from ade_mlflow_plugin.errors import AdeError, ConfigError
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.options import add_arguments, from_mapping
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,9 +20,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def config_parser(prog: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description="ade-mlflow training entry; every option takes a string value.")
-    for f in fields(TrainingConfig):
-        parser.add_argument(f"--{f.name}", default=None, metavar=f.name.upper())
+    """Every TrainingConfig field as `--name VALUE`, help from its declaration."""
+    parser = _Parser(prog=prog, description="ade-mlflow training entry: fine-tune a base model with LoRA/QLoRA "
+                                            "and log it to the MLflow run.")
+    add_arguments(parser, TrainingConfig)
     return parser
 
 
@@ -54,21 +55,15 @@ def train(argv: list[str] | None = None) -> int:
 
 
 def evaluate(argv: list[str] | None = None) -> int:
-    from ade_mlflow_plugin.training.config import whole
-
     def body() -> None:
         from ade_mlflow_plugin.training.pipeline import run_evaluate
 
-        parser = _Parser(prog="evaluate")
-        for name in ("model_uri", "dataset", "max_new_tokens", "num_samples", "max_seq_len"):
-            parser.add_argument(f"--{name}", default=None)
-        args = parser.parse_args(argv)
-        if not args.model_uri or not args.dataset:
-            raise ConfigError("evaluate needs --model_uri (runs:/<id>/model or models:/<name>/<n>) and --dataset")
-        metrics = run_evaluate(args.model_uri, args.dataset,
-                               whole(0)("max_new_tokens", args.max_new_tokens or 64),
-                               whole(1)("num_samples", args.num_samples or 50),
-                               whole(16)("max_seq_len", args.max_seq_len or 2048))
+        parser = _Parser(prog="evaluate", description="Score a logged or registered model on a prepared dataset.")
+        add_arguments(parser, EvaluateConfig)
+        args = vars(parser.parse_args(argv))
+        config = from_mapping(EvaluateConfig, {k: v for k, v in args.items() if v is not None})
+        metrics = run_evaluate(config.model_uri, config.dataset, config.max_new_tokens, config.num_samples,
+                               config.max_seq_len)
         print(" ".join(f"{k}={v:.6g}" for k, v in metrics.items()))
 
     return _guard(body)
