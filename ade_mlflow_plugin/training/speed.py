@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
+from ade_mlflow_plugin.adapters.torch_compile import uncompile
+from ade_mlflow_plugin.adapters.transformers_attn import attn_implementation
 from ade_mlflow_plugin.training.config import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -146,8 +148,8 @@ def compiled_layers(model: Any) -> Iterator[int]:
         yield len(layers)
     finally:
         for layer in layers:
-            # nn.Module.compile() has no public inverse; this attribute is what it sets.
-            layer._compiled_call_impl = None
+            if not uncompile(layer):  # torch changed: they stay compiled (it said so once)
+                break
 
 
 def cast_trainable(model: Any, dtype: torch.dtype) -> int:
@@ -180,7 +182,7 @@ def speedups(model: Any, config: TrainingConfig, device: str) -> Iterator[list[s
             applied.append("fused_loss")
         if device == "cuda" and config.compile_layers and stack.enter_context(compiled_layers(model)):
             applied.append("compile_layers")
-        if getattr(causal_lm(model).config, "_attn_implementation", None) == "flex_attention":
+        if attn_implementation(causal_lm(model).config, attention_implementation(config, device)) == "flex_attention":
             applied.append("flex_attention")
         logger.info("speed options: %s", ", ".join(applied) or "none")
         yield applied

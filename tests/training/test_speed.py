@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ade_mlflow_plugin.adapters.torch_compile import is_compiled
 from ade_mlflow_plugin.training import speed
 from ade_mlflow_plugin.training.config import TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator, build_rows
@@ -111,16 +112,16 @@ def test_trained_lm_head_is_left_to_the_model(tiny_model):
 
 @pytest.mark.slow  # inductor compiles C++ for the CPU: about a minute on 2 cores
 def test_compiled_layers_loss_equals_eager(lora_model, batch):
-    torch._dynamo.reset()
+    torch.compiler.reset()
     eager_loss, eager_grads = _loss_and_grads(lora_model, batch)
     with speed.compiled_layers(lora_model) as count:
         assert count == 2
         compiled_loss, compiled_grads = _loss_and_grads(lora_model, batch)
-    assert all(layer._compiled_call_impl is None for layer in speed.decoder_layers(lora_model))
+    assert not any(is_compiled(layer) for layer in speed.decoder_layers(lora_model))
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-5)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
-    torch._dynamo.reset()
+    torch.compiler.reset()
 
 
 def test_bf16_adapters_cast_lora_weights_to_the_base_dtype(tiny_model):
