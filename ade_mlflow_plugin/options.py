@@ -370,4 +370,4 @@ def click_option(cls: type, name: str, *flags: str, **kwargs: Any) -> Callable[[
     kwargs.setdefault("type", click.STRING)  # the field's parser converts, not click's own types
     return click.option(*(flags or (f"--{name}",)), name, default=default, required=required,
                         show_default=not required and default not in (None, ""), help=opt.help,
-                        metavar=opt.metavar or name.upper(), callback=convert, **kwargs)
+                        metavar=kwargs.pop("metavar", opt.metavar or name.upper()), callback=convert, **kwargs)

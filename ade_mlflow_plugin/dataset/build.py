@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ade_mlflow_plugin.config.dataset import DatasetConfig
 from ade_mlflow_plugin.dataset import dedup, examples, select
 from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS
 from ade_mlflow_plugin.dataset.mine import MinedFile, MineOptions
@@ -39,34 +40,16 @@ class PreparedDataset:
     path: Path | None
 
 
-def _whole(value: Any) -> int | None:
-    """value as an int when it is one (or an integral float, as MLflow float params arrive), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
 def _validate(codebase: Path, num_examples: Any, synthetic_ratio: Any, eval_fraction: Any, max_tokens: Any,
-              seed: Any) -> tuple[int, int, int]:
-    """Checks every argument; returns (num_examples, max_tokens, seed) as ints."""
+              seed: Any) -> tuple[int, float, float, int, int]:
+    """Checks every argument with the dataset options' own parsers (config/dataset.py); returns
+    (num_examples, synthetic_ratio, eval_fraction, max_tokens, seed) parsed."""
     if not codebase.is_dir():
         what = "does not exist" if not codebase.exists() else "is not a directory"
         raise ConfigError(f"codebase '{codebase}' {what}: pass the root folder of the code to mine")
-    if _whole(num_examples) is None or _whole(num_examples) < 1:
-        raise ConfigError(f"num_examples must be a whole number >= 1, got {num_examples!r}: pass e.g. 1000")
-    if not isinstance(synthetic_ratio, (int, float)) or not 0.0 <= synthetic_ratio <= 1.0:
-        raise ConfigError(f"synthetic_ratio must be between 0 and 1, got {synthetic_ratio!r}: pass e.g. 0.3")
-    if not isinstance(eval_fraction, (int, float)) or not 0.0 <= eval_fraction < 1.0:
-        raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}: pass e.g. 0.1")
-    if _whole(max_tokens) is None or _whole(max_tokens) < 16:
-        raise ConfigError(f"max_tokens must be a whole number >= 16, got {max_tokens!r}: pass e.g. 2048")
-    if _whole(seed) is None:
-        raise ConfigError(f"seed must be a whole number, got {seed!r}: pass e.g. 42")
-    return _whole(num_examples), _whole(max_tokens), _whole(seed)
+    options = DatasetConfig(num_examples=num_examples, synthetic_ratio=synthetic_ratio, eval_fraction=eval_fraction,
+                            max_tokens=max_tokens, seed=seed)
+    return options.num_examples, options.synthetic_ratio, options.eval_fraction, options.max_tokens, options.seed
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -108,8 +91,8 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     `exclude` takes extra .gitignore-style patterns; `workers` defaults to the CPUs available.
     """
     codebase = Path(codebase).expanduser()
-    num_examples, max_tokens, seed = _validate(codebase, num_examples, synthetic_ratio, eval_fraction, max_tokens,
-                                               seed)
+    num_examples, synthetic_ratio, eval_fraction, max_tokens, seed = _validate(
+        codebase, num_examples, synthetic_ratio, eval_fraction, max_tokens, seed)
     out = Path(out_dir).expanduser() if out_dir is not None else None
     if out is not None:
         _check_out_dir(out)
@@ -133,14 +116,14 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
     timer.lap("dedup")
     mined, synthetic = examples.candidates(files, kept)
     renderer = examples.Renderer(files, Formatter(tokenizer), seed)
-    rows = select.select(mined, synthetic, limit=num_examples, ratio=float(synthetic_ratio), seed=seed,
+    rows = select.select(mined, synthetic, limit=num_examples, ratio=synthetic_ratio, seed=seed,
                          renderer=renderer, count=select.TokenCounter(tokenizer), max_tokens=max_tokens,
                          drops=drops)
     timer.lap("render_tokenise")
     if not rows:
         raise ConfigError(f"codebase '{codebase}' yields no training examples (files mined: "
                           f"{sum(1 for f in files if not f.skipped)}): point it at a folder with functions or classes")
-    train, evals = select.split_by_file(rows, float(eval_fraction), seed)
+    train, evals = select.split_by_file(rows, eval_fraction, seed)
     with ThreadPoolExecutor(max_workers=1) as side:
         # The tokenizer releases the GIL: token stats are counted beside the (Python-bound) table and digest.
         counted = side.submit(_token_stats, train, evals, tokenizer, seed)
@@ -151,7 +134,7 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
         tokens = counted.result()
     timer.lap("token_stats")  # only what is left to wait for
     stats = _stats(codebase, files, walked, kept, drops, rows, train, evals, mined, synthetic, tokens,
-                   num_examples=num_examples, ratio=float(synthetic_ratio), eval_fraction=float(eval_fraction),
+                   num_examples=num_examples, ratio=synthetic_ratio, eval_fraction=eval_fraction,
                    seed=seed, tokenizer=tokenizer, max_tokens=max_tokens, digest=digest)
     if eval_fraction > 0 and not evals:
         stats["examples"]["eval_note"] = ("eval split is empty: the examples come from a single file, and no "

@@ -1,24 +1,28 @@
-"""`ade-mlflow prepare-data CODEBASE --out DIR --num-examples N --synthetic-ratio R`."""
+"""`ade-mlflow prepare-data CODEBASE --out DIR --num-examples N --synthetic-ratio R`.
+
+The dataset options (and their --help) are DatasetConfig's fields: the same parsers as the MLproject
+entries and the backend use, so a bad value is the same one line everywhere.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
+from ade_mlflow_plugin.config.dataset import DatasetConfig
+from ade_mlflow_plugin.options import click_option
+
 
 @click.command("prepare-data")
 @click.argument("codebase", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Folder to save the dataset (save_to_disk) and stats.json in.")
-@click.option("--num-examples", required=True, type=int, help="Most examples to make (all there are if fewer).")
-@click.option("--synthetic-ratio", required=True, type=float, help="Share of synthetic examples, 0 to 1.")
-@click.option("--eval-fraction", default=0.1, show_default=True, type=float,
-              help="Share of examples (whole files) held out for eval.")
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--tokenizer", "base_model", default=None,
-              help="Base model folder or hub name: its chat template, FIM tokens and token counts are used.")
-@click.option("--max-tokens", default=2048, show_default=True, type=int,
-              help="Examples longer than this (prompt + completion) are dropped.")
+@click_option(DatasetConfig, "num_examples", "--num-examples", required=True)
+@click_option(DatasetConfig, "synthetic_ratio", "--synthetic-ratio", required=True)
+@click_option(DatasetConfig, "eval_fraction", "--eval-fraction")
+@click_option(DatasetConfig, "seed", "--seed")
+@click_option(DatasetConfig, "base_model", "--tokenizer", metavar="MODEL")
+@click_option(DatasetConfig, "max_tokens", "--max-tokens")
 @click.option("--exclude", multiple=True, help="Extra .gitignore-style pattern to leave out (repeatable).")
 @click.option("--workers", default=None, type=int, help="Processes to mine with [default: CPUs available].")
 @click.option("--progress/--no-progress", default=True, show_default=True)

@@ -199,11 +199,12 @@ def test_integral_floats_accepted_like_mlflow_params(codebase):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"num_examples": 12.5}, "num_examples must be a whole number >= 1, got 12.5"),
-    ({"num_examples": True}, "num_examples must be a whole number"),
-    ({"seed": "x"}, "seed must be a whole number, got 'x'"),
-    ({"synthetic_ratio": float("nan")}, "synthetic_ratio must be between 0 and 1"),
-    ({"eval_fraction": -0.5}, "eval_fraction must be in [0, 1)"),
+    ({"num_examples": 12.5}, "parameter 'num_examples': got 12.5, expected an integer >= 1"),
+    ({"num_examples": True}, "parameter 'num_examples': got True, expected an integer >= 1"),
+    ({"seed": "x"}, "parameter 'seed': got 'x', expected an integer between 0 and 4294967295"),
+    ({"synthetic_ratio": float("nan")}, "parameter 'synthetic_ratio': got nan, expected a finite number"),
+    ({"eval_fraction": -0.5}, "parameter 'eval_fraction': got -0.5, expected a number in [0.0, 1.0)"),
+    ({"max_tokens": 8}, "parameter 'max_tokens': got 8, expected an integer >= 16"),
 ])
 def test_bad_arguments_raise_config_error(codebase, kwargs, message):
     from ade_mlflow_plugin.errors import ConfigError

@@ -38,11 +38,11 @@ def test_prepare_data_writes_dataset_and_stats(codebase, tmp_path, capsys):
     (["{missing}"], "does not exist: pass the root folder"),
     (["{file}"], "is not a directory: pass the root folder"),
     (["{empty}"], "has no source files in a supported language"),
-    (["{codebase}", "--synthetic-ratio", "1.5"], "synthetic_ratio must be between 0 and 1, got 1.5"),
-    (["{codebase}", "--synthetic-ratio", "-0.1"], "synthetic_ratio must be between 0 and 1"),
-    (["{codebase}", "--num-examples", "0"], "num_examples must be a whole number >= 1, got 0"),
-    (["{codebase}", "--eval-fraction", "1"], "eval_fraction must be in [0, 1)"),
-    (["{codebase}", "--max-tokens", "3"], "max_tokens must be a whole number >= 16"),
+    (["{codebase}", "--synthetic-ratio", "1.5"], "parameter 'synthetic_ratio': got '1.5', expected a number in [0.0, 1.0]"),
+    (["{codebase}", "--synthetic-ratio", "-0.1"], "parameter 'synthetic_ratio': got '-0.1', expected a number in [0.0, 1.0]"),
+    (["{codebase}", "--num-examples", "0"], "parameter 'num_examples': got '0', expected an integer >= 1"),
+    (["{codebase}", "--eval-fraction", "1"], "parameter 'eval_fraction': got '1', expected a number in [0.0, 1.0)"),
+    (["{codebase}", "--max-tokens", "3"], "parameter 'max_tokens': got '3', expected an integer >= 16"),
     (["{codebase}", "--tokenizer", "{empty}"], "cannot load the tokenizer of"),
 ])
 def test_bad_input_exits_2_with_one_line(codebase, tmp_path, capsys, args, message):
