@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ade_mlflow_plugin.training.checkpoints import StopFlag, mark_complete
+from ade_mlflow_plugin.training.checkpoints import StopFlag, checkpoint_folder, mark_complete
 
 # Trainer log key -> metric name users see (DESIGN.md).
 STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "epoch": "epoch"}
@@ -57,6 +57,6 @@ class MarkComplete(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = checkpoint_folder(Path(args.output_dir), state.global_step)
             if folder.is_dir():
                 mark_complete(folder)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 COMPLETE_MARKER = ".ade_complete"
 SIGTERM_EXIT_CODE = 143
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
 def checkpoint_dir() -> Path:
@@ -27,19 +26,41 @@ def mark_complete(folder: Path) -> None:
     (folder / COMPLETE_MARKER).write_text("ok\n")
 
 
+# transformers is imported where used: the launcher side imports this module's constants without it.
+
+def checkpoint_folder(root: Path, step: int) -> Path:
+    """Where the Trainer saves the checkpoint of ``step``."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return root / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / COMPLETE_MARKER).is_file() and (folder / "trainer_state.json").is_file()
+
+
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every complete checkpoint under root, oldest first."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
     if not root.is_dir():
         return []
-    found = []
+    pattern, found = re.compile(rf"{re.escape(PREFIX_CHECKPOINT_DIR)}-(\d+)"), []
     for child in root.iterdir():
-        match = _CHECKPOINT.fullmatch(child.name)
-        if match and (child / COMPLETE_MARKER).is_file() and (child / "trainer_state.json").is_file():
+        match = pattern.fullmatch(child.name)
+        if match and is_complete(child):
             found.append((int(match.group(1)), child))
     return sorted(found)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint: transformers' own pick, unless the job died while saving it
+    (transformers knows no completeness); then the newest complete one before it."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    newest = get_last_checkpoint(str(root)) if root.is_dir() else None
+    if newest is None or is_complete(Path(newest)):
+        return Path(newest) if newest else None
     found = complete_checkpoints(root)
     return found[-1][1] if found else None
 

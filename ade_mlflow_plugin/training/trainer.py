@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from ade_mlflow_plugin.training.callbacks import MarkComplete, MetricsCallback, StopOnSigterm
 from ade_mlflow_plugin.training.checkpoints import StopFlag, latest_checkpoint
@@ -14,15 +14,6 @@ from ade_mlflow_plugin.training.packing import PackedCollator
 from ade_mlflow_plugin.training.speed import pad_multiple, speedups
 
 logger = logging.getLogger(__name__)
-
-
-class SaveFinalStep(TrainerCallback):
-    """Checkpoint the last step too, so a job stopped during eval or model logging restarts at the end."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.max_steps and state.global_step >= state.max_steps:
-            control.should_save = True
-        return control
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, device: str) -> TrainingArguments:
@@ -40,7 +31,7 @@ def training_arguments(config: TrainingConfig, output_dir: Path, device: str) ->
         warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
         weight_decay=config.weight_decay,
         logging_steps=config.logging_steps,
-        save_strategy="steps",
+        save_strategy="steps",  # also saves the last step: a job stopped during eval restarts at the end
         save_steps=config.save_steps,
         save_total_limit=config.keep_checkpoints,
         eval_strategy="no",  # eval runs before and after training, on the same rows (evaluation.py)
@@ -74,8 +65,7 @@ def train(config: TrainingConfig, model: Any, tokenizer: Any, rows: list[dict], 
     trainer = Trainer(model=model, args=training_arguments(config, output_dir, device),
                       train_dataset=rows_dataset(rows), data_collator=collator,
                       processing_class=tokenizer,
-                      callbacks=[MetricsCallback(metric_logger), StopOnSigterm(stop), SaveFinalStep(),
-                                 MarkComplete()])
+                      callbacks=[MetricsCallback(metric_logger), StopOnSigterm(stop), MarkComplete()])
     stop.training = True
     try:
         with speedups(model, config, device):

@@ -66,3 +66,31 @@ def test_only_rank_0_talks_to_mlflow(monkeypatch, restore_sigterm):
     assert session.run is None and isinstance(session.metrics, NullLogger)
     session.metrics.log({"train_loss": 1.0}, step=1)
     session.close()
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.steps.append(step)
+
+
+def test_the_last_step_is_saved_and_marked_between_save_steps(tiny_model, tmp_path):
+    """transformers saves the final step itself (save_strategy="steps"), so a job stopped during the
+    final eval or model logging resumes at the end instead of redoing the steps after the last save."""
+    from ade_mlflow_plugin.training.checkpoints import complete_checkpoints
+    from ade_mlflow_plugin.training.config import TrainingConfig
+    from ade_mlflow_plugin.training.model import load_for_training
+    from ade_mlflow_plugin.training.trainer import train
+
+    config = TrainingConfig.from_params({"base_model": str(tiny_model), "max_steps": "3", "save_steps": "2",
+                                         "batch_size": "1", "logging_steps": "1", "lora_r": "4"})
+    model, tokenizer, device = load_for_training(config)
+    ids = tokenizer("def add(a, b):\n    return a + b\n")["input_ids"]
+    rows = [{"input_ids": ids, "labels": ids, "position_ids": list(range(len(ids)))}] * 4
+    metrics = _Metrics()
+    train(config, model, tokenizer, rows, output_dir=tmp_path, device=device, metric_logger=metrics,
+          stop=StopFlag())
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [2, 3]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-3" and metrics.steps == [1, 2, 3]
