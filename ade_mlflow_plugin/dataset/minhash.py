@@ -113,16 +113,3 @@ class CompactText:
         for i in np.flatnonzero(hi > lo).tolist():
             out[i] = permuted[lo[i]:hi[i]].min(axis=0)
         return out
-
-
-def sketch_spans(src: bytes, spans: list[tuple[int, int]]) -> tuple[np.ndarray, list[bytes]]:
-    """MinHash values and exact-duplicate keys of byte ranges [start, end) of src."""
-    text = CompactText(src)
-    ranges = [(int(text.cum[s]), int(text.cum[e])) for s, e in spans]
-    return text.sketches(ranges), [text.key(s, e) for s, e in ranges]
-
-
-def sketch_batch(texts: list[str]) -> np.ndarray:
-    """Sketches of whole texts (one row each), as sketch_spans computes them."""
-    rows = [sketch_spans(t.encode("utf-8"), [(0, len(t.encode("utf-8")))])[0] for t in texts]
-    return np.concatenate(rows, axis=0) if rows else np.zeros((0, NUM_PERM), dtype=np.uint32)
