@@ -13,6 +13,10 @@ from typing import Any
 
 import click
 
+from ade_mlflow_plugin.config.cloud import CloudTrainingConfig
+from ade_mlflow_plugin.config.training import DEFAULT_BASE_MODEL, TrainingConfig
+from ade_mlflow_plugin.options import click_option
+
 # errors.py imports mlflow (~1.3 s): it is imported where an error is raised, so that
 # `ade-mlflow launch --help` and its usage errors stay fast.
 
@@ -68,18 +72,18 @@ def _run(parameters: dict[str, str], backend_config: dict[str, Any], experiment_
     import mlflow.projects
     from mlflow.projects import ExecutionException
 
-    from ade_mlflow_plugin.errors import JobFailedError
+    from ade_mlflow_plugin.errors import JobFailedError, first_line
 
     try:
         return mlflow.projects.run(str(PROJECT_DIR), entry_point="main", parameters=parameters, backend=BACKEND,
                                    backend_config=backend_config, experiment_name=experiment_name,
                                    synchronous=synchronous)
     except ExecutionException as exc:  # MLflow's wait() reports a failed job this way
-        raise JobFailedError(str(exc).splitlines()[0]) from None
+        raise JobFailedError(first_line(exc)) from None
 
 
 async def launch_training_job_async(codebase_path: str, output_dir: str | None = None,
-                                    base_model: str = "deepseek-ai/deepseek-coder-1.3b-instruct",
+                                    base_model: str = DEFAULT_BASE_MODEL,
                                     cloud_config: Any = None, registry_config: Any = None,
                                     num_examples: int = 1000, synthetic_ratio: float = 0.3,
                                     experiment_name: str | None = None, **params: Any) -> str:
@@ -102,15 +106,15 @@ def _backend_config_option(value: str | None) -> dict[str, Any]:
 @click.command("launch")
 @click.option("--codebase_path", "--codebase-path", required=True, type=click.Path(exists=True, file_okay=False),
               help="The codebase to fine-tune on.")
-@click.option("--base_model", "--base-model", default="deepseek-ai/deepseek-coder-1.3b-instruct", show_default=True)
-@click.option("--num_examples", "--num-examples", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--synthetic_ratio", "--synthetic-ratio", default=0.3, show_default=True,
-              type=click.FloatRange(0, 1))
-@click.option("--instance_type", "--instance-type", default=None, help="e.g. ml.g5.2xlarge")
-@click.option("--instance_count", "--instance-count", default=None, type=click.IntRange(min=1))
-@click.option("--max_runtime", "--max-runtime", default=None, type=click.IntRange(min=1), help="Seconds.")
-@click.option("--use_spot/--no_spot", "--use-spot/--no-spot", default=None)
-@click.option("--registered_model_name", "--registered-model-name", default=None)
+@click_option(TrainingConfig, "base_model", "--base_model", "--base-model")
+@click_option(TrainingConfig, "num_examples", "--num_examples", "--num-examples")
+@click_option(TrainingConfig, "synthetic_ratio", "--synthetic_ratio", "--synthetic-ratio")
+@click_option(CloudTrainingConfig, "instance_type", "--instance_type", "--instance-type", default=None)
+@click_option(CloudTrainingConfig, "instance_count", "--instance_count", "--instance-count", default=None)
+@click_option(CloudTrainingConfig, "max_runtime_s", "--max_runtime", "--max-runtime", default=None, metavar="SECONDS")
+@click.option("--use_spot/--no_spot", "--use-spot/--no-spot", default=None, help="Managed spot training.")
+@click_option(TrainingConfig, "registered_model_name", "--registered_model_name", "--registered-model-name",
+              default=None)
 @click.option("--output_dir", "--output-dir", default=None, help="s3://bucket/prefix, or the job root in local mode.")
 @click.option("--backend-config", "backend_config", default=None, help="Inline JSON or a .json file.")
 @click.option("--local", is_flag=True, help="Run on this machine (mode local), no AWS account needed.")
@@ -118,13 +122,13 @@ def _backend_config_option(value: str | None) -> dict[str, Any]:
 @click.option("--no-wait", is_flag=True, help="Return once the job is submitted.")
 @click.option("-P", "--param", "extra", multiple=True, help="Any other MLproject parameter, NAME=VALUE.")
 def launch_command(codebase_path: str, base_model: str, num_examples: int, synthetic_ratio: float,
-                   instance_type: str | None, instance_count: int | None, max_runtime: int | None,
+                   instance_type: str | None, instance_count: int | None, max_runtime_s: int | None,
                    use_spot: bool | None, registered_model_name: str | None, output_dir: str | None,
                    backend_config: str | None, local: bool, experiment_name: str | None, no_wait: bool,
                    extra: tuple[str, ...]) -> None:
     """Fine-tune BASE_MODEL on a codebase: the project's `main` entry through the ade-sagemaker backend."""
     config = _backend_config_option(backend_config)
-    overrides = {"instance_type": instance_type, "instance_count": instance_count, "max_runtime_s": max_runtime,
+    overrides = {"instance_type": instance_type, "instance_count": instance_count, "max_runtime_s": max_runtime_s,
                  "use_spot": use_spot, "mode": "local" if local else None}
     config.update({k: v for k, v in overrides.items() if v is not None})
     params = dict(_split_param(p) for p in extra)
