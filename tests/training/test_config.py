@@ -86,7 +86,7 @@ def test_mlproject_commands_with_defaults_parse(entry_point, extra):
     """The command MLflow renders from MLproject (defaults, '' for no registration) parses as-is."""
     import shlex
 
-    from mlflow.projects._project_spec import load_project
+    from mlflow.projects.utils import load_project
 
     from ade_mlflow_plugin.training.entry import parse_config
     from tests.conftest import REPO_ROOT
