@@ -33,11 +33,13 @@ def resolve_target(ref: str, region: str | None) -> Target:
         return Target(ref, region, "sagemaker")
     import mlflow
 
-    from ade_mlflow_plugin.errors import ConfigError
+    from ade_mlflow_plugin.errors import ConfigError, is_missing, mlflow_error
 
     try:
         tags = mlflow.MlflowClient().get_run(ref).data.tags
     except mlflow.exceptions.MlflowException as exc:
+        if not is_missing(exc):  # the server, not the id: say so instead of "not found"
+            raise mlflow_error(f"looking up run '{ref}' on {mlflow.get_tracking_uri()}", exc) from exc
         raise ConfigError(f"run '{ref}' not found on {mlflow.get_tracking_uri()}: check the run id and "
                           "MLFLOW_TRACKING_URI") from exc
     if "sagemaker.job_name" not in tags:

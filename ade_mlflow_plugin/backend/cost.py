@@ -25,6 +25,8 @@ from typing import Any, Callable
 import filelock
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ade_mlflow_plugin.errors import aws_reason
+
 HOUR_S = 3600.0
 SERVICE_CODE = "AmazonSageMaker"
 DEFAULT_TTL_S = 7 * 24 * 3600
@@ -141,7 +143,7 @@ class PriceBook:
             try:
                 price = self._ask_api(clients, instance_type, region)
             except (ClientError, BotoCoreError) as exc:
-                problem = f"the AWS Price List API failed ({_reason(exc)})"
+                problem = f"the AWS Price List API failed ({aws_reason(exc)})"
             else:
                 if price is not None:
                     return self._store(key, instance_type, region, price)
@@ -152,14 +154,9 @@ class PriceBook:
     def _ask_api(self, clients: Any, instance_type: str, region: str) -> float | None:
         filters = [{"Type": "TERM_MATCH", "Field": "regionCode", "Value": region},
                    {"Type": "TERM_MATCH", "Field": "instanceName", "Value": instance_type}]
-        kwargs: dict[str, Any] = {"ServiceCode": SERVICE_CODE, "Filters": filters, "FormatVersion": "aws_v1"}
-        price_list: list[str] = []
-        while True:
-            page = clients.pricing.get_products(**kwargs)
-            price_list += page.get("PriceList", [])
-            if not page.get("NextToken"):
-                return parse_price_list(price_list, instance_type)
-            kwargs["NextToken"] = page["NextToken"]
+        pages = clients.pricing.get_paginator("get_products").paginate(
+            ServiceCode=SERVICE_CODE, Filters=filters, FormatVersion="aws_v1")
+        return parse_price_list([item for page in pages for item in page.get("PriceList", [])], instance_type)
 
     def _fallback(self, instance_type: str, region: str, cached: dict[str, Any] | None,
                   problem: str) -> PriceQuote:
@@ -201,20 +198,6 @@ class PriceBook:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
-
-
-def _reason(exc: BaseException) -> str:
-    """One short line: error code and message (an HTML error page becomes just its HTTP status)."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-        message = " ".join(str(error.get("Message", "")).split())
-        if message.startswith("<"):
-            message = ""
-        code = str(error.get("Code") or status)
-        code = f"HTTP {code}" if code.isdigit() else code
-        return f"{code}: {message[:200]}".strip(": ")
-    return " ".join(str(exc).split())[:200]
 
 
 # ---- cost arithmetic on DescribeTrainingJob answers -------------------------------------------------

@@ -98,16 +98,15 @@ class CostReport:
         return self._row_of(description, target)
 
     def _describe(self, target: Target, strict: bool) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
-        from ade_mlflow_plugin.backend.aws import translate
-        from ade_mlflow_plugin.errors import ConfigError
+        from ade_mlflow_plugin.errors import ConfigError, aws_error, aws_error_code
 
         try:
             return self.clients(target.region).sagemaker.describe_training_job(TrainingJobName=target.job_name)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in _NOT_FOUND:
-                raise translate("DescribeTrainingJob", exc) from exc
+        except (ClientError, BotoCoreError) as exc:
+            if aws_error_code(exc) not in _NOT_FOUND:
+                raise aws_error("DescribeTrainingJob", exc) from exc
             if not strict:
                 return None
             where = target.region or self.clients(None).session.region_name

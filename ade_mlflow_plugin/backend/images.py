@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import ConfigError, first_line
 
 LOCAL_IMAGE = "ade-mlflow-plugin/local:latest"  # local mode runs on this machine; no image is pulled
 
@@ -28,5 +28,5 @@ def resolve_image_uri(config: CloudTrainingConfig, region: str) -> str:
         raise ConfigError(
             f"backend config 'framework_version'/'py_version': no AWS PyTorch training image for "
             f"{config.framework_version}/{config.py_version} on {config.instance_type} in {region} "
-            f"({str(exc).splitlines()[0]}); set 'image_uri' or pick a supported version such as 2.5/py311"
+            f"({first_line(exc)}); set 'image_uri' or pick a supported version such as 2.5/py311"
         ) from None

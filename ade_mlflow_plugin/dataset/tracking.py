@@ -20,7 +20,7 @@ def log_to_active_run(prepared: "PreparedDataset", codebase: Path) -> bool:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from ade_mlflow_plugin.errors import AdeError
+    from ade_mlflow_plugin.errors import mlflow_error
 
     run = mlflow.active_run()
     if run is None:
@@ -28,9 +28,7 @@ def log_to_active_run(prepared: "PreparedDataset", codebase: Path) -> bool:
     try:
         _log(prepared, codebase)
     except (MlflowException, OSError) as exc:
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise AdeError(f"could not log the dataset to MLflow run {run.info.run_id} ({message}): check "
-                       "MLFLOW_TRACKING_URI and that the tracking server is up") from exc
+        raise mlflow_error(f"logging the dataset to MLflow run {run.info.run_id}", exc) from exc
     return True
 
 

@@ -123,7 +123,7 @@ def watch_command(root: Path | None, keep_versions: int, models: tuple[str, ...]
 def webhook_server_command(secret_env: str, root: Path | None, keep_versions: int, host: str, port: int,
                            window_s: int) -> None:
     """Receive MLflow registry webhooks (HMAC-verified) and sync promoted versions."""
-    from ade_mlflow_plugin.errors import ConfigError
+    from ade_mlflow_plugin.errors import ConfigError, first_line
     from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
     from ade_mlflow_plugin.registry.plugins import get_plugin_manager
     from ade_mlflow_plugin.registry.store import AdeStore
@@ -136,7 +136,7 @@ def webhook_server_command(secret_env: str, root: Path | None, keep_versions: in
         receiver = WebhookReceiver(verifier, get_plugin_manager(config), host, port,
                                    providers_reader=AdeStore(config.root).read_providers)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from exc
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or first_line(exc)}); pick another --port") from exc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     click.echo(f"listening on {receiver.url} (ADE storage {config.root}); Ctrl-C to stop", err=True)
     try:

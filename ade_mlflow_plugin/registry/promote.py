@@ -11,7 +11,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.errors import ConfigError, registry_error
 
 STAGES = ("None", "Staging", "Production", "Archived")
 #: Model-version tag prefixes of the promotion history (one tag per event, so no length limit is hit).
@@ -108,7 +108,4 @@ def _registry_call(fn: Any, what: str) -> Any:
     try:
         return fn()
     except MlflowException as exc:
-        first = str(exc.message).strip().splitlines()[0][:300] if exc.message else type(exc).__name__
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise ConfigError(f"{what}: {first}; check the model name, version and alias") from exc
-        raise AdeError(f"{what}: {first}; check MLFLOW_TRACKING_URI and that the server is up") from exc
+        raise registry_error(what, exc, "check the model name, version and alias") from exc

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.errors import AdeError, ConfigError, first_line
 
 METADATA = "metadata.json"
 METRICS = "performance_metrics.json"
@@ -178,7 +178,7 @@ def read_json(path: Path, default: Any = None) -> Any:
     except FileNotFoundError:
         return default
     except json.JSONDecodeError as exc:
-        raise AdeError(f"{path} is not valid JSON ({exc}); delete it and sync again") from exc
+        raise AdeError(f"{path} is not valid JSON ({first_line(exc)}); delete it and sync again") from exc
 
 
 class AdeStore:

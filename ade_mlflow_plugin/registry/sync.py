@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.errors import ConfigError, is_missing, mlflow_error
 from ade_mlflow_plugin.registry import download
 from ade_mlflow_plugin.registry import store as st
 from ade_mlflow_plugin.registry.config import ModelRegistryConfig
@@ -241,10 +241,9 @@ class ModelSyncManager:
         try:
             return fn()
         except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if is_missing(exc):  # ``what`` already says what is missing; MLflow's text adds nothing
                 raise ConfigError(f"{what}; check the model name and version in the MLflow UI") from exc
-            raise AdeError(f"MLflow registry call failed: {download.first_line(exc.message)}; "
-                           "check MLFLOW_TRACKING_URI and that the server is up") from exc
+            raise mlflow_error("MLflow registry call", exc) from exc
 
 
 def _reconcile_model(store: st.AdeStore, name: str, current: dict[str, Any],

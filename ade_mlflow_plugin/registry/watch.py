@@ -14,6 +14,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
+from ade_mlflow_plugin.errors import describe
 from ade_mlflow_plugin.registry import store as st
 from ade_mlflow_plugin.registry.sync import SERVING_STAGES
 
@@ -85,7 +86,7 @@ class Watcher:
                 for change in changes:
                     self._fire(change)
             except Exception as exc:  # keep the old cursor for this model; retried next poll
-                _log.error("watch: hooks for %s failed (%s); will retry", name, exc)
+                _log.error("watch: hooks for %s failed (%s); will retry", name, describe(exc))
                 continue
             fired.extend(changes)
             if cursor.get(name) != state:

@@ -21,7 +21,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.errors import ConfigError, describe, mlflow_error
 
 _log = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ class WebhookReceiver:
                 self.stats.processed += 1
             except Exception as exc:  # one failed sync must not stop the receiver
                 self.stats.failed += 1
-                self.stats.errors.append(f"{type(exc).__name__}: {exc}")
-                _log.error("webhook event %s failed: %s", event.get("event"), exc)
+                self.stats.errors.append(describe(exc))
+                _log.error("webhook event %s failed: %s", event.get("event"), describe(exc))
             finally:
                 with self._idle:
                     self._pending -= 1
@@ -254,10 +254,8 @@ def register_webhook(client: Any, url: str, secret: str, name: str = DEFAULT_WEB
         return client.create_webhook(name=name, url=url, events=list(EVENTS), secret=secret,
                                      description="ade-mlflow-plugin: sync promoted versions to ADE storage")
     except MlflowException as exc:
-        first = str(exc.message).strip().splitlines()[0][:300]
-        raise AdeError(f"registering the webhook failed: {first}; webhooks need an MLflow server with a "
-                       "SQL backend store (and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true for private "
-                       "addresses)") from exc
+        raise mlflow_error("registering the webhook", exc, "webhooks need an MLflow server with a SQL backend "
+                           "store (and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true for private addresses)") from exc
 
 
 def _all_webhooks(client: Any) -> list[Any]:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.training.config import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"base_model '{config.base_model}' could not be loaded: {str(exc).splitlines()[0][:200]}; "
+        raise ConfigError(f"base_model '{config.base_model}' could not be loaded: {first_line(exc, 200)}; "
                           "pass a hub id or a folder with config.json and weights") from None
     if quant is None:
         model.to(target)
@@ -119,7 +119,7 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
         return get_peft_model(model, lora)
     except ValueError as exc:
         raise ConfigError(f"target_modules '{config.target_modules}' does not match the model's layers "
-                          f"({str(exc).splitlines()[0][:160]}): pass all-linear or names such as q_proj,v_proj") from None
+                          f"({first_line(exc, 160)}): pass all-linear or names such as q_proj,v_proj") from None
 
 
 def enable_checkpointing(model: Any) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.training.checkpoints import SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, latest_checkpoint
 from ade_mlflow_plugin.training.config import TrainingConfig
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, attach_run, is_main_process,
@@ -199,7 +199,7 @@ def run_evaluate(model_uri: str, dataset: str, max_new_tokens: int, num_samples:
     try:
         parts = mlflow.transformers.load_model(model_uri, return_type="components")
     except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError(f"model_uri '{model_uri}' could not be loaded ({exc.message.splitlines()[0][:200]}): "
+        raise ConfigError(f"model_uri '{model_uri}' could not be loaded ({first_line(exc, 200)}): "
                           "pass runs:/<run_id>/model or models:/<name>/<version>") from None
     model, tokenizer = parts["model"], parts["tokenizer"]
     if tokenizer.pad_token_id is None:
