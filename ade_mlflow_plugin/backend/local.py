@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
+from ade_mlflow_plugin.backend.packaging import S3Store
+from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
 from ade_mlflow_plugin.job.procs import kill_tree
-from ade_mlflow_plugin.errors import AdeError, ConfigError
+from ade_mlflow_plugin.errors import AdeError, ConfigError, aws_error, describe
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
 CHECKPOINT_SYNC_S = 30.0
@@ -87,7 +89,7 @@ class Location:
                     continue
                 if not prefix or key.startswith(prefix + "/"):
                     relative = key[len(prefix) + 1:] if prefix else key
-                    if relative and not relative.endswith("/") and relative != "_ade_complete.json":
+                    if relative and not relative.endswith("/") and relative != S3Store.MARKER:
                         yield key, relative
 
     def upload_from(self, source: Path, *, everything: bool = False) -> int:
@@ -185,7 +187,7 @@ class LocalJob:
         self._transition("Training", "Training in progress on this machine")
         self._started = _now()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ade_mlflow_plugin.job.launcher"], cwd=self.root, env=self._env(),
+            [sys.executable, "-m", contract.LAUNCHER_MODULE], cwd=self.root, env=self._env(),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
         self._pump = threading.Thread(target=self._pump_output, daemon=True)
         self._pump.start()
@@ -194,18 +196,15 @@ class LocalJob:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.request.get("Environment", {}))
-        env.update({"SAGEMAKER_BASE_DIR": str(self.root), "TRAINING_JOB_NAME": self.name,
-                    "TRAINING_JOB_ARN": self.arn, "PYTHONUNBUFFERED": "1"})
+        # What SageMaker sets in a training container; the base dir moves /opt/ml into the job root.
+        env.update({contract.ENV_BASE_DIR: str(self.root), contract.ENV_JOB_NAME: self.name,
+                    contract.ENV_JOB_ARN: self.arn, "PYTHONUNBUFFERED": "1"})
         return env
 
     def _fail_before_start(self, exc: Exception) -> AdeError:
         """The job cannot start: output/failure and a Failed status, as SageMaker reports it."""
-        if isinstance(exc, AdeError):
-            error = exc
-        else:
-            from ade_mlflow_plugin.backend.aws import translate
-
-            error = translate(f"local job {self.name}: downloading its inputs", exc)
+        action = f"local job {self.name}: downloading its inputs"
+        error = exc if isinstance(exc, AdeError) else aws_error(action, exc)
         reason = " ".join(str(error.message).split())
         try:
             self.paths.failure_file.write_text(reason + "\n")
@@ -269,7 +268,7 @@ class LocalJob:
                 # The last sync sends everything: a same-size rewrite within one mtime tick looks unchanged.
                 self._checkpoints.upload_from(self.paths.checkpoint_dir, everything=everything)
             except Exception as exc:  # a failed sync must not kill the job; the final sync retries
-                self._log(f"local runner: checkpoint sync failed: {exc}")
+                self._log(f"local runner: checkpoint sync failed: {describe(exc)}")
 
     def _finish(self, code: int) -> None:
         self._transition("Uploading", "Uploading generated training model")
@@ -277,7 +276,7 @@ class LocalJob:
         try:
             self._model_uri = self._upload_model()
         except Exception as exc:
-            self._failure = f"ClientError: uploading the model failed: {exc}"
+            self._failure = f"ClientError: uploading the model failed: {describe(exc)}"
             code = code or 1
         if self._stop_requested:
             status = "Stopped"

@@ -15,12 +15,14 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 import pathspec
 
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import NOT_FOUND, ConfigError, aws_error_code
 from ade_mlflow_plugin.gitignore import IgnoreRules
+from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job.contract import BUNDLE_DIR, SHIM_NAME, channel_name
 
 # Directories never shipped: VCS, MLflow's local stores, caches, virtualenvs, our own job roots.
 EXCLUDED_DIRS = {
@@ -34,12 +36,10 @@ CREDENTIAL_PATTERNS = pathspec.GitIgnoreSpec.from_lines([
     ".pgpass", "*.p12", "*.pfx", "*.keystore", "*.jks", ".aws/", "credentials.json",
     ".git-credentials", ".npmrc", ".pypirc", "*.egg-info/",
 ])
-SHIM_NAME = "ade_entry.py"
-BUNDLE_DIR = "_ade_bundle"
 SHIM_SOURCE = (
     "import os, sys\n"
-    "sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), \"_ade_bundle\"))\n"
-    "from ade_mlflow_plugin.job.launcher import main\n"
+    f"sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), {BUNDLE_DIR!r}))\n"
+    f"from {contract.LAUNCHER_MODULE} import main\n"
     "sys.exit(main())\n"
 )
 _FIXED_MTIME = 315532800  # 1980-01-01, the zip epoch: any fixed value makes the archive reproducible
@@ -180,12 +180,6 @@ def tree_digest(files: Iterable[PackedFile]) -> str:
     return outer.hexdigest()
 
 
-class ContentStore(Protocol):
-    """Where the content-addressed code archive goes: S3 (sagemaker mode) or a local dir (local mode)."""
-
-    def put_file(self, key: str, source: Path) -> Upload: ...
-
-
 class S3Store:
     """Content-addressed uploads to s3://bucket/prefix/..., encrypted at rest, skipped when present."""
 
@@ -203,13 +197,11 @@ class S3Store:
         return {"ServerSideEncryption": "AES256"}
 
     def _exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
             self.s3.head_object(Bucket=self.bucket, Key=key)
             return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+        except Exception as exc:  # botocore's ClientError; the caller's aws_call translates the rest
+            if aws_error_code(exc) in NOT_FOUND:
                 return False
             raise
 
@@ -255,13 +247,6 @@ class LocalStore:
         tmp.write_bytes(source.read_bytes())
         os.replace(tmp, target)
         return Upload(target.resolve().as_uri(), target.stat().st_size, digest)
-
-
-def channel_name(param: str) -> str:
-    """SageMaker channel names allow [A-Za-z0-9.-_], at most 64 characters."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]", "_", param)[:64]
 
 
 def local_channel(param: str, path: str):  # -> spec.Channel

@@ -1,11 +1,11 @@
 """PURE: config + project inputs + MLflow run -> a CreateTrainingJob request. No boto3 here.
 
 Everything the job needs travels in the request (docs/job-contract.md), so whatever executes
-DescribeTrainingJob's answer (SageMaker, AWS's toolkit, our local runner) runs the same job.
+DescribeTrainingJob's answer (SageMaker, AWS's toolkit, our local runner) runs the same job. The wire
+format itself (hyperparameter keys, channel names, environment) is job/contract.py's encode().
 """
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -15,11 +15,12 @@ from urllib.parse import urlsplit
 
 from ade_mlflow_plugin.config import CloudTrainingConfig
 from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job.bootstrap import container_entrypoint
+from ade_mlflow_plugin.job.contract import RunInfo
 
-CONTAINER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
 LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/ade-local-mode"
 _JOB_NAME_MAX = 63
-_HYPERPARAMETER_MAX = 2500
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,6 @@ class Channel:
     name: str
     uri: str
     file_name: str | None = None  # set when the param named one file, not a directory
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    run_id: str
-    experiment_id: str
-    tracking_uri: str
 
 
 @dataclass(frozen=True)
@@ -72,55 +66,34 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
-def _hp(value: Any) -> str:
-    # AWS's container toolkit json-decodes every hyperparameter; strings must be JSON strings.
-    return json.dumps(value)
+def job_contract(inputs: JobInputs, region: str) -> contract.JobContract:
+    """What the job must be told, in the contract's terms."""
+    channels = {param: contract.ChannelParam(c.name, c.file_name) for param, c in inputs.channel_params.items()}
+    return contract.JobContract(code_uri=inputs.code_uri, region=region, entry_point=inputs.entry_point,
+                                run=inputs.run, params=dict(inputs.params), channel_params=channels)
 
 
-def hyperparameters(inputs: JobInputs, region: str) -> dict[str, str]:
-    values = {
-        "sagemaker_program": "ade_entry.py",
-        "sagemaker_submit_directory": inputs.code_uri,
-        "sagemaker_region": region,
-        "ade_entry_point": inputs.entry_point,
-        "ade_params": json.dumps(inputs.params, sort_keys=True),
-        "ade_channel_params": json.dumps({k: c.name for k, c in inputs.channel_params.items()}, sort_keys=True),
-        "ade_file_params": json.dumps(
-            {k: c.file_name for k, c in inputs.channel_params.items() if c.file_name}, sort_keys=True),
-        "mlflow_run_id": inputs.run.run_id,
-        "mlflow_experiment_id": inputs.run.experiment_id,
-        "mlflow_tracking_uri": inputs.run.tracking_uri,
-    }
-    encoded = {k: _hp(v) for k, v in values.items()}
-    for key, value in encoded.items():
-        if len(value) > _HYPERPARAMETER_MAX:
-            raise ConfigError(f"parameters too long for SageMaker ({key} is {len(value)} > {_HYPERPARAMETER_MAX} "
+def _checked(hyperparameters: dict[str, str]) -> dict[str, str]:
+    limit = contract.HYPERPARAMETER_MAX_CHARS
+    for key, value in hyperparameters.items():
+        if len(value) > limit:
+            raise ConfigError(f"parameters too long for SageMaker ({key} is {len(value)} > {limit} "
                               "characters): pass long values as a file through a path parameter")
-    return encoded
+    return hyperparameters
 
 
-def _channels(inputs: JobInputs) -> list[dict[str, Any]]:
-    unique = {c.name: c for c in inputs.channel_params.values()}
+def _channels(inputs: JobInputs, names: list[str]) -> list[dict[str, Any]]:
+    uris = {c.name: c.uri for c in inputs.channel_params.values()}
     return [
         {
-            "ChannelName": channel.name,
+            "ChannelName": name,
             "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": channel.uri, "S3DataDistributionType": "FullyReplicated",
+                "S3DataType": "S3Prefix", "S3Uri": uris[name], "S3DataDistributionType": "FullyReplicated",
             }},
             "InputMode": "File",
         }
-        for channel in sorted(unique.values(), key=lambda c: c.name)
+        for name in names
     ]
-
-
-def _environment(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, str]:
-    env = dict(config.environment)
-    env.update({
-        "MLFLOW_RUN_ID": inputs.run.run_id,
-        "MLFLOW_EXPERIMENT_ID": inputs.run.experiment_id,
-        "MLFLOW_TRACKING_URI": inputs.run.tracking_uri,
-    })
-    return env
 
 
 def _tags(config: CloudTrainingConfig, inputs: JobInputs) -> list[dict[str, str]]:
@@ -149,8 +122,6 @@ def _algorithm(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, Any]
         # SageMaker signals only PID 1 on stop and spot reclaim, and AWS's toolkit does not pass SIGTERM on
         # (aws/sagemaker-training-toolkit#125): the bootstrap makes our launcher PID 1 so the entry gets
         # its 120 s to checkpoint. It unpacks sagemaker_submit_directory exactly as the toolkit would.
-        from ade_mlflow_plugin.job.bootstrap import container_entrypoint
-
         algorithm.update(container_entrypoint())
     return algorithm
 
@@ -163,22 +134,24 @@ def build_training_job_request(config: CloudTrainingConfig, inputs: JobInputs, r
     output: dict[str, Any] = {"S3OutputPath": inputs.output_uri}
     if config.output_kms_key_id:
         output["KmsKeyId"] = config.output_kms_key_id
+    wire = contract.encode(job_contract(inputs, region))
     request: dict[str, Any] = {
         "TrainingJobName": inputs.job_name,
         "AlgorithmSpecification": _algorithm(config, inputs),
         "RoleArn": config.role_arn or LOCAL_ROLE_ARN,
-        "HyperParameters": hyperparameters(inputs, region),
+        "HyperParameters": _checked(wire.hyperparameters),
         "OutputDataConfig": output,
         "ResourceConfig": _resources(config),
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": config.use_spot,
-        "CheckpointConfig": {"S3Uri": inputs.checkpoint_uri, "LocalPath": CONTAINER_CHECKPOINT_DIR},
+        "CheckpointConfig": {"S3Uri": inputs.checkpoint_uri,
+                             "LocalPath": str(contract.CONTAINER_PATHS.checkpoint_dir)},
         "EnableNetworkIsolation": config.enable_network_isolation,
         "EnableInterContainerTrafficEncryption": config.enable_inter_container_traffic_encryption,
-        "Environment": _environment(config, inputs),
+        "Environment": {**config.environment, **wire.environment},
         "Tags": _tags(config, inputs),
     }
-    channels = _channels(inputs)
+    channels = _channels(inputs, wire.channel_names)
     if channels:
         request["InputDataConfig"] = channels
     if config.subnets:

@@ -8,7 +8,11 @@ run this file instead: it fetches `sagemaker_submit_directory` into <base>/code 
 does, then exec()s `python ade_entry.py`, so the launcher keeps PID 1 and forwards the signal.
 
 This file travels inside the request (base64, in <= 256-character arguments, the service's limit), so
-it uses only the standard library and boto3, which every AWS training image has.
+it uses only the standard library and boto3, which every AWS training image has. It is also the job's
+one way to fetch its code (the launcher calls :func:`download_archive` when it must fetch the code
+itself): the job imports nothing from the client side. The names it shares with the client come from
+contract.py; when it travels, the import line below is replaced by those constants
+(:func:`traveling_source`), since nothing else of the package is on the machine yet.
 """
 from __future__ import annotations
 
@@ -19,29 +23,42 @@ import sys
 import tarfile
 import tempfile
 
+from ade_mlflow_plugin.job import contract  # ade:contract (replaced by the constants when traveling)
+
 ARG_LIMIT = 256  # characters per ContainerEntrypoint/ContainerArguments item
 # Decodes the arguments back into this file and runs it as __main__.
 DECODER = "import base64,sys;exec(compile(base64.b64decode(''.join(sys.argv[1:])),'ade-bootstrap','exec'))"
+_CONTRACT_IMPORT = "from ade_mlflow_plugin.job import contract  # ade:contract"
+
+
+def traveling_source() -> str:
+    """This file as it travels: the contract import replaced by the constants it uses."""
+    with open(__file__, encoding="utf-8") as source:
+        text = source.read()
+    line = next(line for line in text.splitlines() if line.startswith(_CONTRACT_IMPORT))
+    values = ", ".join(f"{name}={getattr(contract, name)!r}" for name in contract.BOOTSTRAP_NAMES)
+    return text.replace(line, f"import types\ncontract = types.SimpleNamespace({values})", 1)
 
 
 def container_entrypoint() -> dict[str, list[str]]:
     """The AlgorithmSpecification keys that start a job through this bootstrap."""
-    with open(__file__, "rb") as source:
-        encoded = base64.b64encode(source.read()).decode()
+    encoded = base64.b64encode(traveling_source().encode()).decode()
     chunks = [encoded[i:i + ARG_LIMIT] for i in range(0, len(encoded), ARG_LIMIT)]
     return {"ContainerEntrypoint": ["python3", "-c", DECODER], "ContainerArguments": chunks}
 
 
 def _fail(base: str, message: str) -> None:
     # SageMaker shows output/failure as the job's FailureReason.
-    os.makedirs(os.path.join(base, "output"), exist_ok=True)
-    with open(os.path.join(base, "output", "failure"), "w") as failure:
-        failure.write(f"ade bootstrap: {message}\n")
+    failure = os.path.join(base, contract.FAILURE_FILE)
+    os.makedirs(os.path.dirname(failure), exist_ok=True)
+    with open(failure, "w") as out:
+        out.write(f"ade bootstrap: {message}\n")
     print(f"ade bootstrap: {message}", file=sys.stderr, flush=True)
     sys.exit(1)
 
 
-def _archive(uri: str, region: str | None, tmp: str) -> str:
+def download_archive(uri: str, region: str | None, tmp: str) -> str:
+    """The local path of the code archive: s3:// is downloaded into tmp, file:// and paths are used as is."""
     if not uri.startswith("s3://"):
         return uri[7:] if uri.startswith("file://") else uri
     import boto3
@@ -67,26 +84,26 @@ def _unpack(archive: str, code: str) -> None:
 
 def _decode(value: str) -> object:
     try:
-        return json.loads(value)  # the toolkit convention: JSON-encoded strings
+        return json.loads(value)  # the toolkit convention: JSON-encoded strings (contract.decode_value)
     except ValueError:
         return value
 
 
 def main() -> None:
-    base = os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")
-    code = os.path.join(base, "code")
+    base = os.environ.get(contract.ENV_BASE_DIR, contract.DEFAULT_BASE)
+    code = os.path.join(base, contract.CODE_DIR)
     try:
-        with open(os.path.join(base, "input", "config", "hyperparameters.json")) as config:
+        with open(os.path.join(base, contract.HYPERPARAMETERS_FILE)) as config:
             hyper = {k: _decode(v) for k, v in json.load(config).items()}
-        uri = hyper["sagemaker_submit_directory"]
+        uri = hyper[contract.HP_SUBMIT_DIRECTORY]
         os.makedirs(code, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            _unpack(_archive(uri, hyper.get("sagemaker_region"), tmp), code)
+            _unpack(download_archive(uri, hyper.get(contract.HP_REGION) or None, tmp), code)
     except Exception as exc:  # one line for FailureReason; the launcher never started
         _fail(base, f"cannot fetch the job's code: {type(exc).__name__}: {exc}")
     os.chdir(code)
     sys.stdout.flush()
-    os.execv(sys.executable, [sys.executable, "ade_entry.py"])  # same PID: the launcher gets the signal
+    os.execv(sys.executable, [sys.executable, contract.SHIM_NAME])  # same PID: the launcher gets the signal
 
 
 if __name__ == "__main__":

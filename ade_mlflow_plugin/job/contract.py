@@ -1,20 +1,94 @@
-"""The SageMaker training container contract, in one place, rooted at a configurable base.
+"""The job contract: every name the client and the job must agree on, and the one encode/decode.
 
-SageMaker mounts everything under /opt/ml; AWS's own toolkit honours SAGEMAKER_BASE_DIR to move that
-root, and so do we: the local runner (backend/local.py) writes the same files under a job root.
+Two halves, one module:
+- the client (backend/spec.py) calls :func:`encode` on a :class:`JobContract` and puts the result in the
+  CreateTrainingJob request: HyperParameters, the InputDataConfig channel names, Environment;
+- the job (launcher.py) calls :func:`decode` on what SageMaker (or AWS's toolkit, or our local runner,
+  through :func:`write_contract`) wrote under ``/opt/ml`` and gets the same :class:`JobContract` back.
+No hyperparameter key, channel name or contract environment variable is spelled anywhere else.
+
+The contract is rooted at a configurable base: SageMaker mounts everything under /opt/ml; AWS's toolkit
+honours SAGEMAKER_BASE_DIR to move that root, and so do we (the local runner plays /opt/ml in a job root).
+
+bootstrap.py is the one job module that cannot import this one: it travels alone, base64-encoded inside
+the request's ContainerArguments, before any code is on the machine. Rather than ship this whole module
+beside it (the arguments are capped at 100 x 256 characters, and this module grows with every job input),
+``bootstrap.container_entrypoint()`` replaces its ``import contract`` line with the few constants it uses
+(:data:`BOOTSTRAP_NAMES`), taken from here when the request is built; a test checks the traveling source.
+This module itself stays standard-library only: the launcher imports it before the job's requirements
+are installed.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+# ---------------------------------------------------------------- where things are (under the base)
 DEFAULT_BASE = "/opt/ml"
-SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"
+HYPERPARAMETERS_FILE = "input/config/hyperparameters.json"
+RESOURCE_CONFIG_FILE = "input/config/resourceconfig.json"
+INPUT_DATA_CONFIG_FILE = "input/config/inputdataconfig.json"
+CHANNELS_DIR = "input/data"
+CODE_DIR = "code"
+FAILURE_FILE = "output/failure"
+#: The toolkit's ``sagemaker_program``: puts BUNDLE_DIR on sys.path and runs LAUNCHER_MODULE's main().
+SHIM_NAME = "ade_entry.py"
+#: This package's own source inside the code archive, so the image needs no plugin install.
+BUNDLE_DIR = "_ade_bundle"
+LAUNCHER_MODULE = "ade_mlflow_plugin.job.launcher"
+
+# ---------------------------------------------------------------- hyperparameter keys
+# The sagemaker_* keys are AWS's toolkit's own names: an image started by the toolkit's `train` finds
+# the code and the program through them.
+HP_PROGRAM = "sagemaker_program"
+HP_SUBMIT_DIRECTORY = "sagemaker_submit_directory"
+HP_REGION = "sagemaker_region"
+HP_ENTRY_POINT = "ade_entry_point"
+HP_PARAMS = "ade_params"
+HP_CHANNEL_PARAMS = "ade_channel_params"
+HP_FILE_PARAMS = "ade_file_params"
+HP_RUN_ID = "mlflow_run_id"
+HP_EXPERIMENT_ID = "mlflow_experiment_id"
+HP_TRACKING_URI = "mlflow_tracking_uri"
+#: SageMaker's limit on one hyperparameter value.
+HYPERPARAMETER_MAX_CHARS = 2500
+DEFAULT_ENTRY_POINT = "main"
+
+# ---------------------------------------------------------------- environment
+ENV_BASE_DIR = "SAGEMAKER_BASE_DIR"
+ENV_JOB_NAME = "TRAINING_JOB_NAME"  # set by SageMaker in every training container
+ENV_JOB_ARN = "TRAINING_JOB_ARN"
+# MLflow's own variables: the entry attaches to the run the backend created.
+ENV_RUN_ID = "MLFLOW_RUN_ID"
+ENV_EXPERIMENT_ID = "MLFLOW_EXPERIMENT_ID"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+# What the launcher hands the entry (the SM_* names are the toolkit's documented ones).
+ENV_MODEL_DIR = "SM_MODEL_DIR"
+ENV_OUTPUT_DIR = "SM_OUTPUT_DIR"
+ENV_OUTPUT_DATA_DIR = "SM_OUTPUT_DATA_DIR"
+ENV_INPUT_DIR = "SM_INPUT_DIR"
+ENV_INPUT_CONFIG_DIR = "SM_INPUT_CONFIG_DIR"
+ENV_CHANNELS = "SM_CHANNELS"
+ENV_CHANNEL_PREFIX = "SM_CHANNEL_"
+ENV_HOSTS = "SM_HOSTS"
+ENV_CURRENT_HOST = "SM_CURRENT_HOST"
+ENV_NUM_GPUS = "SM_NUM_GPUS"
+ENV_NUM_CPUS = "SM_NUM_CPUS"
+ENV_CHECKPOINT_DIR = "ADE_CHECKPOINT_DIR"
+# Knobs of the launcher itself (tests and odd clusters set them).
+ENV_NPROC_PER_NODE = "ADE_NPROC_PER_NODE"
+ENV_MASTER_PORT = "ADE_MASTER_PORT"
+ENV_SKIP_INSTALL = "ADE_SKIP_INSTALL"
+
+#: The constants bootstrap.py gets injected when it travels alone (see the module docstring).
+BOOTSTRAP_NAMES = ("DEFAULT_BASE", "ENV_BASE_DIR", "HYPERPARAMETERS_FILE", "CODE_DIR", "FAILURE_FILE",
+                   "SHIM_NAME", "HP_SUBMIT_DIRECTORY", "HP_REGION")
 
 
 @dataclass(frozen=True)
@@ -27,27 +101,31 @@ class ContainerPaths:
         object.__setattr__(self, "base", Path(self.base))  # accept a str as well
 
     @classmethod
-    def from_env(cls) -> "ContainerPaths":
-        return cls(Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE)))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ContainerPaths":
+        return cls(Path((os.environ if env is None else env).get(ENV_BASE_DIR, DEFAULT_BASE)))
 
     @property
     def config_dir(self) -> Path:
-        return self.base / "input" / "config"
+        return self.hyperparameters_file.parent
 
     @property
     def hyperparameters_file(self) -> Path:
-        return self.config_dir / "hyperparameters.json"
+        return self.base / HYPERPARAMETERS_FILE
 
     @property
     def resource_config_file(self) -> Path:
-        return self.config_dir / "resourceconfig.json"
+        return self.base / RESOURCE_CONFIG_FILE
 
     @property
     def input_data_config_file(self) -> Path:
-        return self.config_dir / "inputdataconfig.json"
+        return self.base / INPUT_DATA_CONFIG_FILE
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base / "input"
 
     def channel_dir(self, channel: str) -> Path:
-        return self.base / "input" / "data" / channel
+        return self.base / CHANNELS_DIR / channel
 
     @property
     def model_dir(self) -> Path:
@@ -55,7 +133,7 @@ class ContainerPaths:
 
     @property
     def output_dir(self) -> Path:
-        return self.base / "output"
+        return self.failure_file.parent
 
     @property
     def output_data_dir(self) -> Path:
@@ -63,11 +141,11 @@ class ContainerPaths:
 
     @property
     def failure_file(self) -> Path:
-        return self.output_dir / "failure"
+        return self.base / FAILURE_FILE
 
     @property
     def code_dir(self) -> Path:
-        return self.base / "code"
+        return self.base / CODE_DIR
 
     @property
     def entry_pgid_file(self) -> Path:
@@ -77,17 +155,99 @@ class ContainerPaths:
 
     @property
     def checkpoint_dir(self) -> Path:
-        # On SageMaker CheckpointConfig.LocalPath is /opt/ml/checkpoints, i.e. <base>/checkpoints.
+        # The request's CheckpointConfig.LocalPath: SageMaker syncs it with CheckpointConfig.S3Uri.
         return self.base / "checkpoints"
 
     def make_dirs(self) -> None:
         for path in (self.config_dir, self.model_dir, self.output_data_dir, self.checkpoint_dir,
-                     self.base / "input" / "data"):
+                     self.base / CHANNELS_DIR):
             path.mkdir(parents=True, exist_ok=True)
 
 
-def _decode(value: Any) -> Any:
-    # The toolkit convention: every hyperparameter value is a JSON-encoded string.
+#: Where a SageMaker container finds the contract.
+CONTAINER_PATHS = ContainerPaths(Path(DEFAULT_BASE))
+
+
+# ---------------------------------------------------------------- what the client tells the job
+@dataclass(frozen=True)
+class RunInfo:
+    """The MLflow run the backend created; the job attaches to it."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+
+@dataclass(frozen=True)
+class ChannelParam:
+    """A path parameter shipped as an input channel."""
+
+    channel: str
+    file_name: str | None = None  # set when the parameter named one file, not a directory
+
+
+@dataclass(frozen=True)
+class JobContract:
+    """Everything the job needs from the client, in decoded form (encode() -> request -> decode())."""
+
+    code_uri: str
+    region: str | None
+    entry_point: str
+    run: RunInfo
+    params: dict[str, str] = field(default_factory=dict)
+    channel_params: dict[str, ChannelParam] = field(default_factory=dict)
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The InputDataConfig channels, sorted, once each (two params may share one)."""
+        return sorted({c.channel for c in self.channel_params.values()})
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The parts of a CreateTrainingJob request that carry the contract."""
+
+    hyperparameters: dict[str, str]
+    environment: dict[str, str]
+    channel_names: list[str]
+
+
+class ContractError(ValueError):
+    """The job's inputs do not match the contract: one line, for output/failure."""
+
+
+def channel_name(param: str) -> str:
+    """The channel of a path parameter: SageMaker allows [A-Za-z0-9._-], at most 64 characters."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", param)[:64]
+
+
+def _json_object(values: Mapping[str, Any]) -> str:
+    return json.dumps(dict(values), sort_keys=True)
+
+
+def encode(job: JobContract) -> Encoded:
+    """Client side: the request's HyperParameters (toolkit convention: each value a JSON string),
+    Environment and channel names. Values are not length-checked here (see HYPERPARAMETER_MAX_CHARS)."""
+    files = {p: c.file_name for p, c in job.channel_params.items() if c.file_name}
+    values = {
+        HP_PROGRAM: SHIM_NAME,
+        HP_SUBMIT_DIRECTORY: job.code_uri,
+        HP_REGION: job.region or "",
+        HP_ENTRY_POINT: job.entry_point,
+        HP_PARAMS: _json_object(job.params),
+        HP_CHANNEL_PARAMS: _json_object({p: c.channel for p, c in job.channel_params.items()}),
+        HP_FILE_PARAMS: _json_object(files),
+        HP_RUN_ID: job.run.run_id,
+        HP_EXPERIMENT_ID: job.run.experiment_id,
+        HP_TRACKING_URI: job.run.tracking_uri,
+    }
+    environment = {ENV_RUN_ID: job.run.run_id, ENV_EXPERIMENT_ID: job.run.experiment_id,
+                   ENV_TRACKING_URI: job.run.tracking_uri}
+    return Encoded({k: json.dumps(v) for k, v in values.items()}, environment, job.channel_names)
+
+
+def decode_value(value: Any) -> Any:
+    """The toolkit convention: every hyperparameter value is a JSON-encoded string."""
     if not isinstance(value, str):
         return value
     try:
@@ -96,10 +256,54 @@ def _decode(value: Any) -> Any:
         return value
 
 
+def _as_dict(value: Any, key: str) -> dict[str, str]:
+    if isinstance(value, str):  # nested JSON: decoded once by the toolkit, once here
+        try:
+            value = json.loads(value) if value else {}
+        except json.JSONDecodeError:
+            raise ContractError(f"hyperparameter {key} is not a JSON object; resubmit the job") from None
+    if not isinstance(value, dict):
+        raise ContractError(f"hyperparameter {key} is not a JSON object; resubmit the job")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def decode_hyperparameters(hyper: Mapping[str, Any]) -> JobContract:
+    """Job side: the contract from hyperparameters already read with read_hyperparameters()."""
+    files = _as_dict(hyper.get(HP_FILE_PARAMS) or {}, HP_FILE_PARAMS)
+    channels = {param: ChannelParam(channel, files.get(param))
+                for param, channel in _as_dict(hyper.get(HP_CHANNEL_PARAMS) or {}, HP_CHANNEL_PARAMS).items()}
+    return JobContract(
+        code_uri=str(hyper.get(HP_SUBMIT_DIRECTORY) or ""),
+        region=str(hyper.get(HP_REGION) or "") or None,
+        entry_point=str(hyper.get(HP_ENTRY_POINT) or DEFAULT_ENTRY_POINT),
+        run=RunInfo(*(str(hyper.get(key) or "") for key in (HP_RUN_ID, HP_EXPERIMENT_ID, HP_TRACKING_URI))),
+        params=_as_dict(hyper.get(HP_PARAMS) or {}, HP_PARAMS),
+        channel_params=channels,
+    )
+
+
+def decode(paths: ContainerPaths) -> JobContract:
+    """Job side: the contract SageMaker (or the local runner) wrote under ``paths``."""
+    return decode_hyperparameters(read_hyperparameters(paths))
+
+
+def param_values(job: JobContract, paths: ContainerPaths) -> dict[str, str]:
+    """The entry point's parameter values inside the job: path params point into their channel dirs."""
+    values = dict(job.params)
+    for param, channel in job.channel_params.items():
+        directory = paths.channel_dir(channel.channel)
+        if not directory.exists():
+            raise ContractError(f"input channel '{channel.channel}' (parameter '{param}') is missing from "
+                                f"{directory.parent}; check the job's InputDataConfig")
+        values[param] = str(directory / channel.file_name) if channel.file_name else str(directory)
+    return values
+
+
+# ---------------------------------------------------------------- the files under the base
 def read_hyperparameters(paths: ContainerPaths) -> dict[str, Any]:
     if not paths.hyperparameters_file.is_file():
         return {}
-    return {k: _decode(v) for k, v in json.loads(paths.hyperparameters_file.read_text()).items()}
+    return {k: decode_value(v) for k, v in json.loads(paths.hyperparameters_file.read_text()).items()}
 
 
 def read_resource_config(paths: ContainerPaths) -> dict[str, Any]:
@@ -122,8 +326,8 @@ def is_lead_host(resource: dict[str, Any]) -> bool:
 
 def gpu_count() -> int:
     """GPUs on this host: SM_NUM_GPUS when SageMaker/the toolkit set it, else nvidia-smi."""
-    if os.environ.get("SM_NUM_GPUS", "").isdigit():
-        return int(os.environ["SM_NUM_GPUS"])
+    if os.environ.get(ENV_NUM_GPUS, "").isdigit():
+        return int(os.environ[ENV_NUM_GPUS])
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
@@ -138,25 +342,26 @@ def sm_environment(paths: ContainerPaths, resource: dict[str, Any], num_gpus: in
     hosts = resource.get("hosts", ["algo-1"])
     channels = sorted(read_input_data_config(paths))
     env = {
-        "SM_MODEL_DIR": str(paths.model_dir),
-        "SM_OUTPUT_DIR": str(paths.output_dir),
-        "SM_OUTPUT_DATA_DIR": str(paths.output_data_dir),
-        "SM_INPUT_DIR": str(paths.base / "input"),
-        "SM_INPUT_CONFIG_DIR": str(paths.config_dir),
-        "SM_CHANNELS": json.dumps(channels),
-        "SM_HOSTS": json.dumps(hosts),
-        "SM_CURRENT_HOST": resource.get("current_host", hosts[0]),
-        "SM_NUM_GPUS": str(num_gpus),
-        "SM_NUM_CPUS": str(os.cpu_count() or 1),
-        "ADE_CHECKPOINT_DIR": str(paths.checkpoint_dir),
+        ENV_MODEL_DIR: str(paths.model_dir),
+        ENV_OUTPUT_DIR: str(paths.output_dir),
+        ENV_OUTPUT_DATA_DIR: str(paths.output_data_dir),
+        ENV_INPUT_DIR: str(paths.input_dir),
+        ENV_INPUT_CONFIG_DIR: str(paths.config_dir),
+        ENV_CHANNELS: json.dumps(channels),
+        ENV_HOSTS: json.dumps(hosts),
+        ENV_CURRENT_HOST: resource.get("current_host", hosts[0]),
+        ENV_NUM_GPUS: str(num_gpus),
+        ENV_NUM_CPUS: str(os.cpu_count() or 1),
+        ENV_CHECKPOINT_DIR: str(paths.checkpoint_dir),
     }
     for channel in channels:
-        env[f"SM_CHANNEL_{channel.upper()}"] = str(paths.channel_dir(channel))
+        env[f"{ENV_CHANNEL_PREFIX}{channel.upper()}"] = str(paths.channel_dir(channel))
     return env
 
 
 def write_contract(paths: ContainerPaths, request: dict[str, Any], current_host: str = "algo-1") -> None:
-    """Write input/config/*.json from a CreateTrainingJob request (or DescribeTrainingJob answer)."""
+    """Write input/config/*.json from a CreateTrainingJob request (or DescribeTrainingJob answer), as
+    SageMaker does before the container starts."""
     paths.make_dirs()
     count = int(request.get("ResourceConfig", {}).get("InstanceCount", 1))
     hosts = [f"algo-{i + 1}" for i in range(count)]

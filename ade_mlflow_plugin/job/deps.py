@@ -2,8 +2,10 @@
 when the image lacks it: AWS's training images already carry torch and friends, and reinstalling them
 would cost minutes of billed time (and a network-isolated job could not download them at all).
 
-Only the standard library, pip and its vendored `packaging` are assumed: this runs before anything
-the project needs is installed.
+Only the standard library and pip are assumed: this runs before anything the project needs is
+installed. Requirements are checked with the `packaging` distribution where the image has it (nearly
+every image does); a bare image without it hands every declared requirement to pip, which skips the
+satisfied ones itself ("Requirement already satisfied", no download), so no pip internals are needed.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ade_mlflow_plugin.job.contract import ENV_SKIP_INSTALL
+
 try:
     from packaging.requirements import InvalidRequirement, Requirement
-except ImportError:  # a bare image: pip always carries its own copy
-    from pip._vendor.packaging.requirements import InvalidRequirement, Requirement  # type: ignore[no-redef]
+except ImportError:  # a bare image: pip will tell satisfied requirements apart (see the docstring)
+    Requirement = None  # type: ignore[assignment,misc]
 
 
 def _load_yaml(path: Path) -> Any:
@@ -68,6 +72,8 @@ def declared_requirements(project_dir: Path) -> list[str]:
 
 
 def _satisfied(text: str) -> bool:
+    if Requirement is None:
+        return False  # cannot tell here: pip decides
     try:
         requirement = Requirement(text)
     except InvalidRequirement:
@@ -88,7 +94,7 @@ def missing_requirements(project_dir: Path) -> list[str]:
 def install_missing_requirements(project_dir: Path) -> list[str]:
     """pip-install the unsatisfied requirements; returns them. ADE_SKIP_INSTALL=1 turns this off."""
     missing = missing_requirements(project_dir)
-    if not missing or os.environ.get("ADE_SKIP_INSTALL") == "1":
+    if not missing or os.environ.get(ENV_SKIP_INSTALL) == "1":
         return missing
     _pip_install(missing)
     return missing

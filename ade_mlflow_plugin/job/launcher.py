@@ -5,6 +5,7 @@ which keeps the launcher at PID 1 so SageMaker's SIGTERM reaches it, or by AWS's
 local runner as `python -m ade_mlflow_plugin.job.launcher` (code fetched from
 `sagemaker_submit_directory` and unpacked safely). It ends the MLflow run itself (FINISHED, FAILED,
 KILLED), so the run is right even when nobody follows the job, and writes output/failure on error.
+What the client sent is read only through contract.decode(); the launcher imports nothing from backend/.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job import bootstrap, contract
 from ade_mlflow_plugin.job.deps import install_missing_requirements
 from ade_mlflow_plugin.job.procs import wait_for_group
 
@@ -38,7 +39,7 @@ class Launch:
     """Everything the launcher resolved before starting the entry."""
 
     paths: contract.ContainerPaths
-    hyperparameters: dict[str, Any]
+    job: contract.JobContract
     resource: dict[str, Any]
     project_dir: Path = Path(".")
     command: str = ""
@@ -67,70 +68,51 @@ def _safe_extract(archive: Path, dest: Path) -> None:
                           "resubmit the job") from None
 
 
+def _download(uri: str, region: str | None, tmp: str) -> Path:
+    try:
+        return Path(bootstrap.download_archive(uri, region, tmp))  # the job's one code fetcher (boto3)
+    except Exception as exc:  # botocore raises several types; errors.py says which in one line
+        # errors.py (which needs mlflow) only on this path: the local runner's, where mlflow is installed.
+        from ade_mlflow_plugin.errors import describe
+
+        raise LaunchError(f"cannot download the code archive {uri}: {describe(exc)}; check the job role's "
+                          "s3:GetObject permission or resubmit the job") from None
+
+
 def _fetch_code(uri: str, dest: Path, region: str | None = None) -> None:
     """Download (s3://) or locate (file://, path) the code archive and unpack it into dest."""
     with tempfile.TemporaryDirectory() as tmp:
-        if uri.startswith("s3://"):
-            from ade_mlflow_plugin.backend.aws import AwsClients
-
-            bucket, key = uri[5:].split("/", 1)
-            archive = Path(tmp) / "code.tar.gz"
-            try:
-                AwsClients(region).s3.download_file(bucket, key, str(archive))
-            except Exception as exc:  # botocore raises several types; the message is what matters
-                raise LaunchError(f"cannot download the code archive {uri}: {exc}") from None
-        else:
-            archive = Path(uri[7:] if uri.startswith("file://") else uri)
-            if not archive.is_file():
-                raise LaunchError(f"the code archive {uri} does not exist; resubmit the job")
+        archive = _download(uri, region, tmp)
+        if not archive.is_file():
+            raise LaunchError(f"the code archive {uri} does not exist; resubmit the job")
         dest.mkdir(parents=True, exist_ok=True)
         _safe_extract(archive, dest)
 
 
-def locate_project(paths: contract.ContainerPaths, hyperparameters: dict[str, Any]) -> Path:
+def locate_project(paths: contract.ContainerPaths, job: contract.JobContract) -> Path:
     shim_dir = Path(sys.argv[0]).resolve().parent
     for candidate in (shim_dir, Path.cwd(), paths.code_dir):
         if (candidate / "MLproject").is_file():
             return candidate
-    uri = hyperparameters.get("sagemaker_submit_directory")
-    if not uri:
-        raise LaunchError("no MLproject in the code dir and no sagemaker_submit_directory hyperparameter")
-    _fetch_code(str(uri), paths.code_dir, hyperparameters.get("sagemaker_region") or None)
+    if not job.code_uri:
+        raise LaunchError(f"no MLproject in the code dir and no {contract.HP_SUBMIT_DIRECTORY} hyperparameter")
+    _fetch_code(job.code_uri, paths.code_dir, job.region)
     if not (paths.code_dir / "MLproject").is_file():
-        raise LaunchError(f"the code archive {uri} holds no MLproject at its root")
+        raise LaunchError(f"the code archive {job.code_uri} holds no MLproject at its root")
     return paths.code_dir
 
 
 # ---------------------------------------------------------------- command
-def _param_values(launch: Launch) -> dict[str, str]:
-    import json
-
-    def as_dict(key: str) -> dict[str, str]:
-        value = launch.hyperparameters.get(key) or {}
-        return json.loads(value) if isinstance(value, str) else value
-
-    values = dict(as_dict("ade_params"))
-    files = as_dict("ade_file_params")
-    for param, channel in as_dict("ade_channel_params").items():
-        directory = launch.paths.channel_dir(channel)
-        if not directory.exists():
-            raise LaunchError(f"input channel '{channel}' (parameter '{param}') is missing from "
-                              f"{directory.parent}; check the job's InputDataConfig")
-        values[param] = str(directory / files[param]) if param in files else str(directory)
-    return values
-
-
 def build_command(launch: Launch) -> str:
-    from mlflow.projects._project_spec import load_project
+    from mlflow.projects.utils import load_project
 
-    entry_point = launch.hyperparameters.get("ade_entry_point") or "main"
+    entry_point = launch.job.entry_point
+    values = contract.param_values(launch.job, launch.paths)  # a missing channel says so itself
     try:
         project = load_project(str(launch.project_dir))
         entry = project.get_entry_point(entry_point)
         with tempfile.TemporaryDirectory() as storage:
-            return entry.compute_command(_param_values(launch), storage)
-    except LaunchError:
-        raise
+            return entry.compute_command(values, storage)
     except Exception as exc:  # MLflow's ExecutionException for unknown entry points and missing params
         raise LaunchError(f"cannot build the command of entry point '{entry_point}': {exc}") from None
 
@@ -138,7 +120,7 @@ def build_command(launch: Launch) -> str:
 def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
     """Wrap a `python script.py ...` command in torchrun for >1 GPU/process or >1 host."""
     hosts = resource.get("hosts", ["algo-1"])
-    nproc = int(os.environ.get("ADE_NPROC_PER_NODE") or max(num_gpus, 1))
+    nproc = int(os.environ.get(contract.ENV_NPROC_PER_NODE) or max(num_gpus, 1))
     if nproc <= 1 and len(hosts) <= 1:
         return command
     parts = shlex.split(command)
@@ -149,23 +131,23 @@ def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
     master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
                 f"--node_rank={hosts.index(current)}", f"--nproc_per_node={nproc}",
-                f"--master_addr={master}", f"--master_port={os.environ.get('ADE_MASTER_PORT', '29500')}"]
+                f"--master_addr={master}", f"--master_port={os.environ.get(contract.ENV_MASTER_PORT, '29500')}"]
     return shlex.join(torchrun + parts[1:])
 
 
 def child_env(launch: Launch, num_gpus: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(contract.sm_environment(launch.paths, launch.resource, num_gpus))
-    hp = launch.hyperparameters
-    for var, key in (("MLFLOW_RUN_ID", "mlflow_run_id"), ("MLFLOW_EXPERIMENT_ID", "mlflow_experiment_id"),
-                     ("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")):
-        if not env.get(var) and hp.get(key):
-            env[var] = str(hp[key])
+    run = launch.job.run
+    for var, value in ((contract.ENV_RUN_ID, run.run_id), (contract.ENV_EXPERIMENT_ID, run.experiment_id),
+                       (contract.ENV_TRACKING_URI, run.tracking_uri)):
+        if not env.get(var) and value:  # the request's Environment wins; hyperparameters fill the gaps
+            env[var] = value
     # torchrun gives its workers 30 s after a SIGTERM before it SIGKILLs them; SageMaker allows 120 s.
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "110")
     # `python` in the entry command means this interpreter (the image's, or the local venv's).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    bundle = launch.project_dir / "_ade_bundle"
+    bundle = launch.project_dir / contract.BUNDLE_DIR
     if bundle.is_dir():  # the entry scripts import this package from the bundle when the image lacks it
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(bundle), env.get("PYTHONPATH")]))
     return env
@@ -217,13 +199,13 @@ class EntryProcess:
 
 def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None:
     """Mark the run ended; only node rank 0 does, so a multi-host job ends its run exactly once."""
-    run_id = env.get("MLFLOW_RUN_ID")
+    run_id = env.get(contract.ENV_RUN_ID)
     if not run_id or not contract.is_lead_host(resource):
         return
     try:
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=env.get("MLFLOW_TRACKING_URI"))
+        client = mlflow.MlflowClient(tracking_uri=env.get(contract.ENV_TRACKING_URI))
         client.set_terminated(run_id, status)
     except Exception as exc:  # the job's outcome must not depend on the tracking server being up
         print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
@@ -273,7 +255,7 @@ class SignalRouter:
 
 
 def prepare(paths: contract.ContainerPaths, launch: Launch) -> None:
-    launch.project_dir = locate_project(paths, launch.hyperparameters)
+    launch.project_dir = locate_project(paths, launch.job)
     install_missing_requirements(launch.project_dir)
     num_gpus = contract.gpu_count()
     launch.command = distributed(build_command(launch), launch.resource, num_gpus)
@@ -310,9 +292,9 @@ def main() -> int:
     router = SignalRouter()
     router.install()
     paths = contract.ContainerPaths.from_env()
-    launch = Launch(paths, {}, {})
+    launch = Launch(paths, contract.decode_hyperparameters({}), {})
     try:
-        launch.hyperparameters = contract.read_hyperparameters(paths)
+        launch.job = contract.decode(paths)
         launch.resource = contract.read_resource_config(paths)
         paths.make_dirs()
         prepare(paths, launch)

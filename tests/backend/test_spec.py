@@ -11,6 +11,7 @@ from botocore.validate import ParamValidator
 from ade_mlflow_plugin.backend import spec
 from ade_mlflow_plugin.config import CloudTrainingConfig
 from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.job import contract
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 BASE = {"role_arn": ROLE, "bucket": "ade-bucket", "region": "eu-west-1"}
@@ -51,15 +52,12 @@ def test_request_validates_against_service_model(variant):
 def test_request_carries_what_the_worker_needs():
     config = CloudTrainingConfig.from_backend_config({**BASE, **VARIANTS["spot"]})
     request = spec.build_training_job_request(config, _inputs(), "eu-west-1")
-    hp = {k: json.loads(v) for k, v in request["HyperParameters"].items()}
-    assert hp["sagemaker_program"] == "ade_entry.py"
-    assert hp["sagemaker_submit_directory"].endswith("abc.tar.gz")
-    assert hp["ade_entry_point"] == "main"
-    assert json.loads(hp["ade_params"]) == {"lr": "0.1", "note": "hello"}
-    assert json.loads(hp["ade_channel_params"]) == {"data": "data", "config": "config"}
-    assert json.loads(hp["ade_file_params"]) == {"config": "c.yaml"}
-    assert hp["mlflow_run_id"] == "0123abcd" and hp["mlflow_tracking_uri"] == "https://mlflow.example.com"
-    assert request["Environment"]["MLFLOW_RUN_ID"] == "0123abcd"
+    job = contract.decode_hyperparameters({k: json.loads(v) for k, v in request["HyperParameters"].items()})
+    assert job == contract.JobContract(
+        code_uri="s3://ade-bucket/ade-mlflow/code/abc.tar.gz", region="eu-west-1", entry_point="main",
+        run=spec.RunInfo("0123abcd", "7", "https://mlflow.example.com"), params={"lr": "0.1", "note": "hello"},
+        channel_params={"data": contract.ChannelParam("data"), "config": contract.ChannelParam("config", "c.yaml")})
+    assert request["Environment"][contract.ENV_RUN_ID] == "0123abcd"
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
     assert request["CheckpointConfig"] == {"S3Uri": "s3://ade-bucket/ade-mlflow/checkpoints/j",

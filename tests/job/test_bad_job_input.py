@@ -13,6 +13,7 @@ from ade_mlflow_plugin.backend import packaging, spec
 from ade_mlflow_plugin.backend.local import LocalJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
 from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.job import contract
 from tests.conftest import FIXTURES
 
 COUNTER = FIXTURES / "projects" / "counter"
@@ -90,7 +91,7 @@ def test_param_without_value_or_default(sqlite_tracking, tmp_path):
 
 def test_missing_channel(sqlite_tracking, tmp_path):
     request, run_id = _request(tmp_path, sqlite_tracking)
-    request["HyperParameters"]["ade_channel_params"] = json.dumps(json.dumps({"steps": "absent"}))
+    request["HyperParameters"][contract.HP_CHANNEL_PARAMS] = json.dumps(json.dumps({"steps": "absent"}))
     _assert_failed(_run(request, tmp_path / "root"), tmp_path / "root", run_id, "input channel 'absent'")
 
 

@@ -84,3 +84,22 @@ def test_a_traversal_archive_fails_before_anything_runs(sqlite_tracking, s3_buck
     failure = (base / "output" / "failure").read_text()
     assert failure.startswith("ade bootstrap: cannot fetch the job's code") and "'../escaped.txt'" in failure
     assert not (base / "escaped.txt").exists() and not (tmp_path / "sandbox" / "escaped.txt").exists()
+
+
+def test_the_traveling_bootstrap_needs_nothing_of_the_package():
+    """It runs before any code is on the machine: the contract's constants are injected, not imported."""
+    import ast
+    import base64
+
+    from ade_mlflow_plugin.job import bootstrap, contract
+
+    travels = base64.b64decode("".join(container_entrypoint()["ContainerArguments"])).decode()
+    tree = ast.parse(travels)
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"__future__", "base64", "json", "os", "sys", "tarfile", "tempfile", "types", "boto3"}
+    namespace: dict = {"__name__": "ade_bootstrap_under_test", "__file__": bootstrap.__file__}
+    exec(compile(travels, "ade-bootstrap", "exec"), namespace)  # defines, does not run main()
+    assert {name: getattr(namespace["contract"], name) for name in contract.BOOTSTRAP_NAMES} == \
+        {name: getattr(contract, name) for name in contract.BOOTSTRAP_NAMES}

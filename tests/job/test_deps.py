@@ -125,3 +125,18 @@ def test_a_stop_while_installing_ends_the_run_killed(sqlite_tracking, tmp_path, 
     assert final["TrainingJobStatus"] == "Stopped", job.log_path.read_text()[-2000:]
     assert "SIGTERM before the entry started" in job.log_path.read_text()
     assert mlflow.get_run(run_id).info.status == "KILLED"
+
+
+def test_an_image_without_packaging_leaves_the_check_to_pip(tmp_path):
+    """No `packaging` distribution (a bare image): every declared requirement goes to pip, which skips
+    the satisfied ones itself; nothing of pip's internals is used."""
+    import subprocess
+    import sys
+
+    project = _project(tmp_path, "adetoy>=1.0\nmlflow\n")
+    code = ("import sys; sys.modules['packaging'] = None\n"  # makes `import packaging...` fail
+            "from pathlib import Path\nfrom ade_mlflow_plugin.job.deps import missing_requirements\n"
+            f"print(missing_requirements(Path({str(project)!r})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['adetoy>=1.0', 'mlflow']"
