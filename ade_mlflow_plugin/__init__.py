@@ -10,14 +10,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
-    # `hookimpl` is made lazily: the job's shim imports this package from _ade_bundle before the
-    # launcher has installed anything, and an image need not have pluggy.
+    # `hookimpl` (hooks.py's marker) is imported lazily: the job's shim imports this package from the
+    # code bundle before the launcher has installed anything, and an image need not have pluggy.
     if name == "hookimpl":
-        import pluggy
+        from ade_mlflow_plugin.hooks import hookimpl
 
-        marker = pluggy.HookimplMarker("ade_mlflow_plugin")
-        globals()["hookimpl"] = marker
-        return marker
+        globals()["hookimpl"] = hookimpl
+        return hookimpl
     raise AttributeError(name)
 
 

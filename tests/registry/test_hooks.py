@@ -1,21 +1,21 @@
-"""Hookspecs, the plugin manager, entry-point plugins and the docs that describe the hooks."""
+"""Hookspecs, the plugin manager (core: ade_mlflow_plugin.hooks), entry-point plugins and the docs."""
 from __future__ import annotations
 
 import importlib
 import inspect
 import re
+import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 
-from ade_mlflow_plugin import hookimpl
+from ade_mlflow_plugin import hookimpl, hooks
 from ade_mlflow_plugin.errors import ConfigError
-from ade_mlflow_plugin.registry import hookspecs
+from ade_mlflow_plugin.hooks import BUILTIN_SYNC_NAME, get_plugin_manager, hook_names, register_plugin
 from ade_mlflow_plugin.registry.config import ModelRegistryConfig
-from ade_mlflow_plugin.registry.plugins import (BUILTIN_SYNC_NAME, get_plugin_manager, hook_names,
-                                                register_plugin)
 from tests.registry.conftest import run_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
@@ -26,17 +26,38 @@ def test_every_hook_is_documented_with_its_signature():
     assert hook_names(), "no hooks found"
     for name in hook_names():
         assert name in documented, f"docs/hooks.md does not document {name}"
-        params = list(inspect.signature(getattr(hookspecs, name)).parameters)
+        params = list(inspect.signature(getattr(hooks, name)).parameters)
         assert [p.strip() for p in documented[name].split(",")] == params, name
     assert set(documented) <= set(hook_names()), "docs/hooks.md documents a hook that does not exist"
 
 
 def test_hooks_are_typed_and_have_docstrings():
     for name in hook_names():
-        fn = getattr(hookspecs, name)
+        fn = getattr(hooks, name)
         assert fn.__doc__ and len(fn.__doc__.strip()) > 20, name
         assert all(p.annotation is not inspect.Parameter.empty
                    for p in inspect.signature(fn).parameters.values()), name
+
+
+def test_the_core_imports_no_wing_and_finds_its_builtins_by_path():
+    code = ("import sys, ade_mlflow_plugin.hooks as h; from ade_mlflow_plugin import hookimpl; "
+            "assert hookimpl is h.hookimpl; "
+            "print(sorted(m for m in sys.modules if m.startswith(('ade_mlflow_plugin.registry', "
+            "'ade_mlflow_plugin.backend', 'ade_mlflow_plugin.job', 'mlflow'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    for name, path in hooks.BUILTIN_PLUGINS.items():
+        module, _, attribute = path.partition(":")
+        assert callable(getattr(importlib.import_module(module), attribute, None)), f"{name}: {path} is gone"
+
+
+def test_the_registry_shims_re_export_the_core():
+    from ade_mlflow_plugin.registry import hookspecs, plugins
+
+    assert plugins.get_plugin_manager is hooks.get_plugin_manager and plugins.hookimpl is hooks.hookimpl
+    assert all(getattr(hookspecs, name) is getattr(hooks, name) for name in hook_names())
+    assert (plugins.BUILTIN_SYNC_NAME, plugins.register_plugin, plugins.hook_names) == \
+        (hooks.BUILTIN_SYNC_NAME, hooks.register_plugin, hooks.hook_names)
 
 
 def test_builtin_sync_is_a_plugin(tmp_path):
