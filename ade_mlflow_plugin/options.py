@@ -25,7 +25,7 @@ import functools
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
