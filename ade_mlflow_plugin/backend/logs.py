@@ -36,7 +36,7 @@ class LogTailer:
     lines_seen: int = 0
     pause: Callable[[float], None] = time.sleep  # between drain rounds; the follower passes its own sleep
 
-    @aws_call("CloudWatch Logs DescribeLogStreams", permission=PERMISSIONS)
+    @aws_call("DescribeLogStreams", permission=PERMISSIONS)
     def _streams(self) -> list[str]:
         paginator = self.logs_client.get_paginator("describe_log_streams")
         pages = paginator.paginate(logGroupName=self.group, logStreamNamePrefix=f"{self.job_name}/")
@@ -47,7 +47,7 @@ class LogTailer:
 
     # GetLogEvents has no boto3 paginator, and tailing must resume from each stream's last
     # nextForwardToken on the next poll anyway: the tokens are kept here, per stream.
-    @aws_call("CloudWatch Logs GetLogEvents", permission=PERMISSIONS)
+    @aws_call("GetLogEvents", permission=PERMISSIONS)
     def _fetch(self, stream: str) -> list[str]:
         lines: list[str] = []
         while True:

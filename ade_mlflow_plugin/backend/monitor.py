@@ -212,7 +212,7 @@ class CloudWatchMirror:
         # Period-aligned windows give the same bucket timestamps on every poll (the dedup key).
         return start - timedelta(seconds=start.timestamp() % PERIOD_S, microseconds=start.microsecond)
 
-    @aws_call("CloudWatch GetMetricData", permission="cloudwatch:GetMetricData")
+    @aws_call("GetMetricData", permission="cloudwatch:GetMetricData")
     def _fetch(self, queries: dict[str, tuple[str, str, dict[str, Any]]], start: datetime, now: datetime,
                origin: datetime) -> list[Metric]:
         end = now - timedelta(seconds=now.timestamp() % PERIOD_S) + timedelta(seconds=PERIOD_S)

@@ -8,11 +8,13 @@ import uuid
 
 import boto3
 import mlflow
+import pytest
 from botocore.exceptions import ClientError
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.logs import LOG_GROUP, LogTailer
 from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+from ade_mlflow_plugin.errors import AwsError
 from tests.backend.conftest import ROLE
 
 BUCKET = "ade-logs-denied"
@@ -68,15 +70,11 @@ def test_refused_cloudwatch_logs_is_one_warning_and_the_followed_run_finishes(pr
 def test_refused_logs_command_is_one_line_naming_the_permission(aws):
     logs = boto3.client("logs", region_name="us-east-1")
     logs.meta.events.register("before-call.cloudwatch-logs", RefusingLogs(None, finish_after=0)._refuse)
-    try:
+    with pytest.raises(AwsError) as caught:
         LogTailer(logs, "ade-some-job", console=io.StringIO()).poll()
-    except Exception as exc:  # noqa: BLE001 - the type and message are what is checked
-        message = exc.message
-        assert type(exc).__name__ == "AwsError" and "\n" not in message
-        assert message.startswith("CloudWatch Logs DescribeLogStreams failed: AccessDeniedException")
-        assert "grant logs:DescribeLogStreams and logs:GetLogEvents" in message
-    else:
-        raise AssertionError("a refused DescribeLogStreams passed silently")
+    message = caught.value.message
+    assert message.startswith("DescribeLogStreams failed: AccessDeniedException") and "\n" not in message
+    assert "grant logs:DescribeLogStreams and logs:GetLogEvents" in message
 
 
 def test_poll_prints_only_new_lines_of_every_host(aws):

@@ -335,3 +335,24 @@ def test_failed_stop_is_a_warning_and_is_retried_at_the_next_poll(tracking_uri, 
     assert text.count("StopTrainingJob sent") == 1 and text.count("BUDGET:") == 3
     run = mlflow.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["ade.stop_reason"].startswith("budget:")
+
+
+def test_refused_cloudwatch_metrics_is_one_warning_naming_the_permission(tracking_uri, aws, tmp_path):
+    from botocore.exceptions import ClientError
+
+    job, t0 = new_job()
+    answers = [describe(job, "InProgress", "Training", t0, start_after_s=0) for _ in range(2)]
+    answers.append(ended(job, "Completed", t0, training_s=300, billable_s=300, start_after_s=0))
+    clients, stubs = stubbed_clients(job, answers, pricing=g5_answer())
+    refused = []
+
+    def refuse(model, **_kwargs):
+        refused.append(model.name)
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": f"not authorized ({len(refused)})"}},
+                          model.name)
+
+    clients.cloudwatch.meta.events.register("before-call.cloudwatch.GetMetricData", refuse)
+    run_id, console, _ = follow(config(), clients, job, FakeClock(t0), tmp_path)
+    assert mlflow.get_run(run_id).info.status == "FINISHED" and len(refused) >= 2
+    warnings = [line for line in console.getvalue().splitlines() if line.startswith("WARNING: CloudWatch metrics:")]
+    assert len(warnings) == 1 and "grant cloudwatch:GetMetricData" in warnings[0], console.getvalue()
