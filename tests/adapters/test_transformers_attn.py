@@ -6,12 +6,12 @@ from ade_mlflow_plugin.adapters import transformers_attn
 CHANGED = "transformers changed {name}: update ade_mlflow_plugin/adapters/transformers_attn.py and docs/internals.md"
 
 
-def _tiny(**kwargs):  # noqa: ANN003, ANN202
+def _tiny():  # noqa: ANN202
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-    return LlamaForCausalLM._from_config(config, **kwargs) if kwargs else LlamaForCausalLM(config)
+    return LlamaForCausalLM(config)
 
 
 def test_the_model_config_names_the_attention_it_runs():
