@@ -114,6 +114,8 @@ def mine_file(source: SourceFile, options: MineOptions = MineOptions()) -> Mined
     mined = MinedFile(path=source.rel, language=DISPLAY_NAME.get(source.language, source.language))
     try:
         _mine(source, options, mined)
+    except ImportError:  # a missing or changed dependency (detect-secrets, a grammar) fails every file: say so
+        raise
     except Exception:  # noqa: BLE001 - one odd file must not sink the whole dataset; it is counted
         logger.warning("skipping %s: mining it failed", source.rel, exc_info=True)
         mined.skipped, mined.units, mined.chunks, mined.text_lines = "mine_error", [], [], None
