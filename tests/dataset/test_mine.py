@@ -5,6 +5,7 @@ import gc
 import pickle
 
 import numpy as np
+import pytest
 
 from ade_mlflow_plugin.dataset import build_dataset
 from ade_mlflow_plugin.dataset.mine import mine_file
@@ -51,3 +52,15 @@ def test_build_leaves_the_garbage_collector_as_it_found_it(codebase):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_missing_dependency_fails_loudly_instead_of_skipping_every_file(codebase, monkeypatch):
+    from ade_mlflow_plugin.dataset import mine
+
+    def scanner_gone(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - what an uninstalled detect-secrets raises
+        raise ModuleNotFoundError("No module named 'detect_secrets'")
+
+    monkeypatch.setattr(mine, "secret_rows", scanner_gone)
+    source = walk_codebase(codebase).files[0]
+    with pytest.raises(ModuleNotFoundError, match="detect_secrets"):
+        mine_file(source)
