@@ -91,10 +91,6 @@ class AwsClients:
         return self.client("sts")
 
 
-# Old name, still imported by backend/local.py; new code imports aws_error from errors.py.
-translate = aws_error
-
-
 def aws_call(action: str, permission: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorator: botocore errors leave the wrapped function as one-line
     :class:`~ade_mlflow_plugin.errors.AwsError` (naming ``permission`` when AWS refused the call)."""
