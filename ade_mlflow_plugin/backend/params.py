@@ -15,13 +15,20 @@ from typing import Any
 
 import yaml
 
-from ade_mlflow_plugin.config.training import STYLE, TrainingConfig
+from ade_mlflow_plugin.config.dataset import DatasetConfig
+from ade_mlflow_plugin.config.training import STYLE, EvaluateConfig, TrainingConfig
 from ade_mlflow_plugin.errors import ConfigError
-from ade_mlflow_plugin.options import number, options_of, parse_as, suggest
+from ade_mlflow_plugin.options import from_mapping, number, options_of, parse_as, suggest
 
 REMOTE_PATH_SCHEMES = ("s3://", "models:/", "runs:/")
-#: Entries whose script parses every TrainingConfig option (training/entry.py config_parser).
-_TRAINING_SCRIPT = re.compile(r"entrypoints/(main|train)\.py\b")
+#: The project's entry scripts and the config whose fields each one parses (all of them, from the fields).
+_SCRIPT = re.compile(r"entrypoints/(\w+)\.py\b")
+_ENTRY_CONFIGS: dict[str, type] = {"main": TrainingConfig, "train": TrainingConfig,
+                                   "prepare_data": DatasetConfig, "evaluate": EvaluateConfig}
+#: Entries that take any of their config's options undeclared (MLflow appends an undeclared -P as
+#: `--name value`): the training entries, whose long tail of speed and bookkeeping options the
+#: MLproject does not list.
+_OPEN_ENTRIES = {"main", "train"}
 
 
 @dataclass(frozen=True)
@@ -71,12 +78,13 @@ def _check_path(name: str, value: str, project_dir: Path) -> str:
     return str(path.resolve())
 
 
-def _training_fields(entry: Any) -> set[str]:
-    """The TrainingConfig fields an entry takes: all of them for the training entries (their scripts
-    parse them all; MLflow appends an undeclared -P as `--name value`), none for the others."""
-    if not _TRAINING_SCRIPT.search(str(getattr(entry, "command", ""))):
-        return set()
-    return set(options_of(TrainingConfig))
+def _entry_config(entry: Any) -> tuple[type | None, set[str]]:
+    """The config an entry's script parses, and the options it accepts undeclared."""
+    found = _SCRIPT.search(str(getattr(entry, "command", "")))
+    script = found.group(1) if found else ""
+    config = _ENTRY_CONFIGS.get(script)
+    open_options = set(options_of(config)) if config is not None and script in _OPEN_ENTRIES else set()
+    return config, open_options
 
 
 def _undeclared(entry: Any, entry_point: str, params: dict[str, Any], training: set[str]) -> dict[str, str]:
@@ -116,16 +124,17 @@ def resolve_params(project: Any, entry_point: str, params: dict[str, Any], proje
     """Validate ``params`` for ``entry_point`` and split plain values from path params."""
     project_dir = Path(project_dir)
     entry = _entry_point(project, entry_point, project_dir)
-    training = _training_fields(entry)
+    config, training = _entry_config(entry)
     extra = _undeclared(entry, entry_point, params, training)
     resolved = ResolvedParams(dict(extra), {})
     given: dict[str, str] = dict(extra)
     for name, spec in entry.parameters.items():
         given[name] = value = _declared_value(entry_point, name, spec, params)
-        if spec.type == "float" and name not in training:
+        if spec.type == "float" and config is None:
             parse_as(number, name, value, STYLE)
         _split(name, value, spec, project_dir, resolved)
-    if training:
-        # Every training value, with the job's own parsers and combination checks.
-        TrainingConfig.from_params({k: v for k, v in given.items() if k in training})
+    if config is not None:
+        # Every value the entry's script parses, with the job's own parsers and combination checks.
+        fields = options_of(config)
+        from_mapping(config, {k: v for k, v in given.items() if k in fields})
     return resolved

@@ -112,3 +112,18 @@ def test_bad_training_value_through_the_mlflow_run_cli(experiment, tracking_uri,
     lines = [line for line in result.stderr.splitlines() if line.startswith("ade-sagemaker: error:")]
     assert lines == ["ade-sagemaker: error: parameter 'lora_r': got '0', expected an integer between 1 and 1024"]
     assert runs() == 0
+
+
+@pytest.mark.parametrize("entry, params, message", [
+    ("prepare_data", {"num_examples": "12.5"}, "parameter 'num_examples': got '12.5', expected an integer >= 1"),
+    ("prepare_data", {"synthetic_ratio": "2"}, "parameter 'synthetic_ratio': got '2', expected a number in "
+                                               "[0.0, 1.0]"),
+    ("evaluate", {"num_samples": "0", "model_uri": "models:/m/1", "dataset": CODEBASE},
+     "parameter 'num_samples': got '0', expected an integer >= 1"),
+])
+def test_the_other_entries_check_their_own_options_before_the_job(project, entry, params, message):
+    given = params if entry == "evaluate" else {"codebase": CODEBASE, **params}
+    with pytest.raises(ConfigError) as info:
+        resolve_params(project, entry, given, REPO_ROOT)
+
+    assert info.value.message == message
