@@ -106,6 +106,8 @@ def locate_project(paths: contract.ContainerPaths, job: contract.JobContract) ->
 def build_command(launch: Launch) -> str:
     from mlflow.projects.utils import load_project
 
+    from ade_mlflow_plugin.errors import first_line  # needs mlflow, like load_project: not before install
+
     entry_point = launch.job.entry_point
     values = contract.param_values(launch.job, launch.paths)  # a missing channel says so itself
     try:
@@ -114,7 +116,7 @@ def build_command(launch: Launch) -> str:
         with tempfile.TemporaryDirectory() as storage:
             return entry.compute_command(values, storage)
     except Exception as exc:  # MLflow's ExecutionException for unknown entry points and missing params
-        raise LaunchError(f"cannot build the command of entry point '{entry_point}': {exc}") from None
+        raise LaunchError(f"cannot build the command of entry point '{entry_point}': {first_line(exc)}") from None
 
 
 def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
@@ -129,9 +131,10 @@ def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
         return command
     current = resource.get("current_host", hosts[0])
     master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
+    port = os.environ.get(contract.ENV_MASTER_PORT, "29500")
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
                 f"--node_rank={hosts.index(current)}", f"--nproc_per_node={nproc}",
-                f"--master_addr={master}", f"--master_port={os.environ.get(contract.ENV_MASTER_PORT, '29500')}"]
+                f"--master_addr={master}", f"--master_port={port}"]
     return shlex.join(torchrun + parts[1:])
 
 

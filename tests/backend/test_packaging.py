@@ -23,8 +23,8 @@ def test_tarball_is_deterministic_and_leaves_out_secrets(project, tmp_path):
     second = packaging.build_project_tarball(project, tmp_path / "b")
     assert first.sha256 == second.sha256
     names = _names(first)
-    assert {"MLproject", "train.py", "helper.py", "ade_entry.py"} <= set(names)
-    assert "_ade_bundle/ade_mlflow_plugin/job/__init__.py" in names
+    assert {"MLproject", "train.py", "helper.py", packaging.SHIM_NAME} <= set(names)
+    assert f"{packaging.BUNDLE_DIR}/ade_mlflow_plugin/job/contract.py" in names
     for leaked in (".env", "deploy.pem", "debug.log", ".git/HEAD"):
         assert leaked not in names
     with tarfile.open(first.path) as tar:
