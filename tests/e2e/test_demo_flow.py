@@ -16,7 +16,8 @@ from examples.demo import MODEL_NAME, SETTINGS, TRAINING, run_logged, summary
 from ade_mlflow_plugin.errors import AdeError
 from tests.conftest import REPO_ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+# Both e2e modules share the session's demo flow: one xdist worker runs them (make test runs --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("demo")]
 
 
 def _client(tracking: str):
