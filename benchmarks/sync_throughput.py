@@ -144,7 +144,7 @@ def _with_env(extra: dict[str, str], fn, *args):  # noqa: ANN001, ANN202
 def _measure(work: Path, version: str, rounds: int, mode: str) -> dict[str, list[float]]:
     import mlflow
 
-    from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+    from ade_mlflow_plugin.config.registry import ModelRegistryConfig
     from ade_mlflow_plugin.registry.sync import ModelSyncManager
 
     times: dict[str, list[float]] = {"baseline": [], "sync": [], "resync": [], "hash": []}
@@ -179,7 +179,7 @@ def _profile(work: Path, version: str) -> None:
     import cProfile
     import pstats
 
-    from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+    from ade_mlflow_plugin.config.registry import ModelRegistryConfig
     from ade_mlflow_plugin.registry.sync import ModelSyncManager
 
     manager = ModelSyncManager(ModelRegistryConfig(root=work / "profile-root", load_entry_points=False))

@@ -152,7 +152,7 @@ def hf_default(base: Path, args, examples, quantized: bool, workdir: Path) -> Ca
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         model.to(args.device)
-    from ade_mlflow_plugin.training.config import TrainingConfig
+    from ade_mlflow_plugin.config.training import TrainingConfig
 
     dropout = TrainingConfig().lora_dropout  # the same adapter as the project's path trains
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=PROJECTIONS,
@@ -176,10 +176,11 @@ def ade(base: Path, args, examples, quantized: bool, workdir: Path, overrides: l
     from transformers import set_seed
 
     from ade_mlflow_plugin.training.checkpoints import StopFlag
-    from ade_mlflow_plugin.training.config import TrainingConfig
+    from ade_mlflow_plugin.config.training import TrainingConfig
     from ade_mlflow_plugin.training.model import load_for_training
     from ade_mlflow_plugin.training.packing import Encoded, pack
     from ade_mlflow_plugin.training.trainer import train
+    from ade_mlflow_plugin.adapters.transformers_attn import attn_implementation
 
     config = TrainingConfig.from_params({
         "base_model": str(base), "max_steps": args.steps + args.warmup + 1, "batch_size": args.batch_size,
@@ -195,7 +196,7 @@ def ade(base: Path, args, examples, quantized: bool, workdir: Path, overrides: l
     train(config, model, tokenizer, rows, output_dir=out, device=device,
           metric_logger=capture, stop=StopFlag())
     check = packed_vs_alone(model, examples[:3], device) if device == "cuda" else {}
-    return capture, {"attention": model.config._attn_implementation, "batch": config.batch_size, **check}
+    return capture, {"attention": attn_implementation(model.config), "batch": config.batch_size, **check}
 
 
 def packed_vs_alone(model, examples, device: str) -> dict:

@@ -241,7 +241,7 @@ def _region(config: Any, clients: Any) -> str:
 def _cost_alert_hook(console: TextIO, plugin_manager: Any = None) -> Callable[..., Any] | None:
     try:
         if plugin_manager is None:
-            from ade_mlflow_plugin.registry.plugins import get_plugin_manager
+            from ade_mlflow_plugin.hooks import get_plugin_manager
 
             plugin_manager = get_plugin_manager(builtin_sync=False)
         return plugin_manager.hook.ade_cost_alert

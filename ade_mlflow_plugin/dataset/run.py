@@ -11,6 +11,7 @@ from typing import Any
 
 from ade_mlflow_plugin.config.dataset import DatasetConfig
 from ade_mlflow_plugin.errors import AdeError, ConfigError, first_line
+from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.options import add_arguments, from_mapping, options_of
 
 
@@ -102,5 +103,5 @@ def entry(argv: list[str] | None = None) -> int:
 
 
 def _default_out() -> str:
-    sm_output = os.environ.get("SM_OUTPUT_DATA_DIR")
+    sm_output = os.environ.get(contract.ENV_OUTPUT_DATA_DIR)
     return str(Path(sm_output) / "prepared_dataset") if sm_output else tempfile.mkdtemp(prefix="ade-data-")

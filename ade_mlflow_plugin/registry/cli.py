@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-# errors.py imports mlflow (~1.3 s), and registry/config.py imports errors.py: both are imported inside
-# the commands, so that `--help` and usage errors of the registry verbs stay fast.
+# errors.py and the registry modules import mlflow (~1.3 s): they are imported inside the commands, so
+# that `--help` and usage errors of the registry verbs stay fast.
 if TYPE_CHECKING:
-    from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+    from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 
 _root_option = click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -21,7 +21,7 @@ _keep_option = click.option("--keep", "keep_versions", type=int, default=3, show
 
 
 def _config(root: Path | None, keep_versions: int = 3) -> ModelRegistryConfig:
-    from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
+    from ade_mlflow_plugin.config.registry import ModelRegistryConfig, default_root
 
     return ModelRegistryConfig(root=root or default_root(), keep_versions=keep_versions)
 
@@ -54,7 +54,7 @@ def _secret(var: str) -> str:
 def promote_command(name: str, version: str, alias: str | None, stage: str | None,
                     archive_existing: bool, no_sync: bool, root: Path | None, keep_versions: int) -> None:
     """Promote NAME VERSION to an alias or stage, then sync it to ADE storage (hooks)."""
-    from ade_mlflow_plugin.registry.plugins import get_plugin_manager
+    from ade_mlflow_plugin.hooks import get_plugin_manager
     from ade_mlflow_plugin.registry.promote import promote
 
     config = _config(root, keep_versions)
@@ -74,7 +74,7 @@ def promote_command(name: str, version: str, alias: str | None, stage: str | Non
 @_keep_option
 def sync_command(ref: str, root: Path | None, keep_versions: int) -> None:
     """Copy a registered model version into ADE provider storage (verified, atomic)."""
-    from ade_mlflow_plugin.registry.plugins import get_plugin_manager
+    from ade_mlflow_plugin.hooks import get_plugin_manager
     from ade_mlflow_plugin.registry.sync import ModelSyncManager
 
     config = _config(root, keep_versions)
@@ -95,8 +95,8 @@ def sync_command(ref: str, root: Path | None, keep_versions: int) -> None:
 def watch_command(root: Path | None, keep_versions: int, models: tuple[str, ...], interval_s: float,
                   once: bool, cursor: Path | None) -> None:
     """Poll the registry for alias and stage changes and sync them (works for legacy stages)."""
-    from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
-    from ade_mlflow_plugin.registry.plugins import get_plugin_manager
+    from ade_mlflow_plugin.config.registry import ModelRegistryConfig, default_root
+    from ade_mlflow_plugin.hooks import get_plugin_manager
     from ade_mlflow_plugin.registry.watch import CURSOR_FILE, Watcher
 
     config = ModelRegistryConfig(root=root or default_root(), keep_versions=keep_versions,
@@ -124,8 +124,8 @@ def webhook_server_command(secret_env: str, root: Path | None, keep_versions: in
                            window_s: int) -> None:
     """Receive MLflow registry webhooks (HMAC-verified) and sync promoted versions."""
     from ade_mlflow_plugin.errors import ConfigError, first_line
-    from ade_mlflow_plugin.registry.config import ModelRegistryConfig, default_root
-    from ade_mlflow_plugin.registry.plugins import get_plugin_manager
+    from ade_mlflow_plugin.config.registry import ModelRegistryConfig, default_root
+    from ade_mlflow_plugin.hooks import get_plugin_manager
     from ade_mlflow_plugin.registry.store import AdeStore
     from ade_mlflow_plugin.registry.webhooks import DeliveryVerifier, WebhookReceiver
 

@@ -1,8 +1,8 @@
-"""The built-in local-storage sync plugin, and (re-exported) the plugin manager of ade_mlflow_plugin.hooks.
+"""The built-in local-storage sync plugin.
 
 The plugin manager, the hook specifications and ``hookimpl`` live in the core (hooks.py); it finds this
 built-in by its path in ``hooks.BUILTIN_PLUGINS`` (``builtin_sync_plugin``), so the core never imports the
-registry. The re-exported names keep old imports working until they are removed.
+registry.
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Any
 
 import pluggy
 
-from ade_mlflow_plugin.hooks import (BUILTIN_SYNC_NAME, ENTRY_POINT_GROUP, check_plugins,  # noqa: F401
-                                     get_plugin_manager, hook_names, hookimpl, register_plugin)
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.hooks import hookimpl
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 
 
 class LocalStorageSyncPlugin:
@@ -49,5 +48,4 @@ def builtin_sync_plugin(config: ModelRegistryConfig | None, pm: pluggy.PluginMan
     return plugin
 
 
-__all__ = ["ENTRY_POINT_GROUP", "BUILTIN_SYNC_NAME", "LocalStorageSyncPlugin", "builtin_sync_plugin",
-           "get_plugin_manager", "register_plugin", "check_plugins", "hook_names"]
+__all__ = ["LocalStorageSyncPlugin", "builtin_sync_plugin"]

@@ -29,7 +29,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from ade_mlflow_plugin.errors import ConfigError, is_missing, mlflow_error
 from ade_mlflow_plugin.registry import download
 from ade_mlflow_plugin.registry import store as st
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 
 _log = logging.getLogger(__name__)
 

@@ -14,12 +14,14 @@ import signal
 import threading
 from pathlib import Path
 
+from ade_mlflow_plugin.job import contract
+
 COMPLETE_MARKER = ".ade_complete"
 SIGTERM_EXIT_CODE = 143
 
 
 def checkpoint_dir() -> Path:
-    return Path(os.environ.get("ADE_CHECKPOINT_DIR") or "checkpoints").expanduser().resolve()
+    return Path(os.environ.get(contract.ENV_CHECKPOINT_DIR) or "checkpoints").expanduser().resolve()
 
 
 def mark_complete(folder: Path) -> None:

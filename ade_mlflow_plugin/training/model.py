@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ade_mlflow_plugin.errors import ConfigError, first_line
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 

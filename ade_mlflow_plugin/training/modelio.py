@@ -14,6 +14,7 @@ from typing import Any
 
 from ade_mlflow_plugin.adapters.mlflow_transformers import pinned_hub_revision
 from ade_mlflow_plugin.errors import ConfigError, mlflow_error
+from ade_mlflow_plugin.job import contract
 
 logger = logging.getLogger(__name__)
 MODEL_NAME = "model"  # name of the logged model inside the run
@@ -114,14 +115,13 @@ def scratch_roots(env: Mapping[str, str] | None = None) -> list[Path]:
     """Folders that do not outlive the training job: the container contract's root (input channels, code,
     model and output dirs) and every SM_CHANNEL_* dir; inside a SageMaker container (a job with no
     SAGEMAKER_BASE_DIR, which only the local runner and AWS's toolkit set) the whole filesystem."""
-    from ade_mlflow_plugin.container.contract import DEFAULT_BASE, ContainerPaths
 
     env = os.environ if env is None else env
-    if env.get("TRAINING_JOB_NAME") and not env.get("SAGEMAKER_BASE_DIR"):
+    if env.get(contract.ENV_JOB_NAME) and not env.get(contract.ENV_BASE_DIR):
         return [Path("/")]
-    base = Path(env.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE))
-    folders = [ContainerPaths(base).base, Path(DEFAULT_BASE)]
-    folders += [Path(value) for key, value in env.items() if key.startswith("SM_CHANNEL_") and value]
+    base = Path(env.get(contract.ENV_BASE_DIR, contract.DEFAULT_BASE))
+    folders = [base, Path(contract.DEFAULT_BASE)]
+    folders += [Path(value) for key, value in env.items() if key.startswith(contract.ENV_CHANNEL_PREFIX) and value]
     # Both spellings: a channel may be reached through a link (local mode links channels in place).
     return sorted({Path(os.path.abspath(p)) for p in folders} | {p.resolve() for p in folders})
 
@@ -233,7 +233,7 @@ def register(model_uri: str, name: str, tags: dict[str, Any]) -> Any:
 def version_tags(*, base_model: str, digest: str | None, commit: str, metrics: dict[str, float]) -> dict[str, Any]:
     tags: dict[str, Any] = {"ade.base_model": base_model, "ade.dataset_digest": digest or "unknown",
                             "ade.git_commit": commit,
-                            "sagemaker.job_name": os.environ.get("TRAINING_JOB_NAME", "local")}
+                            "sagemaker.job_name": os.environ.get(contract.ENV_JOB_NAME, "local")}
     tags.update({key: f"{value:.6g}" for key, value in metrics.items()})
     return tags
 

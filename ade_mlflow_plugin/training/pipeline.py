@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ade_mlflow_plugin.errors import ConfigError, first_line
+from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.training.checkpoints import SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, latest_checkpoint
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, attach_run, is_main_process,
                                                  log_params_once, logged_steps)
 
@@ -170,8 +171,8 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
 
     # Decided (and merged, if at all) once: the job's model.tar.gz is exactly the logged model.
     chosen = modelio.publishable(model, base_dir, merge_adapter=config.merge_adapter, base_model=config.base_model)
-    if os.environ.get("SM_MODEL_DIR"):
-        modelio.save_publishable(chosen, tokenizer, Path(os.environ["SM_MODEL_DIR"]))
+    if os.environ.get(contract.ENV_MODEL_DIR):
+        modelio.save_publishable(chosen, tokenizer, Path(os.environ[contract.ENV_MODEL_DIR]))
     info = modelio.log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=config.quantization != "none",
                                    max_new_tokens=config.max_new_tokens)
     outcome.model_uri = info.model_uri

@@ -24,7 +24,7 @@ import torch
 
 from ade_mlflow_plugin.adapters.torch_compile import uncompile
 from ade_mlflow_plugin.adapters.transformers_attn import attn_implementation
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 IGNORE = -100

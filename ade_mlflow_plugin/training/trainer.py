@@ -9,7 +9,7 @@ from transformers import Trainer, TrainingArguments
 
 from ade_mlflow_plugin.training.callbacks import MarkComplete, MetricsCallback, StopOnSigterm
 from ade_mlflow_plugin.training.checkpoints import StopFlag, latest_checkpoint
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator
 from ade_mlflow_plugin.training.speed import pad_multiple, speedups
 

@@ -11,6 +11,7 @@ import tarfile
 import boto3
 
 from ade_mlflow_plugin import launch_training_job
+from ade_mlflow_plugin.job import contract
 from tests.backend.conftest import ROLE
 from tests.conftest import FIXTURES
 
@@ -23,12 +24,12 @@ def test_python_api_returns_the_job_name_once_submitted(aws, sqlite_tracking, tm
         cloud_config={"role_arn": ROLE, "region": "us-east-1", "instance_type": "ml.g5.xlarge"},
         registry_config={"registered_model_name": "ade-coder"}, num_examples=50, synthetic_ratio=0.5))
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job_name)
-    params = json.loads(json.loads(described["HyperParameters"]["ade_params"]))
+    params = json.loads(json.loads(described["HyperParameters"][contract.HP_PARAMS]))
     assert params["num_examples"] == "50" and params["registered_model_name"] == "ade-coder"
     assert params["base_model"] == "tiny/model"
     assert [c["ChannelName"] for c in described["InputDataConfig"]] == ["codebase"]
     assert described["OutputDataConfig"]["S3OutputPath"] == "s3://ade-launch-test/team-a/output"
-    code = json.loads(described["HyperParameters"]["sagemaker_submit_directory"])
+    code = json.loads(described["HyperParameters"][contract.HP_SUBMIT_DIRECTORY])
     bucket, key = code[5:].split("/", 1)
     local = tmp_path / "code.tar.gz"
     boto3.client("s3").download_file(bucket, key, str(local))

@@ -11,6 +11,8 @@ import boto3
 import mlflow
 import pytest
 
+from ade_mlflow_plugin.job import contract
+
 from tests.backend.conftest import write_config
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
@@ -63,8 +65,8 @@ def test_completed_job_finishes_the_run_with_tags_and_logs(project, data_dir, tm
 
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job.training_job_name)
     hp = {k: json.loads(v) for k, v in described["HyperParameters"].items()}
-    assert hp["ade_entry_point"] == "main" and json.loads(hp["ade_params"])["lr"] == "0.5"
-    code_uri = hp["sagemaker_submit_directory"]
+    assert hp[contract.HP_ENTRY_POINT] == "main" and json.loads(hp[contract.HP_PARAMS])["lr"] == "0.5"
+    code_uri = hp[contract.HP_SUBMIT_DIRECTORY]
     bucket, key = code_uri[5:].split("/", 1)
     assert boto3.client("s3").head_object(Bucket=bucket, Key=key)["ContentLength"] > 0
     data_channel = described["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
@@ -72,7 +74,7 @@ def test_completed_job_finishes_the_run_with_tags_and_logs(project, data_dir, tm
     assert {o["Key"].rsplit("/", 1)[-1] for o in listed["Contents"]} >= {"a.txt", "b.txt"}
 
     mlflow.set_tracking_uri(tracking)
-    run = mlflow.get_run(hp["mlflow_run_id"])
+    run = mlflow.get_run(hp[contract.HP_RUN_ID])
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert tags["sagemaker.job_name"] == job.training_job_name
@@ -121,7 +123,7 @@ def test_zipped_project_is_fetched_by_mlflow_and_submitted(project, data_dir, tm
     submitted = backend.run(archive, "main", {"data": str(data_dir)}, None, dict(config), sqlite_tracking,
                             experiment)
     described = boto3.client("sagemaker").describe_training_job(TrainingJobName=submitted.job_name)
-    assert json.loads(described["HyperParameters"]["ade_entry_point"]) == "main"
+    assert json.loads(described["HyperParameters"][contract.HP_ENTRY_POINT]) == "main"
     with pytest.raises(ConfigError) as caught:  # MLflow's own check of required params, in one line
         backend.run(archive, "main", {}, None, dict(config), sqlite_tracking, experiment)
     message = caught.value.message

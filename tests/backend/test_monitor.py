@@ -17,7 +17,7 @@ from ade_mlflow_plugin.backend.cost import FALLBACK_AS_OF, FALLBACK_PRICES, Pric
 from ade_mlflow_plugin.backend.monitor import SYSTEM_METRICS, build_observers
 from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, JobFollower, SageMakerJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.registry.plugins import get_plugin_manager, register_plugin
+from ade_mlflow_plugin.hooks import get_plugin_manager, register_plugin
 from tests.backend.test_cost import expected, g5_answer
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"

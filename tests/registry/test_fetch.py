@@ -14,7 +14,7 @@ import pytest
 
 from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.registry import fetch
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 
 MB = 1 << 20
 SECRET = "SECRETSIGNATURE0123"

@@ -15,7 +15,7 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from ade_mlflow_plugin.errors import AdeError
 from ade_mlflow_plugin.registry import store as st
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 from ade_mlflow_plugin.registry.download import download_verified
 from ade_mlflow_plugin.registry.sync import ModelSyncManager
 from tests.registry.conftest import sha256_tree

@@ -15,7 +15,7 @@ import pytest
 from ade_mlflow_plugin import hookimpl, hooks
 from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.hooks import BUILTIN_SYNC_NAME, get_plugin_manager, hook_names, register_plugin
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 from tests.registry.conftest import run_cli
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
@@ -49,15 +49,6 @@ def test_the_core_imports_no_wing_and_finds_its_builtins_by_path():
     for name, path in hooks.BUILTIN_PLUGINS.items():
         module, _, attribute = path.partition(":")
         assert callable(getattr(importlib.import_module(module), attribute, None)), f"{name}: {path} is gone"
-
-
-def test_the_registry_shims_re_export_the_core():
-    from ade_mlflow_plugin.registry import hookspecs, plugins
-
-    assert plugins.get_plugin_manager is hooks.get_plugin_manager and plugins.hookimpl is hooks.hookimpl
-    assert all(getattr(hookspecs, name) is getattr(hooks, name) for name in hook_names())
-    assert (plugins.BUILTIN_SYNC_NAME, plugins.register_plugin, plugins.hook_names) == \
-        (hooks.BUILTIN_SYNC_NAME, hooks.register_plugin, hooks.hook_names)
 
 
 def test_builtin_sync_is_a_plugin(tmp_path):

@@ -6,8 +6,8 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
-from ade_mlflow_plugin.registry.plugins import get_plugin_manager, register_plugin
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
+from ade_mlflow_plugin.hooks import get_plugin_manager, register_plugin
 from ade_mlflow_plugin.registry.promote import history, promote
 from tests.registry.conftest import Recorder, run_cli
 

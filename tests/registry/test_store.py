@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ade_mlflow_plugin.errors import AdeError, ConfigError
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 from ade_mlflow_plugin.registry.store import (AdeStore, check_relative_path, checksum_tree,
                                               write_json_atomic)
 from ade_mlflow_plugin.registry.download import verify_against_listing

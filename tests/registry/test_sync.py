@@ -13,8 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ade_mlflow_plugin.errors import ConfigError
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
-from ade_mlflow_plugin.registry.plugins import get_plugin_manager, register_plugin
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
+from ade_mlflow_plugin.hooks import get_plugin_manager, register_plugin
 from ade_mlflow_plugin.registry.sync import ModelSyncManager, parse_ref
 from tests.registry.conftest import Recorder, run_cli, sha256_tree
 

@@ -10,8 +10,8 @@ import requests
 from mlflow import MlflowClient
 
 from ade_mlflow_plugin.errors import ConfigError
-from ade_mlflow_plugin.registry.config import ModelRegistryConfig
-from ade_mlflow_plugin.registry.plugins import get_plugin_manager, register_plugin
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig
+from ade_mlflow_plugin.hooks import get_plugin_manager, register_plugin
 from ade_mlflow_plugin.registry.store import AdeStore
 from ade_mlflow_plugin.registry.webhooks import DeliveryVerifier, WebhookReceiver, sign
 from tests.registry.conftest import Recorder, run_cli, sha256_tree

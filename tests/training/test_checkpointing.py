@@ -7,7 +7,7 @@ import torch
 
 from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.training import speed
-from ade_mlflow_plugin.training.config import AUTO_CHECKPOINT_SHARE, TrainingConfig
+from ade_mlflow_plugin.config.training import AUTO_CHECKPOINT_SHARE, TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator, build_rows
 
 EXAMPLES = [{"prompt": "def add(a, b):\n", "completion": "    return a + b\n"},

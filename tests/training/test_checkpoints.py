@@ -55,7 +55,7 @@ def test_sigterm_before_training_exits_143_during_training_sets_flag(restore_sig
 
 
 def test_only_rank_0_talks_to_mlflow(monkeypatch, restore_sigterm):
-    from ade_mlflow_plugin.training.config import TrainingConfig
+    from ade_mlflow_plugin.config.training import TrainingConfig
     from ade_mlflow_plugin.training.pipeline import Session
     from ade_mlflow_plugin.training.tracking import NullLogger
 
@@ -80,7 +80,7 @@ def test_the_last_step_is_saved_and_marked_between_save_steps(tiny_model, tmp_pa
     """transformers saves the final step itself (save_strategy="steps"), so a job stopped during the
     final eval or model logging resumes at the end instead of redoing the steps after the last save."""
     from ade_mlflow_plugin.training.checkpoints import complete_checkpoints
-    from ade_mlflow_plugin.training.config import TrainingConfig
+    from ade_mlflow_plugin.config.training import TrainingConfig
     from ade_mlflow_plugin.training.model import load_for_training
     from ade_mlflow_plugin.training.trainer import train
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ade_mlflow_plugin.errors import ConfigError
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 
 
 def test_mlflow_float_strings_parse_to_whole_numbers():
@@ -70,7 +70,7 @@ def test_config_tiny_and_tracking_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, ade_mlflow_plugin.config, ade_mlflow_plugin.training.config, "
+    code = ("import sys, ade_mlflow_plugin.config, ade_mlflow_plugin.config.training, "
             "ade_mlflow_plugin.training.tiny, ade_mlflow_plugin.training.tracking; "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")

@@ -79,7 +79,7 @@ def adapter_on(tiny_model):
     """(peft model, tokenizer) on a given base folder, with adapter weights that change the output."""
     import torch
 
-    from ade_mlflow_plugin.training.config import TrainingConfig
+    from ade_mlflow_plugin.config.training import TrainingConfig
     from ade_mlflow_plugin.training.model import load_for_training
 
     def build(base: Path):

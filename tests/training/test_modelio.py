@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ade_mlflow_plugin.training import entry, modelio
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ade_mlflow_plugin.training import entry
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 
 
 def test_4bit_nf4_loads_and_a_qlora_step_trains_on_cpu(tiny_model, tiny_tokenizer):

@@ -12,7 +12,7 @@ import torch
 
 from ade_mlflow_plugin.adapters.torch_compile import is_compiled
 from ade_mlflow_plugin.training import speed
-from ade_mlflow_plugin.training.config import TrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator, build_rows
 
 EXAMPLES = [
