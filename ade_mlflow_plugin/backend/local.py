@@ -48,7 +48,7 @@ class Location:
     def is_s3(self) -> bool:
         return self.uri.startswith("s3://")
 
-    def _local(self) -> Path:
+    def local_path(self) -> Path:
         return Path(self.uri[7:] if self.uri.startswith("file://") else self.uri)
 
     def _bucket_key(self) -> tuple[str, str]:
@@ -58,8 +58,8 @@ class Location:
     def download_to(self, dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         if not self.is_s3:
-            if self._local().is_dir():
-                shutil.copytree(self._local(), dest, dirs_exist_ok=True)
+            if self.local_path().is_dir():
+                shutil.copytree(self.local_path(), dest, dirs_exist_ok=True)
             return
         bucket, prefix = self._bucket_key()
         s3 = (self.clients or AwsClients()).s3
@@ -73,7 +73,7 @@ class Location:
     def has_objects(self) -> bool:
         """Whether download_to would fetch anything (an s3:// prefix or object, a local dir or file)."""
         if not self.is_s3:
-            return self._local().exists()
+            return self.local_path().exists()
         bucket, prefix = self._bucket_key()
         return next(iter(self._objects((self.clients or AwsClients()).s3, bucket, prefix)), None) is not None
 
@@ -119,7 +119,7 @@ class Location:
             bucket, prefix = self._bucket_key()
             (self.clients or AwsClients()).s3.upload_file(str(path), bucket, f"{prefix}/{relative}")
             return
-        target = self._local() / relative
+        target = self.local_path() / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".ade-partial")
         shutil.copyfile(path, tmp)
@@ -130,7 +130,7 @@ class Location:
             bucket, prefix = self._bucket_key()
             (self.clients or AwsClients()).s3.upload_file(str(source), bucket, f"{prefix}/{name}")
             return f"{self.uri}/{name}"
-        target = self._local() / name
+        target = self.local_path() / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
         return target.resolve().as_uri()
@@ -232,7 +232,7 @@ class LocalJob:
             if location.is_s3:
                 location.download_to(target)
                 continue
-            source = location._local().resolve()
+            source = location.local_path().resolve()
             if source.is_file():  # a URI naming one file: the channel dir holds it, as on SageMaker
                 target.mkdir(parents=True)
                 (target / source.name).symlink_to(source)
