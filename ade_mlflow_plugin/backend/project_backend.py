@@ -31,7 +31,7 @@ from ade_mlflow_plugin.backend.images import resolve_image_uri
 from ade_mlflow_plugin.backend.params import ResolvedParams, resolve_params
 from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, Guarded, JobFollower, SageMakerJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError, mlflow_error
+from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError, mlflow_error, registry_error
 
 _logger = logging.getLogger(__name__)
 BACKEND_NAME = "ade-sagemaker"
@@ -59,6 +59,19 @@ def _fetch_project(project_uri: str, version: str | None, entry_point: str, para
     except MlflowException as exc:
         raise mlflow_error(f"fetching project {project_uri}", exc, "check the project URI, the version "
                            "(-v) and the entry point and params it declares", ConfigError) from exc
+
+
+def _materialise_registry_uri(name: str, value: str, scratch: Path) -> str:
+    """A models:/ or runs:/ param value downloaded under ``scratch``; any other value as it is."""
+    if not value.startswith(("models:/", "runs:/")):
+        return value
+    target = scratch / name
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=value, dst_path=str(target))
+    except MlflowException as exc:
+        raise registry_error(f"parameter '{name}': cannot resolve {value}", exc,
+                             "check the registered model name and its alias or version") from exc
 
 
 def job_tracking_uri(uri: str, mode: str) -> str:
@@ -200,7 +213,12 @@ class AdeSageMakerBackend(AbstractBackend):
             tarball = packaging.build_project_tarball(project_dir, Path(tmp))
             store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
             code = store.put_file(f"code/{tarball.sha256}.tar.gz", tarball.path)
-        channels, sent = self._channels(config, clients, resolved)
+        with tempfile.TemporaryDirectory(prefix="ade-inputs-") as tmp:
+            # A registered model given as a param is downloaded once: a local job reads it in place for
+            # its whole life (kept beside the job), a SageMaker job from S3 (the download goes after upload).
+            scratch = Path(config.job_root or ".ade").resolve() / "inputs" / job_name \
+                if config.mode == "local" else Path(tmp)
+            channels, sent = self._channels(config, clients, resolved, scratch)
         inputs = spec.JobInputs(job_name=job_name, entry_point=entry_point, image_uri=image, code_uri=code.uri,
                                 output_uri=output_uri, checkpoint_uri=checkpoint_uri, run=run,
                                 params=resolved.values, channel_params=channels)
@@ -221,12 +239,12 @@ class AdeSageMakerBackend(AbstractBackend):
         store.put_file = aws_call("Uploading the project to S3")(store.put_file)  # type: ignore[method-assign]
         return store, f"{base}/output", config.checkpoint_s3_uri or f"{base}/checkpoints/{job_name}"
 
-    def _channels(self, config: CloudTrainingConfig, clients: AwsClients,
-                  resolved: ResolvedParams) -> tuple[dict[str, spec.Channel], int]:
+    def _channels(self, config: CloudTrainingConfig, clients: AwsClients, resolved: ResolvedParams,
+                  scratch: Path) -> tuple[dict[str, spec.Channel], int]:
         channels: dict[str, spec.Channel] = {}
         sent = 0
         for name, path in resolved.paths.items():
-            path = self._materialise_registry_uri(name, path)
+            path = _materialise_registry_uri(name, path, scratch)
             if config.mode == "local" and not path.startswith("s3://"):
                 channels[name] = packaging.local_channel(name, path)
                 continue
@@ -238,13 +256,6 @@ class AdeSageMakerBackend(AbstractBackend):
                 name, path, store)
             channels[name], sent = channel, sent + uploaded
         return channels, sent
-
-    @staticmethod
-    def _materialise_registry_uri(name: str, value: str) -> str:
-        if not value.startswith(("models:/", "runs:/")):
-            return value
-        target = Path(tempfile.mkdtemp(prefix=f"ade-{name}-"))
-        return mlflow.artifacts.download_artifacts(artifact_uri=value, dst_path=str(target))
 
     def _start(self, config: CloudTrainingConfig, clients: AwsClients, request: dict[str, Any]) -> Any:
         if config.mode == "local":
