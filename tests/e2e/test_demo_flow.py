@@ -15,9 +15,12 @@ import pytest
 from examples.demo import MODEL_NAME, SETTINGS, TRAINING, run_logged, summary
 from ade_mlflow_plugin.errors import AdeError
 from tests.conftest import REPO_ROOT
+from tests.e2e.comparison_page import (LOAD_TIMEOUT_S, METRICS, PARAMS, format_metric, metric_row, param_row,
+                                        run_columns)
 
-# Both e2e modules share the session's demo flow: one xdist worker runs them (make test runs --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("demo")]
+# One module, so that one xdist worker (make test runs --dist loadscope) trains the session's demo flow once
+# for the flow checks and the browser check.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _client(tracking: str):
@@ -127,3 +130,45 @@ def test_demo_refuses_a_file_as_models_root(tmp_path):
     assert proc.stderr.strip() == (f"ade-mlflow demo: error: --models-root '{target}' is a file; "
                                    "pass a folder (it is created when missing)")
     assert not (tmp_path / "w").exists()
+
+
+# ---- the same runs in the MLflow UI: the comparison view, in headless Chromium -----------------------
+
+def test_comparison_view_shows_both_runs_params_and_metrics(demo_flow, browser, tmp_path):
+    from mlflow import MlflowClient
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    result = demo_flow.result
+    client = MlflowClient(result.tracking_uri)
+    runs = {run_id: client.get_run(run_id) for run_id in result.run_ids}
+    url = (f"{result.tracking_uri}/#/compare-runs?runs={json.dumps(result.run_ids)}"
+           f"&experiments={json.dumps([result.experiment_id])}")
+    browser.get(url)
+    wait = WebDriverWait(browser, LOAD_TIMEOUT_S)
+    wait.until(ec.visibility_of_element_located(("xpath", "//*[normalize-space(.)='Comparing 2 Runs from 1 Experiment']")))
+    wait.until(ec.presence_of_element_located(("xpath", "//div[@role='grid']//a[normalize-space(.)='eval_loss']")))
+    columns = run_columns(browser)
+    assert sorted(columns) == sorted(result.run_ids)
+
+    for name in PARAMS:
+        assert param_row(browser, name) == [runs[run_id].data.params[name] for run_id in columns], name
+    shown = [name for name in METRICS if any(name in runs[r].data.metrics for r in columns)]
+    assert {"eval_loss", "tokens_per_second"} <= set(shown)
+    for name in shown:
+        expected = [format_metric(runs[run_id].data.metrics[name]) if name in runs[run_id].data.metrics else ""
+                    for run_id in columns]
+        assert metric_row(browser, name) == expected, name
+
+    # What a person saw: the metrics table as last scrolled, then the top of the page.
+    for shot in (tmp_path / "compare-runs-metrics.png", tmp_path / "compare-runs.png"):
+        assert browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        browser.execute_script("window.scrollTo(0, 0)")
+
+
+def test_format_metric_matches_the_ui_rules():
+    # Expected strings are what the UI's own function printed for these values (node, MLflow 3.17.2 bundle).
+    values = (0.0, 8.793064e-06, 3.96e-4, 6.8250683, 920.63936, 10516.5873, 12.345, 7.0, 2.0005)
+    assert [format_metric(v) for v in values] == \
+        ["0", "8.793e-6", "3.960e-4", "6.825", "920.6", "10516.6", "12.35", "7", "2.001"]
