@@ -8,8 +8,12 @@ import time
 
 import boto3
 import mlflow
+import pytest
 
 from tests.backend.test_mlflow_run_sagemaker import _put_logs, _start
+
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def _cli(*args, tracking):

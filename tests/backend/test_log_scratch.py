@@ -7,8 +7,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.backend.test_mlflow_run_sagemaker import _start
 from tests.conftest import REPO_ROOT
+
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_wait_false_submission_makes_no_log_dir(project, data_dir, tmp_path, moto_jobs):

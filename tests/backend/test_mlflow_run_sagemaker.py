@@ -15,6 +15,9 @@ from ade_mlflow_plugin.job import contract
 
 from tests.backend.conftest import write_config
 
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 
 

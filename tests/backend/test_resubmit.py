@@ -4,8 +4,13 @@ from __future__ import annotations
 import boto3
 import mlflow
 
+import pytest
+
 from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
 from tests.backend.conftest import ROLE
+
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_second_submission_uploads_nothing(project, data_dir, aws, sqlite_tracking):

@@ -83,6 +83,7 @@ def test_unreadable_and_undecodable_files_are_skipped_and_counted(codebase):
     assert len(latin[0].units) == 1 and latin[0].units[0].name.startswith("caf")
 
 
+@pytest.mark.slow
 def test_console_script_digest_is_stable_across_processes(codebase, tmp_path):
     digests = []
     for n, hash_seed in enumerate(["1", "2"]):

@@ -48,6 +48,7 @@ def tokenizer_dir(chat_tokenizer, tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_mlflow_run_prepare_data_entry(codebase, tracking_uri, tokenizer_dir, tmp_path):
     """`mlflow run -e prepare_data` runs the MLproject command line and logs to the run MLflow made."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "SM_OUTPUT_DATA_DIR": str(tmp_path / "sm"),

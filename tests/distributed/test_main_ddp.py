@@ -8,8 +8,12 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from tests.conftest import FIXTURES, REPO_ROOT, free_port
+
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_main_under_torchrun_two_processes(tmp_path):

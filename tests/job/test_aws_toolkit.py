@@ -7,10 +7,14 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from ade_mlflow_plugin.backend.local import Location
 from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
 from tests.conftest import submit_to_moto
+
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_toolkit_starts_the_shim_and_the_entry_runs(aws, sqlite_tracking, tmp_path):

@@ -16,6 +16,9 @@ from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.job import contract
 from tests.conftest import FIXTURES
 
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 COUNTER = FIXTURES / "projects" / "counter"
 
 

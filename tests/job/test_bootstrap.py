@@ -12,6 +12,7 @@ from pathlib import Path
 
 import boto3
 import botocore.session
+import pytest
 import mlflow
 
 from ade_mlflow_plugin.backend import packaging
@@ -48,6 +49,7 @@ def test_entrypoint_fits_the_service_limits(sqlite_tracking, tmp_path):
         assert all(len(item) <= limits.member.metadata["max"] == ARG_LIMIT and "\n" not in item for item in items)
 
 
+@pytest.mark.slow
 def test_sigterm_to_pid_1_reaches_the_entry_which_checkpoints(sqlite_tracking, s3_bucket, tmp_path):
     archive = packaging.build_project_tarball(COUNTER, tmp_path / "code").path
     request, run_id = _request(tmp_path, sqlite_tracking, code_uri=_code_on_s3(s3_bucket, archive),

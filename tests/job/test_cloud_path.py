@@ -6,9 +6,13 @@ import tarfile
 
 import boto3
 import mlflow
+import pytest
 
 from ade_mlflow_plugin.backend.local import LocalJob
 from tests.conftest import submit_to_moto
+
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 def test_described_job_runs_from_moto_s3_and_uploads_its_model(aws, sqlite_tracking, tmp_path):

@@ -80,6 +80,7 @@ def test_declared_requirements_are_checked_against_the_environment(tmp_path):
     assert missing_requirements(tmp_path) == ["adetoy-not-installed>=1", "mlflow<1.0"]
 
 
+@pytest.mark.slow
 def test_missing_package_is_installed_before_the_entry_runs(sqlite_tracking, tmp_path, private_pip):
     wheel = _wheel(tmp_path)
     project = _project(tmp_path, f"adetoy @ {wheel.as_uri()}\nmlflow>=3.17\n")
@@ -93,6 +94,7 @@ def test_missing_package_is_installed_before_the_entry_runs(sqlite_tracking, tmp
     assert mlflow.get_run(run_id).data.metrics["adetoy_answer"] == 42
 
 
+@pytest.mark.slow
 def test_an_install_that_fails_fails_the_job_with_pips_reason(sqlite_tracking, tmp_path, private_pip):
     project = _project(tmp_path, "adetoy-nowhere==9.9\n")
     request, run_id = _request(tmp_path, sqlite_tracking, code_uri=_code_uri(project, tmp_path), params={})
@@ -105,6 +107,7 @@ def test_an_install_that_fails_fails_the_job_with_pips_reason(sqlite_tracking, t
     assert mlflow.get_run(run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_stop_while_installing_ends_the_run_killed(sqlite_tracking, tmp_path, private_pip, monkeypatch):
     # An index that accepts connections and never answers: pip hangs until the stop arrives.
     with socket.socket() as silent:

@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import FIXTURES
 
+# A whole job, a subprocess `mlflow run` or a training entry: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 COUNTER = FIXTURES / "projects" / "counter"
 
 

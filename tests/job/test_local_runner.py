@@ -32,6 +32,7 @@ def test_s3_channels_hold_a_prefix_tree_or_the_one_named_object(s3_bucket, tmp_p
     assert not Location(f"s3://{s3_bucket}/nothing-here", None).has_objects()
 
 
+@pytest.mark.slow
 def test_file_channels_are_read_in_place(sqlite_tracking, tmp_path):
     data = tmp_path / "data"
     (data / "nested").mkdir(parents=True)
@@ -70,6 +71,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # an orphaned zombie waits for init to reap it; it no longer runs
 
 
+@pytest.mark.slow
 def test_stop_kills_an_entry_that_ignores_sigterm_after_the_grace_period(sqlite_tracking, tmp_path,
                                                                          monkeypatch):
     monkeypatch.setattr(local, "STOP_GRACE_S", 2.0)
@@ -112,6 +114,7 @@ def test_checkpoint_sync_sends_only_what_changed(s3_bucket, tmp_path):
         (source / "state.json").write_text('{"step": 1}')
 
 
+@pytest.mark.slow
 def test_a_stop_waits_for_the_entry_to_finish_its_checkpoint_under_a_shell(sqlite_tracking, tmp_path):
     import mlflow
 

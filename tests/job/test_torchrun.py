@@ -8,6 +8,7 @@ import pytest
 from tests.job.test_bad_job_input import _request, _run
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_through_the_launcher(sqlite_tracking, tmp_path, monkeypatch):
     monkeypatch.setenv("ADE_NPROC_PER_NODE", "2")
     monkeypatch.setenv("ADE_MASTER_PORT", str(__import__("tests.conftest", fromlist=["free_port"]).free_port()))

@@ -108,6 +108,7 @@ def _logits(model, tokenizer):
         return model(input_ids=ids).logits
 
 
+@pytest.mark.slow
 def test_base_from_a_job_channel_is_merged_and_loads_after_the_job(adapter_on, tiny_model, tmp_path, sqlite_tracking,
                                                                    monkeypatch, caplog):
     import mlflow
@@ -203,6 +204,7 @@ def _python(code: str, args: list[str], cache: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_hub_base_is_logged_offline_and_loads_from_another_cache(tiny_model, tmp_path, sqlite_tracking):
     trained_on = _hub_cache(tmp_path / "job-hub-cache", tiny_model)
     out = str(tmp_path / "logged")

@@ -52,6 +52,7 @@ def test_adapter_without_local_base_is_a_clear_error(trained_peft):
         modelio.publishable(model, None, merge_adapter=False)
 
 
+@pytest.mark.slow
 def test_evaluate_entry_scores_a_logged_adapter(trained_peft, tiny_model, prepared_dataset, sqlite_tracking,
                                                 monkeypatch, capsys):
     import mlflow
