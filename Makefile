@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 PYTEST_ARGS ?=
 TEST_ENV := MLFLOW_DISABLE_TELEMETRY=true
+# One pytest worker per CPU (pytest-xdist, from the dev extra); loadscope keeps a module on one worker, so the
+# demo flow trains once. The check lets a venv without pytest-xdist still run, one process.
+XDIST = $$($(1) -c 'import xdist' 2>/dev/null && printf '%s' '-n auto --dist loadscope')
 # test-min: each `>=` floor of setup.cfg becomes an `==` constraint, so the floors are what gets tested.
 VENV_MIN := .venv-min
 PY_MIN := $(VENV_MIN)/bin/python
@@ -70,10 +73,10 @@ browser: $(STAMP)
 
 # pytest exits 5 when it collects no tests; make fails on any non-zero exit, so that cannot pass silently.
 test: $(STAMP) browser
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(call XDIST,$(PY)) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(call XDIST,$(PY)) -m "not slow" $(PYTEST_ARGS)
 
 # A fresh venv whenever setup.cfg changes: pip would keep newer versions left from an earlier floor set.
 $(STAMP_MIN): setup.cfg pyproject.toml
@@ -88,7 +91,7 @@ $(STAMP_MIN): setup.cfg pyproject.toml
 # fast target needs the browser: its test is marked slow.
 test-min: $(STAMP_MIN)
 	$(PY_MIN) -m pip check
-	$(TEST_ENV) $(PY_MIN) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY_MIN) -m pytest $(call XDIST,$(PY_MIN)) -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(TEST_ENV) $(PY) -m examples.demo
