@@ -4,6 +4,9 @@ MLflow's own async logging drops a batch when the server does not answer, so met
 MetricLogger instead: the training loop only appends to a queue; one thread sends batches with
 log_batch and, when the tracking server is down, keeps the batch and retries with backoff until it
 answers. Steps already in the run (a resumed job) are skipped so that no step is logged twice.
+When the server stays down past `retry_for_s`, the batch and every later one go to the job's relay
+(job/relay.py) instead of being dropped; RelayLogger is the same sink for a job that found no server
+at start. `ade-mlflow sync-run` replays the relay into the run.
 """
 from __future__ import annotations
 
@@ -28,13 +31,16 @@ class MetricLogger:
     """Non-blocking, retrying metric sink for one run."""
 
     def __init__(self, client: Any, run_id: str, logged_steps: dict[str, int] | None = None,
-                 retry_for_s: float = 3600.0) -> None:
+                 retry_for_s: float | None = None, relay: Any = None) -> None:
         self.client, self.run_id = client, run_id
+        self.relay = relay  # a job/relay.Relay: where batches go once the server is given up on
+        self._relaying = False
         self._last_step = dict(logged_steps or {})
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._retry_for_s = retry_for_s
+        self._retry_for_s = float(os.environ.get("ADE_METRICS_RETRY_S", "3600")) if retry_for_s is None \
+            else retry_for_s
         self._inflight = 0
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="ade-metric-logger", daemon=True)
@@ -79,6 +85,9 @@ class MetricLogger:
     def _send(self, batch: list) -> None:
         backoff, deadline = 0.5, time.monotonic() + self._retry_for_s
         while True:
+            if self._relaying:
+                self.relay.metrics([_as_record(m) for m in batch])
+                return
             try:
                 self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
                 return
@@ -87,6 +96,12 @@ class MetricLogger:
                 if _rejected(exc):  # the server answered "no": retrying cannot help
                     logger.error("tracking server rejected %d metrics: %s", len(batch), str(exc)[:300])
                     return
+                if time.monotonic() > deadline and self.relay is not None:
+                    logger.warning("tracking server unreachable for %.0f s: metrics go to the relay in %s "
+                                   "from now on (replay them with `ade-mlflow sync-run`)",
+                                   self._retry_for_s, self.relay.dir)
+                    self._relaying = True
+                    continue
                 if time.monotonic() > deadline:
                     logger.error("dropping %d metrics after %.0f s of failed logging: %s",
                                  len(batch), self._retry_for_s, exc)
@@ -120,6 +135,41 @@ class MetricLogger:
             self._cond.notify_all()
         self._thread.join(timeout=1.0)
         return done
+
+
+def _as_record(metric: Any) -> dict[str, Any]:
+    return {"key": metric.key, "value": metric.value, "timestamp": metric.timestamp, "step": metric.step}
+
+
+class RelayLogger:
+    """The metric sink of a job that cannot reach its tracking server: each call appends to the relay
+    (a local file append; nothing waits for a network)."""
+
+    failures = 0
+
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+        self._last_step: dict[str, int] = {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            if value is None or step <= self._last_step.get(key, -1):
+                continue
+            self._last_step[key] = step
+            items.append({"key": key, "value": float(value), "timestamp": now, "step": int(step)})
+        if items:
+            self.relay.metrics(items)
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def pending(self) -> int:
+        return 0
 
 
 def _rejected(exc: Exception) -> bool:

@@ -94,3 +94,42 @@ def test_rejected_batch_is_dropped_not_retried_forever():
     metric_logger.log({"train_loss": 2.0}, step=2)
     assert metric_logger.close(timeout=10)
     assert [m.step for batch in client.batches for m in batch] == [2]
+
+
+class _DownClient:
+    """A tracking server that never answers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def log_batch(self, run_id, metrics, synchronous=True):
+        self.calls += 1
+        raise ConnectionError("refused")
+
+
+def test_logger_gives_up_on_the_server_into_the_relay_and_keeps_relaying(tmp_path):
+    from ade_mlflow_plugin.job.relay import METRICS, Relay, read_records
+
+    client, relay = _DownClient(), Relay(tmp_path)
+    metric_logger = MetricLogger(client, "run", retry_for_s=0.0, relay=relay)
+    metric_logger.log({"train_loss": 1.0}, step=1)
+    assert metric_logger.flush(timeout=30)
+    calls = client.calls
+    metric_logger.log({"train_loss": 0.5}, step=2)
+    assert metric_logger.close(timeout=30)
+    assert client.calls == calls  # once given up on, the server is not asked again for every batch
+    relayed = [m for r in read_records(relay.dir) if r["kind"] == METRICS for m in r["metrics"]]
+    assert [(m["key"], m["step"], m["value"]) for m in relayed] == [("train_loss", 1, 1.0), ("train_loss", 2, 0.5)]
+
+
+def test_relay_logger_writes_each_step_once(tmp_path):
+    from ade_mlflow_plugin.job.relay import Relay, read_records
+    from ade_mlflow_plugin.training.tracking import RelayLogger
+
+    relay = Relay(tmp_path)
+    sink = RelayLogger(relay)
+    sink.log({"train_loss": 1.0, "epoch": None}, step=1)
+    sink.log({"train_loss": 1.0}, step=1)
+    sink.log({"train_loss": 0.9}, step=2)
+    steps = [m["step"] for r in read_records(relay.dir) for m in r["metrics"]]
+    assert steps == [1, 2] and sink.close()
