@@ -1,0 +1,82 @@
+"""`ade-mlflow sync-run RUN_ID|JOB`: replay what a job kept in its relay (no tracking server) into its run.
+
+Idempotent (backend/replay.py compares with what the run has), so it is safe to run any number of times,
+and the follower runs the same replay when a followed job ends.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+# mlflow, boto3 and the backend modules are imported inside the command: `--help` stays fast.
+
+
+def run_id_of(description: dict[str, Any]) -> str:
+    """The MLflow run a SageMaker job logs to: its Environment, else the contract's hyperparameter."""
+    from ade_mlflow_plugin.errors import ConfigError
+    from ade_mlflow_plugin.job import contract
+
+    run_id = (description.get("Environment") or {}).get(contract.ENV_RUN_ID) or \
+        contract.decode_hyperparameters(description.get("HyperParameters") or {}).run.run_id
+    if not run_id:
+        raise ConfigError(f"job {description['TrainingJobName']} names no MLflow run (no {contract.ENV_RUN_ID}): "
+                          "it was not submitted with the ade-sagemaker backend")
+    return run_id
+
+
+def sync_local(client: Any, run_id: str, job_root: Path) -> str:
+    """A local-mode job: its relay is in the job root; the run ends as the job recorded it."""
+    from ade_mlflow_plugin.backend.replay import local_relay_dir, replay
+
+    relay = local_relay_dir(job_root)
+    if not relay.is_dir():
+        return f"no relay in {job_root}: the job logged straight to MLflow; nothing to replay"
+    return replay(client, run_id, relay).line()
+
+
+def sync_sagemaker(client: Any, clients: Any, job_name: str, run_id: str | None) -> str:
+    """A SageMaker job: the relay comes from its output archive once the job has ended."""
+    from mlflow.entities import RunStatus
+
+    from ade_mlflow_plugin.backend.replay import fetch_sagemaker_relay, replay
+    from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL, SageMakerJob
+
+    description = SageMakerJob(clients.sagemaker, job_name).describe()
+    run_id = run_id or run_id_of(description)
+    status = description["TrainingJobStatus"]
+    if status not in TERMINAL:
+        return (f"job {job_name} is {status}: SageMaker uploads its relay when it ends; run sync-run "
+                "again then")
+    with tempfile.TemporaryDirectory(prefix="ade-relay-") as tmp:
+        relay = fetch_sagemaker_relay(clients.s3, description, Path(tmp))
+        if relay is None:
+            return f"no relay in the output of {job_name}: the job logged straight to MLflow; nothing to replay"
+        return replay(client, run_id, relay, RunStatus.to_string(RUN_STATUS[status])).line()
+
+
+@click.command("sync-run")
+@click.argument("ref")
+@click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
+def sync_run_command(ref: str, region: str | None) -> None:
+    """Replay a job's relay (what it logged while MLflow was out of reach) into its run, by RUN_ID or JOB.
+
+    Safe to repeat: nothing the run already has is written again."""
+    import mlflow
+
+    from ade_mlflow_plugin.backend.commands import resolve_target
+
+    target = resolve_target(ref, region)
+    client = mlflow.MlflowClient()
+    if target.mode == "local":
+        from ade_mlflow_plugin.errors import ConfigError
+
+        if target.local_log is None or target.run_id is None:
+            raise ConfigError(f"run {ref} has no ade.local_log tag: pass the run id of a local-mode job")
+        click.echo(sync_local(client, target.run_id, target.local_log.parent))
+        return
+    from ade_mlflow_plugin.backend.aws import AwsClients
+
+    click.echo(sync_sagemaker(client, AwsClients(region=target.region), target.job_name, target.run_id))
