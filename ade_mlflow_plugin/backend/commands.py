@@ -25,6 +25,7 @@ class Target:
     mode: str
     run_id: str | None = None
     local_log: Path | None = None
+    run: Any = None  # the MLflow run, when it was looked up
 
 
 def resolve_target(ref: str, region: str | None) -> Target:
@@ -36,42 +37,87 @@ def resolve_target(ref: str, region: str | None) -> Target:
     from ade_mlflow_plugin.errors import ConfigError, is_missing, mlflow_error
 
     try:
-        tags = mlflow.MlflowClient().get_run(ref).data.tags
+        run = mlflow.MlflowClient().get_run(ref)
     except mlflow.exceptions.MlflowException as exc:
         if not is_missing(exc):  # the server, not the id: say so instead of "not found"
             raise mlflow_error(f"looking up run '{ref}' on {mlflow.get_tracking_uri()}", exc) from exc
         raise ConfigError(f"run '{ref}' not found on {mlflow.get_tracking_uri()}: check the run id and "
                           "MLFLOW_TRACKING_URI") from exc
+    return _target_of_run(run, region)
+
+
+def _target_of_run(run: Any, region: str | None) -> Target:
+    from ade_mlflow_plugin.errors import ConfigError
+
+    tags, ref = run.data.tags, run.info.run_id
     if "sagemaker.job_name" not in tags:
         raise ConfigError(f"run '{ref}' was not submitted with the ade-sagemaker backend (no sagemaker.job_name tag)")
     log = tags.get("ade.local_log")
     return Target(tags["sagemaker.job_name"], region or tags.get("sagemaker.region"),
-                  tags.get("sagemaker.mode", "sagemaker"), ref, Path(log) if log else None)
+                  tags.get("sagemaker.mode", "sagemaker"), ref, Path(log) if log else None, run)
 
 
-def _local_status(target: Target) -> dict[str, Any]:
+class _Offline(Exception):
+    """The tracking server did not answer: status goes on with the job alone."""
+
+
+def _get_run(run_id: str) -> Any | None:
+    """The run, None when the server says there is none; _Offline when the server cannot be reached."""
     import mlflow
 
-    run = mlflow.MlflowClient().get_run(target.run_id)
-    return {"TrainingJobName": target.job_name, "RunStatus": run.info.status, "Log": str(target.local_log)}
+    from ade_mlflow_plugin.errors import first_line, is_missing
+
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise _Offline(f"WARNING: tracking server {mlflow.get_tracking_uri()} cannot be reached "
+                       f"({first_line(exc, 160)}); showing the job only") from exc
 
 
-@click.command("status")
-@click.argument("ref")
-@click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
-def status_command(ref: str, region: str | None) -> None:
-    """Show a job's status by MLflow RUN_ID or SageMaker JOB name."""
-    from ade_mlflow_plugin.backend.aws import AwsClients
-    from ade_mlflow_plugin.backend.submitted_run import SageMakerJob
+def _status_target(ref: str, region: str | None, job_root: Path | None) -> Target:
+    """Where the job is (and its run, when the tracking server answers); one warning line when it does not."""
+    from ade_mlflow_plugin.backend.reconcile import find_local_root, local_root
+    from ade_mlflow_plugin.errors import ConfigError
 
-    target = resolve_target(ref, region)
+    root = find_local_root(ref, job_root)
+    if not _RUN_ID.fullmatch(ref):
+        return Target(ref, region, "local", local_log=root / "job.log") if root else Target(ref, region, "sagemaker")
+    try:
+        run = _get_run(ref)
+    except _Offline as offline:
+        click.echo(str(offline), err=True)
+        if root is None:
+            raise ConfigError(f"run '{ref}': the tracking server cannot be reached and no local job under "
+                              f"{(job_root or Path('.ade')).resolve()} logs to it; give the SageMaker job name "
+                              "(its sagemaker.job_name) or --job-root") from None
+        return Target(root.name, region, "local", ref, root / "job.log")
+    if run is None:
+        raise ConfigError(f"run '{ref}' not found: check the run id and MLFLOW_TRACKING_URI")
+    target = _target_of_run(run, region)
     if target.mode == "local":
-        for key, value in _local_status(target).items():
-            click.echo(f"{key}: {value}")
-        return
-    description = SageMakerJob(AwsClients(region=target.region).sagemaker, target.job_name).describe()
+        target.local_log = local_root(run.data.tags, target.job_name, job_root) / "job.log"
+    return target
+
+
+def _run_for(target: Target, description: dict[str, Any]) -> Any | None:
+    """The target's run, looked up by the run id the job carries when only the job name was given."""
+    if target.run is not None or target.run_id is not None:
+        return target.run
+    run_id = (description.get("Environment") or {}).get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        return _get_run(run_id)
+    except _Offline as offline:
+        click.echo(str(offline), err=True)
+        return None
+
+
+def _print_job(description: dict[str, Any]) -> None:
     status = description["TrainingJobStatus"]
-    click.echo(f"job:       {target.job_name}")
+    click.echo(f"job:       {description['TrainingJobName']}")
     click.echo(f"status:    {status} ({description.get('SecondaryStatus', '')}) -> MLflow "
                f"{_run_status(status)}")
     for key, label in (("FailureReason", "failure"), ("TrainingTimeInSeconds", "training s"),
@@ -81,7 +127,37 @@ def status_command(ref: str, region: str | None) -> None:
     artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
     if artifacts:
         click.echo(f"model:     {artifacts}")
-    if status == "Failed":
+
+
+_JOB_ROOT = click.option("--job-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="Local mode: the backend config's job_root (default: .ade).")
+
+
+@click.command("status")
+@click.argument("ref")
+@click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
+@_JOB_ROOT
+def status_command(ref: str, region: str | None, job_root: Path | None) -> None:
+    """Show a job's status by MLflow RUN_ID or SageMaker JOB name, and bring its run level with it.
+
+    The job is read from SageMaker or its local job root, so this works with the tracking server down
+    (one warning line). With the server up, a run whose job ended unfollowed gets its end state,
+    failure reason, cost and logs, as the follower would have given them."""
+    from ade_mlflow_plugin.backend.reconcile import open_job, reconcile_run
+
+    target = _status_target(ref, region, job_root)
+    job = open_job(target.mode, target.job_name, target.region,
+                   target.local_log.parent if target.local_log else None)
+    description = job.describe()
+    _print_job(description)
+    run = _run_for(target, description)
+    if run is not None:
+        import mlflow
+
+        outcome = reconcile_run(mlflow.MlflowClient(), run, job, description, sys.stderr)
+        click.echo(f"run:       {outcome.run_id} {outcome.after}"
+                   f"{f' (was {outcome.before})' if outcome.before != outcome.after else ''}")
+    if description["TrainingJobStatus"] == "Failed":
         sys.exit(1)
 
 
@@ -120,6 +196,8 @@ def logs_command(ref: str, follow: bool, region: str | None, poll_interval: floa
 
 
 def _local_logs(target: Target, follow: bool, poll_interval: float) -> None:
+    from ade_mlflow_plugin.backend.local import ENDED, JobRoot
+
     if target.local_log is None or not target.local_log.is_file():
         from ade_mlflow_plugin.errors import ConfigError
 
@@ -130,7 +208,66 @@ def _local_logs(target: Target, follow: bool, poll_interval: float) -> None:
             if chunk:
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
-            if not follow or _local_status(target)["RunStatus"] not in {"RUNNING", "SCHEDULED"}:
+            if not follow or JobRoot(target.local_log.parent).describe()["TrainingJobStatus"] in ENDED:
                 sys.stdout.write(handle.read())
                 return
             time.sleep(poll_interval)
+
+
+@click.command("reconcile")
+@click.option("--experiment", "experiment", default=None, help="Only runs of this experiment (default: all).")
+@_JOB_ROOT
+def reconcile_command(experiment: str | None, job_root: Path | None) -> None:
+    """End every unfinished run whose job ended unfollowed: status, failure reason, cost, logs.
+
+    Looks at each run with a sagemaker.job_name tag that is not terminated; prints one line per run."""
+    import mlflow
+
+    from ade_mlflow_plugin.backend.reconcile import local_root, open_job, reconcile_run
+    from ade_mlflow_plugin.errors import ConfigError, describe, mlflow_error
+
+    client = mlflow.MlflowClient()
+    try:
+        runs = _unfinished_runs(client, experiment)
+    except mlflow.exceptions.MlflowException as exc:
+        raise mlflow_error(f"searching runs on {mlflow.get_tracking_uri()}", exc) from exc
+    failures = 0
+    for run in runs:
+        target = _target_of_run(run, None)
+        root = local_root(run.data.tags, target.job_name, job_root) if target.mode == "local" else None
+        try:
+            job = open_job(target.mode, target.job_name, target.region, root)
+            click.echo(reconcile_run(client, run, job, job.describe(), sys.stderr).line())
+        except (ConfigError, mlflow.exceptions.MlflowException, OSError) as exc:
+            failures += 1
+            click.echo(f"{run.info.run_id}  {target.job_name}  error: {describe(exc)}")
+    if not runs:
+        click.echo("no unfinished run with a sagemaker.job_name tag")
+    if failures:
+        sys.exit(1)
+
+
+def _unfinished_runs(client: Any, experiment: str | None) -> list[Any]:
+    from mlflow.entities import ViewType
+
+    from ade_mlflow_plugin.errors import ConfigError
+
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise ConfigError(f"experiment '{experiment}' not found: check --experiment and MLFLOW_TRACKING_URI")
+        ids = [found.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not ids:
+        return []
+    query = ("tags.`sagemaker.job_name` LIKE '%' AND attributes.status != 'FINISHED' "
+             "AND attributes.status != 'FAILED' AND attributes.status != 'KILLED'")
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(ids, query, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs

@@ -8,6 +8,7 @@ DescribeTrainingJob's shape, so the backend follows local and SageMaker jobs wit
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,11 @@ STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's g
 CHECKPOINT_SYNC_S = 30.0
 #: SageMaker returns this much of the failure file as FailureReason.
 FAILURE_REASON_CHARS = 1024
+#: In the job root: the last describe() answer (`ade-mlflow status` reads it with nobody following),
+#: the pid of the process supervising the job, the request of a detached job, and that runner's output.
+STATE_FILE, RUNNER_PID_FILE, REQUEST_FILE, RUNNER_LOG = "job.json", "runner.pid", "request.json", "runner.log"
+ENDED = ("Completed", "Failed", "Stopped")
+_TIMES = ("CreationTime", "TrainingStartTime", "TrainingEndTime")
 
 
 def _now() -> datetime:
@@ -159,12 +165,18 @@ class LocalJob:
         self._stop_requested = False
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # the supervisor and a stop() may both save job.json
         self._checkpoints = Location(request["CheckpointConfig"]["S3Uri"], clients) \
             if request.get("CheckpointConfig") else None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Prepare the job root and start the launcher; returns at once."""
+        self.prepare()
+        self.launch()
+
+    def prepare(self) -> None:
+        """The job root, its contract files and inputs: what can fail on bad input, before the entry runs."""
         self._transition("Starting", "Preparing the job root")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -184,6 +196,10 @@ class LocalJob:
                 self._checkpoints.mark_sent(self.paths.checkpoint_dir)
         except Exception as exc:
             raise self._fail_before_start(exc) from None
+
+    def launch(self) -> None:
+        """Start the launcher in a session of its own and supervise it from threads of this process."""
+        (self.root / RUNNER_PID_FILE).write_text(f"{os.getpid()}\n")  # who keeps job.json current
         self._transition("Training", "Training in progress on this machine")
         self._started = _now()
         self.proc = subprocess.Popen(
@@ -215,6 +231,7 @@ class LocalJob:
         self._transition("Failed", reason)
         with self._lock:
             self._status = "Failed"
+        self._save_state()
         self._done.set()
         return error
 
@@ -290,6 +307,7 @@ class LocalJob:
                                   "Failed": self._failure or ""}[status])
         with self._lock:
             self._status, self._secondary = status, status
+        self._save_state()
         self._done.set()
 
     def _failure_reason(self, code: int) -> str:
@@ -312,6 +330,7 @@ class LocalJob:
         self._stop_requested = True
         with self._lock:
             self._status, self._secondary = "Stopping", "Stopping"
+        self._save_state()
         self._signal(signal.SIGTERM)
         killer = threading.Timer(STOP_GRACE_S, self._kill)
         killer.daemon = True  # must not keep `mlflow run` alive once the job has stopped
@@ -353,6 +372,26 @@ class LocalJob:
                 self._transitions[-1]["EndTime"] = now
             self._transitions.append({"Status": status, "StartTime": now, "StatusMessage": message})
             self._secondary = status
+        self._save_state()
+
+    def _save_state(self) -> None:
+        """job.json in the job root, replaced whole, so a reader never sees half an answer."""
+        if not self.root.is_dir():
+            return
+        target = self.root / STATE_FILE
+        tmp = target.with_name(STATE_FILE + ".tmp")
+        with self._save_lock:
+            tmp.write_text(json.dumps(self.describe(), default=_iso))
+            os.replace(tmp, target)
+
+    def restore(self) -> None:
+        """A runner taking over a prepared job root (detached start) continues its transitions."""
+        saved = read_state(self.root)
+        if saved:
+            self._transitions = saved.get("SecondaryStatusTransitions", [])
+            self._created = saved.get("CreationTime", self._created)
+        if self._checkpoints is not None:  # what prepare() downloaded need not go back up
+            self._checkpoints.mark_sent(self.paths.checkpoint_dir)
 
     def _log(self, line: str) -> None:
         with open(self.log_path, "a", encoding="utf-8") as log:
@@ -380,3 +419,107 @@ class LocalJob:
             if self._failure and self._status == "Failed":
                 answer["FailureReason"] = self._failure
         return answer
+
+
+# ---------------------------------------------------------------- the job root, read by anyone later
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    """The job's last saved describe() answer (times as datetimes again), or None before the first save."""
+    try:
+        state = json.loads((root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    for key in _TIMES:
+        if state.get(key):
+            state[key] = datetime.fromisoformat(state[key])
+    for transition in state.get("SecondaryStatusTransitions", []):
+        for key in ("StartTime", "EndTime"):
+            if transition.get(key):
+                transition[key] = datetime.fromisoformat(transition[key])
+    return state
+
+
+class JobRoot:
+    """A local job seen from its job root only (`status`, `reconcile`, a detached job's submitter):
+    answers describe() like LocalJob. A job whose supervising process is gone without an end state
+    reads Failed, so no run waits for ever on a job nobody runs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.name = self.root.name
+        self.log_path = self.root / "job.log"
+
+    def runner_pid(self) -> int | None:
+        try:
+            return int((self.root / RUNNER_PID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        state = read_state(self.root)
+        if state is None:
+            if not self.root.is_dir():
+                raise ConfigError(f"local job root {self.root} does not exist: check \"job_root\" (--job-root)")
+            return {"TrainingJobName": self.name, "TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting",
+                    "SecondaryStatusTransitions": []}
+        if state["TrainingJobStatus"] in ("InProgress", "Stopping"):
+            pid = self.runner_pid()
+            if pid is not None and not _pid_alive(pid):
+                state.update(TrainingJobStatus="Failed", SecondaryStatus="Failed",
+                             FailureReason=f"ClientError: the process running the local job (pid {pid}) ended "
+                                           f"before the job did; see {self.root / RUNNER_LOG} and {self.log_path}")
+        return state
+
+    def stop(self) -> None:
+        """SIGTERM to the runner, which stops the job as SageMaker does (LocalJob.stop)."""
+        pid = self.runner_pid()
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def start_detached(request: dict[str, Any], root: Path, clients: AwsClients | None = None) -> JobRoot:
+    """Prepare the job here (bad input fails now, in the submitter), then run it in a process of its own
+    session, its output in the job root and no pipe back: it survives the submitter's exit."""
+    job = LocalJob(request, job_root=root, clients=clients, stream=None)
+    job.prepare()
+    region, profile = (clients.region, clients.profile) if clients else (None, None)
+    (job.root / REQUEST_FILE).write_text(json.dumps({"request": request, "region": region, "profile": profile}))
+    code = "from ade_mlflow_plugin.backend.local import runner_main; runner_main()"
+    with open(job.root / RUNNER_LOG, "ab") as log:
+        runner = subprocess.Popen([sys.executable, "-c", code, str(job.root)], cwd=job.root, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (job.root / RUNNER_PID_FILE).write_text(f"{runner.pid}\n")  # until the runner writes its own
+    return JobRoot(job.root)
+
+
+def runner_main(argv: list[str] | None = None) -> int:
+    """The detached runner: run a prepared job root to its end; SIGTERM stops the job (grace, then KILL)."""
+    root = Path((argv or sys.argv[1:])[0])
+    saved = json.loads((root / REQUEST_FILE).read_text())
+    job = LocalJob(saved["request"], job_root=root, stream=None,
+                   clients=AwsClients(region=saved.get("region"), profile=saved.get("profile")))
+    job.restore()
+    signal.signal(signal.SIGTERM, lambda *_: job.stop())
+    job.launch()
+    while job.wait(1.0)["TrainingJobStatus"] not in ENDED:  # a timed wait lets the SIGTERM handler run
+        pass
+    return 0
