@@ -25,7 +25,8 @@ from typing import Any, Callable
 import filelock
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ade_mlflow_plugin.errors import aws_reason
+from ade_mlflow_plugin.errors import ConfigError, aws_reason
+from ade_mlflow_plugin.job.contract import Cost
 
 HOUR_S = 3600.0
 SERVICE_CODE = "AmazonSageMaker"
@@ -33,6 +34,11 @@ DEFAULT_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 600
 API_SOURCE = "AWS Price List API"
 TABLE_SOURCE = "bundled price table"
+#: The smallest budget a SageMaker job may have, in minutes of its instances: SageMaker bills the start
+#: (image pull, code, data and wheel downloads: several minutes for a 20 GB training image), and a LoRA run
+#: needs a few minutes more to load its model and write a first checkpoint. A job capped below this would
+#: spend its whole budget before it had learnt anything worth keeping.
+MIN_BUDGET_S = 600
 
 #: When the bundled figures were taken (us-east-1 list prices; us-east-2 and us-west-2 charge the same).
 FALLBACK_AS_OF = "2024-06"
@@ -261,23 +267,89 @@ def worst_case_cost(max_runtime_s: int, instance_count: int, usd_per_hour: float
     return round(max_runtime_s * instance_count * usd_per_hour / HOUR_S, 2)
 
 
-def worst_case_estimate(config: Any, clients: Any, price_book: PriceBook | None = None) -> str | None:
-    """One line printed before submission: max runtime x instances x price, with the price source.
+def bundled_quote(instance_type: str, region: str) -> PriceQuote:
+    """The bundled table's price, with no AWS call: what a local job rehearsing a budget pays."""
+    price = FALLBACK_PRICES.get(region, {}).get(instance_type)
+    if price is None:
+        return PriceQuote(instance_type, region, None, warning=(
+            f"the bundled price table has no {instance_type} in {region}, so the job cannot keep max_cost_usd: "
+            "set \"instance_type\" to the SageMaker type the job stands for"))
+    return PriceQuote(instance_type, region, price, TABLE_SOURCE, FALLBACK_AS_OF)
 
-    None in local mode (it costs nothing). Never raises.
+
+@dataclass(frozen=True)
+class CostPlan:
+    """The price and budget a submission carries, and the line printed before submitting."""
+
+    line: str | None
+    cost: Cost | None
+
+
+def plan_cost(config: Any, clients: Any, price_book: PriceBook | None = None) -> CostPlan:
+    """Before submission: the price the job is told (and its budget), the MaxRuntime cap, the line that
+    says so. A budget below :data:`MIN_BUDGET_S` of the instances is refused (ConfigError, exit 2).
+
+    Local mode asks no API (it may have no AWS account) and carries a price only with a budget: a local
+    job costs nothing, it only rehearses the stop.
     """
-    if config.mode == "local":
-        return None
     region = config.region or getattr(clients, "region", None) or _session_region(clients) or "us-east-1"
+    if config.mode == "local":
+        return _local_plan(config, bundled_quote(config.instance_type, region))
     quote = (price_book or default_price_book()).quote(clients, config.instance_type, region)
     if not quote.known:
-        return f"Worst-case cost: unknown; WARNING: {quote.warning}"
-    hours = config.max_runtime_s / HOUR_S
-    total = worst_case_cost(config.max_runtime_s, config.instance_count, quote.usd_per_hour)
+        unkept = (f"; WARNING: max_cost_usd ${config.max_cost_usd:g} cannot cap the job's runtime without a "
+                  "price: watch its cost yourself") if config.max_cost_usd is not None else ""
+        return CostPlan(f"Worst-case cost: unknown; WARNING: {quote.warning}{unkept}", None)
+    cost = Cost(quote.usd_per_hour, quote.label, config.max_cost_usd, config.on_budget)
+    _check_floor(config, cost)
+    return CostPlan(_worst_case_line(config, quote, cost), cost)
+
+
+def _local_plan(config: Any, quote: PriceQuote) -> CostPlan:
+    if config.max_cost_usd is None:
+        return CostPlan(None, None)
+    if not quote.known:
+        return CostPlan(f"Budget: WARNING: {quote.warning}", None)
+    cost = Cost(quote.usd_per_hour, quote.label, config.max_cost_usd, config.on_budget)
+    seconds = cost.affordable_s(config.instance_count) or 0
+    return CostPlan(f"Budget: max_cost_usd ${config.max_cost_usd:g} = {seconds} s of {config.instance_count} x "
+                    f"{config.instance_type} at ${quote.usd_per_hour:g}/h ({quote.label}); this local job costs "
+                    f"nothing, its launcher {_action(config)} at the budget", cost)
+
+
+def _action(config: Any) -> str:
+    return "stops the job" if config.on_budget == "stop" else "only alerts"
+
+
+def _check_floor(config: Any, cost: Cost) -> None:
+    affordable = cost.affordable_s(config.instance_count)
+    if affordable is None or affordable >= MIN_BUDGET_S:
+        return
+    least = cost.usd(MIN_BUDGET_S, config.instance_count)
+    raise ConfigError(
+        f"backend config 'max_cost_usd' ${config.max_cost_usd:g} buys only {affordable} s of "
+        f"{config.instance_count} x {config.instance_type} at ${cost.usd_per_hour:g}/h ({cost.price_source}); "
+        f"a useful run needs at least {MIN_BUDGET_S // 60} minutes: set max_cost_usd to ${least:.2f} or more")
+
+
+def _worst_case_line(config: Any, quote: PriceQuote, cost: Cost) -> str:
+    from ade_mlflow_plugin.backend.spec import max_runtime_s  # spec imports nothing from here
+
+    runtime = max_runtime_s(config, cost)
+    total = worst_case_cost(runtime, config.instance_count, quote.usd_per_hour)
+    capped = (f" (capped by max_cost_usd ${config.max_cost_usd:g}: SageMaker stops the job there; its launcher "
+              f"{_action(config)} at the budget)") if runtime < config.max_runtime_s else ""
     spot = "; spot usually bills less" if config.use_spot else ""
     warning = f"; WARNING: {quote.warning}" if quote.warning else ""
-    return (f"Worst-case cost: {hours:g} h max runtime x {config.instance_count} x {config.instance_type} "
-            f"at ${quote.usd_per_hour:g}/h = ${total:,.2f} (price: {quote.label}{spot}){warning}")
+    return (f"Worst-case cost: {runtime / HOUR_S:.4g} h max runtime{capped} x {config.instance_count} x "
+            f"{config.instance_type} at ${quote.usd_per_hour:g}/h = ${total:,.2f} (price: {quote.label}{spot})"
+            f"{warning}")
+
+
+def worst_case_estimate(config: Any, clients: Any, price_book: PriceBook | None = None) -> str | None:
+    """One line printed before submission: max runtime (capped by the budget) x instances x price, with
+    the price source. None in local mode without a budget (it costs nothing)."""
+    return plan_cost(config, clients, price_book).line
 
 
 def _session_region(clients: Any) -> str | None:

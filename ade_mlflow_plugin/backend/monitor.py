@@ -4,7 +4,9 @@
   TrainingStartTime), the exact cost at the end, tags ``sagemaker.billable_seconds``,
   ``sagemaker.spot_savings_pct``, ``sagemaker.price_source``, ``sagemaker.price_usd_per_hour``.
 - :class:`BudgetGuard`: ``max_cost_usd``: the ``ade_cost_alert`` hook once at each of 50/80/100 % of the
-  budget, StopTrainingJob at 100 % when ``on_budget`` is "stop"; the run is tagged ``ade.stop_reason``.
+  budget, StopTrainingJob at 100 % when ``on_budget`` is "stop"; the run is tagged ``ade.stop_reason=budget``.
+  The job holds its budget without us (job/launcher.py's guard, and MaxRuntime capped at submission);
+  this one adds the hook and a stop from outside while someone follows.
 - :class:`CloudWatchMirror`: SageMaker's per-host system metrics (namespace /aws/sagemaker/TrainingJobs)
   into the run as ``system/sagemaker/<host>/<metric>`` with CloudWatch's timestamps, each datapoint once.
 
@@ -27,6 +29,7 @@ from ade_mlflow_plugin.backend.aws import aws_call
 from ade_mlflow_plugin.backend.cost import PriceBook, PriceQuote
 from ade_mlflow_plugin.backend.submitted_run import Guarded
 from ade_mlflow_plugin.errors import describe
+from ade_mlflow_plugin.job import contract
 
 Clock = Callable[[], datetime]
 ENDED = {"Completed", "Failed", "Stopped"}
@@ -37,6 +40,12 @@ SYSTEM_METRICS = ("CPUUtilization", "MemoryUtilization", "GPUUtilization", "GPUM
 PERIOD_S = 60  # SageMaker publishes these once a minute
 LOOKBACK_S = 300  # re-read a few minutes back: CloudWatch datapoints can arrive late
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+def job_logs_its_cost(description: dict[str, Any]) -> bool:
+    """Whether the job was told its price: its launcher then logs the running cost_usd itself (one curve,
+    not two interleaved), and the follower only adds the exact figure at the end."""
+    return contract.HP_USD_PER_HOUR in (description.get("HyperParameters") or {})
 
 
 def utcnow() -> datetime:
@@ -88,7 +97,9 @@ class BudgetGuard:
         self.stopped = True
         reason = (f"budget: estimated cost ${cost_usd:.2f} reached max_cost_usd ${self.budget_usd:.2f} "
                   "(on_budget=stop)")
-        self.mlflow_client.set_tag(self.run_id, "ade.stop_reason", reason)
+        # The reason's name is what users compare runs by (DESIGN); the figures go in the detail.
+        self.mlflow_client.set_tag(self.run_id, "ade.stop_reason", "budget")
+        self.mlflow_client.set_tag(self.run_id, "ade.stop_detail", reason)
         self.console.write(f"{job_name}: StopTrainingJob sent: {reason}\n")
 
 
@@ -113,7 +124,8 @@ class CostTicker:
         running = cost.running_cost(description, self.quote.usd_per_hour, now)
         if running is None:
             return  # not training yet: nothing billed
-        self._log(running, int(cost.elapsed_s(description, now) or 0), now)
+        if not job_logs_its_cost(description):  # else the job's own launcher logs the running cost_usd
+            self._log(running, int(cost.elapsed_s(description, now) or 0), now)
         if self.budget is not None:
             self.budget.check(running, description)
 

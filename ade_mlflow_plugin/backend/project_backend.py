@@ -161,7 +161,7 @@ class AdeSageMakerBackend(AbstractBackend):
         job_name = spec.make_job_name(self._job_stem(config, project.name))
         if config.mode == "sagemaker":
             warn_unreachable(job_uri, self.console)
-            self._print_worst_case(config, clients)
+        cost = self._plan_cost(config, clients)  # refuses a budget too small for a useful run
         # ---- everything checked: from here on a run exists and AWS is called ----
         active = get_or_create_run(None, project_uri, experiment_id, str(project_dir), version,
                                    entry_point, params or {})
@@ -169,7 +169,7 @@ class AdeSageMakerBackend(AbstractBackend):
         client = mlflow.MlflowClient()
         try:
             submission, job = self._submit(config, clients, project_dir, entry_point, resolved, job_name,
-                                           image, spec.RunInfo(run_id, experiment_id, job_uri), region)
+                                           image, spec.RunInfo(run_id, experiment_id, job_uri), region, cost)
         except BaseException as exc:
             client.set_tag(run_id, "ade.submit_error", str(getattr(exc, "message", exc))[:5000])
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -192,12 +192,15 @@ class AdeSageMakerBackend(AbstractBackend):
         name = project_name or "project"
         return name if name.startswith("ade") else f"ade-{name}"
 
-    def _print_worst_case(self, config: CloudTrainingConfig, clients: AwsClients) -> None:
-        from ade_mlflow_plugin.backend.cost import worst_case_estimate
+    def _plan_cost(self, config: CloudTrainingConfig, clients: AwsClients) -> Any:
+        """The price and budget the job carries (it logs cost_usd and keeps the budget itself; SageMaker's
+        MaxRuntime is capped by it), printed on one line."""
+        from ade_mlflow_plugin.backend.cost import plan_cost
 
-        line = worst_case_estimate(config, clients)
-        if line:
-            self.console.write(line + "\n")
+        plan = plan_cost(config, clients)
+        if plan.line:
+            self.console.write(plan.line + "\n")
+        return plan.cost
 
     def _region(self, config: CloudTrainingConfig, clients: AwsClients, resolved: ResolvedParams) -> str:
         region = config.region or clients.session.region_name
@@ -208,7 +211,7 @@ class AdeSageMakerBackend(AbstractBackend):
 
     def _submit(self, config: CloudTrainingConfig, clients: AwsClients, project_dir: Path, entry_point: str,
                 resolved: ResolvedParams, job_name: str, image: str, run: spec.RunInfo,
-                region: str) -> tuple[Submission, Any]:
+                region: str, cost: Any = None) -> tuple[Submission, Any]:
         with tempfile.TemporaryDirectory(prefix="ade-pack-") as tmp:
             tarball = packaging.build_project_tarball(project_dir, Path(tmp))
             store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
@@ -221,7 +224,7 @@ class AdeSageMakerBackend(AbstractBackend):
             channels, sent = self._channels(config, clients, resolved, scratch)
         inputs = spec.JobInputs(job_name=job_name, entry_point=entry_point, image_uri=image, code_uri=code.uri,
                                 output_uri=output_uri, checkpoint_uri=checkpoint_uri, run=run,
-                                params=resolved.values, channel_params=channels)
+                                params=resolved.values, channel_params=channels, cost=cost)
         request = spec.build_training_job_request(config, inputs, region)
         job = self._start(config, clients, request)
         return Submission(job_name, request, code, code.bytes_uploaded + sent), job

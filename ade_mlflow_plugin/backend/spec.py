@@ -45,6 +45,18 @@ class JobInputs:
     run: RunInfo
     params: dict[str, str] = field(default_factory=dict)
     channel_params: dict[str, Channel] = field(default_factory=dict)
+    cost: contract.Cost | None = None  # the price (and budget) the job keeps itself; caps MaxRuntime
+
+
+#: The curves SageMaker (console, CloudWatch) draws from the job's output, with no MLflow at all: the
+#: training callbacks and the launcher print one `ade-metrics step=N name=value ...` line per log, and the
+#: entry's final report carries eval_loss=... (DESIGN's metric names).
+METRIC_NAMES = ("train_loss", "eval_loss", "learning_rate", "tokens_per_second", "cost_usd")
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    return [{"Name": name, "Regex": rf"\b{name}={_NUMBER}"} for name in METRIC_NAMES]
 
 
 def make_job_name(base: str, now: datetime | None = None, suffix: str | None = None) -> str:
@@ -70,7 +82,8 @@ def job_contract(inputs: JobInputs, region: str) -> contract.JobContract:
     """What the job must be told, in the contract's terms."""
     channels = {param: contract.ChannelParam(c.name, c.file_name) for param, c in inputs.channel_params.items()}
     return contract.JobContract(code_uri=inputs.code_uri, region=region, entry_point=inputs.entry_point,
-                                run=inputs.run, params=dict(inputs.params), channel_params=channels)
+                                run=inputs.run, params=dict(inputs.params), channel_params=channels,
+                                cost=inputs.cost)
 
 
 def _checked(hyperparameters: dict[str, str]) -> dict[str, str]:
@@ -117,7 +130,8 @@ def _resources(config: CloudTrainingConfig) -> dict[str, Any]:
 
 
 def _algorithm(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, Any]:
-    algorithm: dict[str, Any] = {"TrainingImage": inputs.image_uri, "TrainingInputMode": "File"}
+    algorithm: dict[str, Any] = {"TrainingImage": inputs.image_uri, "TrainingInputMode": "File",
+                                 "MetricDefinitions": metric_definitions()}
     if config.mode == "sagemaker":
         # SageMaker signals only PID 1 on stop and spot reclaim, and AWS's toolkit does not pass SIGTERM on
         # (aws/sagemaker-training-toolkit#125): the bootstrap makes our launcher PID 1 so the entry gets
@@ -126,11 +140,31 @@ def _algorithm(config: CloudTrainingConfig, inputs: JobInputs) -> dict[str, Any]
     return algorithm
 
 
+def max_runtime_s(config: CloudTrainingConfig, cost: contract.Cost | None) -> int:
+    """max_runtime_s, capped so that SageMaker itself stops the job before it can spend max_cost_usd.
+
+    Local jobs cost nothing and keep max_runtime_s: their budget is rehearsed by the launcher alone.
+    """
+    affordable = cost.affordable_s(config.instance_count) if cost is not None else None
+    if affordable is None or config.mode != "sagemaker":
+        return config.max_runtime_s
+    return max(1, min(config.max_runtime_s, affordable))
+
+
+def stopping_condition(config: CloudTrainingConfig, cost: contract.Cost | None) -> dict[str, int]:
+    runtime = max_runtime_s(config, cost)
+    stopping = {"MaxRuntimeInSeconds": runtime}
+    if config.use_spot:
+        # The time allowed to wait for spot capacity stays as configured; only the training part shrinks,
+        # and SageMaker's rule MaxWait >= MaxRuntime holds.
+        wait_for_capacity = (config.max_wait_s or config.max_runtime_s) - config.max_runtime_s
+        stopping["MaxWaitTimeInSeconds"] = runtime + max(0, wait_for_capacity)
+    return stopping
+
+
 def build_training_job_request(config: CloudTrainingConfig, inputs: JobInputs, region: str) -> dict[str, Any]:
     """The complete CreateTrainingJob request (validated against the service model in the tests)."""
-    stopping: dict[str, Any] = {"MaxRuntimeInSeconds": config.max_runtime_s}
-    if config.use_spot:
-        stopping["MaxWaitTimeInSeconds"] = config.max_wait_s
+    stopping = stopping_condition(config, inputs.cost)
     output: dict[str, Any] = {"S3OutputPath": inputs.output_uri}
     if config.output_kms_key_id:
         output["KmsKeyId"] = config.output_kms_key_id

@@ -56,6 +56,11 @@ HP_FILE_PARAMS = "ade_file_params"
 HP_RUN_ID = "mlflow_run_id"
 HP_EXPERIMENT_ID = "mlflow_experiment_id"
 HP_TRACKING_URI = "mlflow_tracking_uri"
+# The price and budget (only when the client knew a price): the launcher logs cost_usd and keeps the budget.
+HP_USD_PER_HOUR = "ade_usd_per_hour"
+HP_PRICE_SOURCE = "ade_price_source"
+HP_MAX_COST_USD = "ade_max_cost_usd"
+HP_ON_BUDGET = "ade_on_budget"
 #: SageMaker's limit on one hyperparameter value.
 HYPERPARAMETER_MAX_CHARS = 2500
 DEFAULT_ENTRY_POINT = "main"
@@ -85,6 +90,13 @@ ENV_CHECKPOINT_DIR = "ADE_CHECKPOINT_DIR"
 ENV_NPROC_PER_NODE = "ADE_NPROC_PER_NODE"
 ENV_MASTER_PORT = "ADE_MASTER_PORT"
 ENV_SKIP_INSTALL = "ADE_SKIP_INSTALL"
+#: Seconds between the launcher's cost ticks (budget checks; cost_usd is logged when its step moves).
+ENV_BUDGET_INTERVAL_S = "ADE_BUDGET_INTERVAL_S"
+#: A file holding the elapsed seconds the budget guard should believe: tests drive the guard through it
+#: instead of waiting for the wall clock (no test may depend on timing).
+ENV_BUDGET_CLOCK_FILE = "ADE_BUDGET_CLOCK_FILE"
+#: The one stable, matchable line per metric log (SageMaker's MetricDefinitions read the job's output).
+METRIC_LINE_PREFIX = "ade-metrics"
 
 #: The constants bootstrap.py gets injected when it travels alone (see the module docstring).
 BOOTSTRAP_NAMES = ("DEFAULT_BASE", "ENV_BASE_DIR", "HYPERPARAMETERS_FILE", "CODE_DIR", "FAILURE_FILE",
@@ -187,6 +199,26 @@ class ChannelParam:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What the job pays per hour and may spend: the client's price (per instance) and budget."""
+
+    usd_per_hour: float
+    price_source: str = ""
+    max_cost_usd: float | None = None
+    on_budget: str = "stop"  # or "alert": tags only
+
+    def usd(self, elapsed_s: float, instance_count: int) -> float:
+        """Cost of elapsed_s on instance_count instances (SageMaker bills each instance by the second)."""
+        return elapsed_s * instance_count * self.usd_per_hour / 3600.0
+
+    def affordable_s(self, instance_count: int) -> int | None:
+        """Seconds of training the budget buys: budget / (count x price) x 3600, rounded down."""
+        if self.max_cost_usd is None or self.usd_per_hour <= 0:
+            return None
+        return int(self.max_cost_usd / (instance_count * self.usd_per_hour) * 3600.0)
+
+
+@dataclass(frozen=True)
 class JobContract:
     """Everything the job needs from the client, in decoded form (encode() -> request -> decode())."""
 
@@ -196,6 +228,7 @@ class JobContract:
     run: RunInfo
     params: dict[str, str] = field(default_factory=dict)
     channel_params: dict[str, ChannelParam] = field(default_factory=dict)
+    cost: Cost | None = None
 
     @property
     def channel_names(self) -> list[str]:
@@ -241,9 +274,31 @@ def encode(job: JobContract) -> Encoded:
         HP_EXPERIMENT_ID: job.run.experiment_id,
         HP_TRACKING_URI: job.run.tracking_uri,
     }
+    values.update(_encode_cost(job.cost))
     environment = {ENV_RUN_ID: job.run.run_id, ENV_EXPERIMENT_ID: job.run.experiment_id,
                    ENV_TRACKING_URI: job.run.tracking_uri}
     return Encoded({k: json.dumps(v) for k, v in values.items()}, environment, job.channel_names)
+
+
+def _encode_cost(cost: Cost | None) -> dict[str, str]:
+    if cost is None:
+        return {}  # no price known: the keys are absent, as in a request from before issue 16
+    values = {HP_USD_PER_HOUR: repr(cost.usd_per_hour), HP_PRICE_SOURCE: cost.price_source}
+    if cost.max_cost_usd is not None:
+        values.update({HP_MAX_COST_USD: repr(cost.max_cost_usd), HP_ON_BUDGET: cost.on_budget})
+    return values
+
+
+def _decode_cost(hyper: Mapping[str, Any]) -> Cost | None:
+    if hyper.get(HP_USD_PER_HOUR) in (None, ""):
+        return None
+    budget = hyper.get(HP_MAX_COST_USD)
+    try:
+        return Cost(float(hyper[HP_USD_PER_HOUR]), str(hyper.get(HP_PRICE_SOURCE) or ""),
+                    None if budget in (None, "") else float(budget), str(hyper.get(HP_ON_BUDGET) or "stop"))
+    except (TypeError, ValueError):
+        raise ContractError(f"hyperparameters {HP_USD_PER_HOUR}/{HP_MAX_COST_USD} are not numbers; "
+                            "resubmit the job") from None
 
 
 def decode_value(value: Any) -> Any:
@@ -279,6 +334,7 @@ def decode_hyperparameters(hyper: Mapping[str, Any]) -> JobContract:
         run=RunInfo(*(str(hyper.get(key) or "") for key in (HP_RUN_ID, HP_EXPERIMENT_ID, HP_TRACKING_URI))),
         params=_as_dict(hyper.get(HP_PARAMS) or {}, HP_PARAMS),
         channel_params=channels,
+        cost=_decode_cost(hyper),
     )
 
 

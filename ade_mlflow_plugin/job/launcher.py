@@ -18,16 +18,23 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ade_mlflow_plugin.job import bootstrap, contract
 from ade_mlflow_plugin.job.deps import install_missing_requirements
-from ade_mlflow_plugin.job.procs import wait_for_group
+from ade_mlflow_plugin.job.procs import group_members, kill_tree, wait_for_group
 
 EXIT_STOPPED = 143
 FAILURE_TAIL_LINES = 40
+#: A stop of the launcher's own (the budget) allows the entry what SageMaker allows on its stops (120 s),
+#: less a margin for the launcher's last words.
+STOP_GRACE_S = 110.0
+BUDGET_INTERVAL_S = 15.0
+BUDGET_ALERTS = (0.5, 0.8)
+STOP_REASON_TAG = "ade.stop_reason"
 
 
 class LaunchError(Exception):
@@ -163,6 +170,9 @@ class EntryProcess:
     def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
         self.tail: collections.deque[str] = collections.deque(maxlen=FAILURE_TAIL_LINES)
         self.terminated = False
+        self.stop_reason: str | None = None  # set when the launcher itself stopped the entry (the budget)
+        self.stop_detail = ""
+        self._killer: threading.Timer | None = None
         self.proc = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, errors="replace",
                                      start_new_session=True)
@@ -189,19 +199,35 @@ class EntryProcess:
         except ProcessLookupError:
             pass
 
+    def stop(self, reason: str, detail: str, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the entry as SageMaker would: SIGTERM to its group, SIGKILL to what is left after grace_s."""
+        self.stop_reason, self.stop_detail = reason, detail
+        self.forward(signal.SIGTERM)
+        self._killer = threading.Timer(grace_s, self._kill)
+        self._killer.daemon = True
+        self._killer.start()
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None or group_members(self.proc.pid):
+            print(f"launcher: the entry is still running {STOP_GRACE_S:g} s after SIGTERM; SIGKILL", flush=True)
+            kill_tree(self.proc.pid, (self.proc.pid,))
+
     def wait(self) -> int:
         code = self.proc.wait()
         if self.terminated:
             # `sh -c` dies at once on SIGTERM while the entry under it may still be writing its checkpoint:
             # the job is over only when the whole group is gone (SIGKILL after the grace period bounds it).
             wait_for_group(self.proc.pid)
+        if self._killer is not None:
+            self._killer.cancel()  # the group is gone: its pid may be reused
         # The output ends at EOF; a daemon that left the group and holds the pipe must not stall the job.
         self._pump.join(timeout=2)
         return code
 
 
-def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None:
-    """Mark the run ended; only node rank 0 does, so a multi-host job ends its run exactly once."""
+def _end_run(env: dict[str, str], status: str, resource: dict[str, Any],
+             tags: dict[str, str] | None = None) -> None:
+    """Mark the run ended (tags first); only node rank 0 does, so a multi-host job ends its run exactly once."""
     run_id = env.get(contract.ENV_RUN_ID)
     if not run_id or not contract.is_lead_host(resource):
         return
@@ -209,6 +235,8 @@ def _end_run(env: dict[str, str], status: str, resource: dict[str, Any]) -> None
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=env.get(contract.ENV_TRACKING_URI))
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status)
     except Exception as exc:  # the job's outcome must not depend on the tracking server being up
         print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
@@ -232,6 +260,120 @@ def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
         paths.failure_file.write_text(text[-20000:] + "\n")
     except OSError as exc:
         print(f"launcher: cannot write {paths.failure_file}: {exc}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- budget
+def budget_clock(env: dict[str, str] | None = None) -> Callable[[], float]:
+    """Seconds the job has been billed, about: since this call (the launcher starts as the container
+    does), or what ENV_BUDGET_CLOCK_FILE says (tests drive the guard through it, not the wall clock)."""
+    clock_file = (os.environ if env is None else env).get(contract.ENV_BUDGET_CLOCK_FILE)
+    if clock_file:
+        def from_file() -> float:
+            try:
+                return float(Path(clock_file).read_text().strip() or 0)
+            except (OSError, ValueError):
+                return 0.0  # not written yet
+        return from_file
+    start = time.monotonic()
+    return lambda: time.monotonic() - start
+
+
+class RunWriter:
+    """The launcher's few writes to the MLflow run (cost_usd, budget tags); a failure is one warning and
+    never stops the job (the tracking server may be out of reach)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.run_id = env.get(contract.ENV_RUN_ID, "")
+        self.uri = env.get(contract.ENV_TRACKING_URI)
+        self._client: Any = None
+        self._warned = False
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if not self.run_id:
+            return
+        try:
+            if self._client is None:
+                import mlflow  # after the install step: mlflow is one of the job's requirements
+
+                self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+            getattr(self._client, method)(self.run_id, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the budget is kept whether or not MLflow answers
+            if not self._warned:
+                self._warned = True
+                print(f"launcher: cannot write to MLflow run {self.run_id} ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); the budget is still kept", file=sys.stderr, flush=True)
+
+    def metric(self, key: str, value: float, step: int) -> None:
+        self._call("log_metric", key, value, step=step)
+
+    def tag(self, key: str, value: str) -> None:
+        self._call("set_tag", key, value)
+
+
+@dataclass
+class BudgetGuard:
+    """The job keeps its own budget, followed or not: cost_usd (step = elapsed seconds) to the run and to
+    the log (SageMaker's cost_usd metric), tags at 50 and 80 %, and at 100 % (on_budget "stop") the
+    entry stopped as SageMaker stops it. Every host stops its own entry; only the lead host writes."""
+
+    cost: contract.Cost
+    instance_count: int
+    clock: Callable[[], float]
+    stop_entry: Callable[[str, str], None]
+    writer: RunWriter | None = None
+    fired: set[float] = field(default_factory=set)
+    stopped: bool = False
+    last_step: int = -1
+
+    def tick(self) -> None:
+        elapsed = max(0.0, self.clock())
+        usd = self.cost.usd(elapsed, self.instance_count)
+        step = int(elapsed)
+        if step > self.last_step:
+            self.last_step = step
+            print(f"{contract.METRIC_LINE_PREFIX} step={step} cost_usd={usd:.6f}", flush=True)
+            if self.writer is not None:
+                self.writer.metric("cost_usd", round(usd, 6), step)
+        if self.cost.max_cost_usd is not None:
+            self._check(usd, step, usd / self.cost.max_cost_usd)
+
+    def _check(self, usd: float, step: int, fraction: float) -> None:
+        budget = self.cost.max_cost_usd
+        for threshold in (*BUDGET_ALERTS, 1.0):
+            if fraction >= threshold and threshold not in self.fired:
+                self.fired.add(threshold)
+                said = f"estimated cost ${usd:.2f} is {fraction:.0%} of max_cost_usd ${budget:.2f} after {step} s"
+                print(f"launcher: budget: {said}", flush=True)
+                if self.writer is not None:
+                    self.writer.tag(f"ade.budget_alert_{round(threshold * 100)}", said)
+        if fraction >= 1.0 and self.cost.on_budget == "stop" and not self.stopped:
+            self.stopped = True
+            detail = (f"budget: estimated cost ${usd:.2f} reached max_cost_usd ${budget:.2f} after {step} s "
+                      f"at ${self.cost.usd_per_hour:g}/h x {self.instance_count} (on_budget=stop)")
+            print(f"launcher: {detail}; stopping the entry (SIGTERM, checkpoint, exit)", flush=True)
+            self.stop_entry("budget", detail)
+
+    def run(self, done: threading.Event, interval_s: float) -> None:
+        while not done.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - a broken tick must not take the job down
+                print(f"launcher: budget check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            done.wait(interval_s)
+
+
+def start_budget_guard(launch: Launch, entry: EntryProcess,
+                       clock: Callable[[], float] | None = None) -> threading.Event | None:
+    """The guard thread for this job (None without a price); set the returned event to end it."""
+    if launch.job.cost is None:
+        return None
+    writer = RunWriter(launch.env) if contract.is_lead_host(launch.resource) else None
+    guard = BudgetGuard(launch.job.cost, len(launch.resource.get("hosts") or ["algo-1"]),
+                        clock or budget_clock(launch.env), entry.stop, writer)
+    interval = float(launch.env.get(contract.ENV_BUDGET_INTERVAL_S) or BUDGET_INTERVAL_S)
+    done = threading.Event()
+    threading.Thread(target=guard.run, args=(done, interval), daemon=True, name="budget").start()
+    return done
 
 
 class Stopped(Exception):
@@ -273,15 +415,25 @@ def _fail(paths: contract.ContainerPaths, launch: Launch, exc: BaseException) ->
     return 1
 
 
-def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRouter) -> int:
+def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRouter,
+              clock: Callable[[], float] | None = None) -> int:
     """Run the entry to its end; SIGTERM/SIGINT are forwarded to its process group."""
     print(f"launcher: running in {launch.project_dir}: {launch.command}", flush=True)
     entry = router.entry = EntryProcess(launch.command, launch.project_dir, launch.env)
     entry.record_group(paths.entry_pgid_file)
-    code = entry.wait()
+    guard = start_budget_guard(launch, entry, clock)
+    try:
+        code = entry.wait()
+    finally:
+        if guard is not None:
+            guard.set()
     if entry.terminated:
         print(f"launcher: stopped; the entry exited with {code}", flush=True)
-        _end_run(launch.env, "KILLED", launch.resource)
+        tags = {}
+        if entry.stop_reason:  # our own stop: SageMaker shows output/failure as the job's FailureReason
+            _write_failure(paths, entry.stop_detail)
+            tags = {STOP_REASON_TAG: entry.stop_reason, "ade.stop_detail": entry.stop_detail}
+        _end_run(launch.env, "KILLED", launch.resource, tags)
         return EXIT_STOPPED
     if code != 0:
         _write_failure(paths, failure_text(list(entry.tail), code))
@@ -294,6 +446,7 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
 def main() -> int:
     router = SignalRouter()
     router.install()
+    clock = budget_clock()  # the job is billed from about now
     paths = contract.ContainerPaths.from_env()
     launch = Launch(paths, contract.decode_hyperparameters({}), {})
     try:
@@ -308,7 +461,7 @@ def main() -> int:
     except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
         return _fail(paths, launch, exc)
     try:
-        return run_entry(paths, launch, router)
+        return run_entry(paths, launch, router, clock)
     except Stopped:  # only if the signal beat the entry's start by a hair; nothing ran yet
         _end_run(launch.env, "KILLED", launch.resource)
         return EXIT_STOPPED

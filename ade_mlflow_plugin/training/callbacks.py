@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.training.checkpoints import StopFlag, checkpoint_folder, mark_complete
 
 # Trainer log key -> metric name users see (DESIGN.md).
@@ -37,6 +38,14 @@ class MetricsCallback(TrainerCallback):
             metrics["tokens_per_second"] = (tokens - self._last_tokens) / (now - self._last_time)
         self._last_time, self._last_tokens = now, tokens
         self.metric_logger.log(metrics, step=state.global_step)
+        print(metric_line(metrics, state.global_step), flush=True)
+
+
+def metric_line(metrics: dict[str, float], step: int) -> str:
+    """One stable line per log, `ade-metrics step=5 train_loss=1.234 ...`: the SageMaker console and
+    CloudWatch draw the curves from it (the request's MetricDefinitions), with no MLflow at all."""
+    values = " ".join(f"{name}={float(value):.6g}" for name, value in metrics.items())
+    return f"{contract.METRIC_LINE_PREFIX} step={step} {values}"
 
 
 class StopOnSigterm(TrainerCallback):

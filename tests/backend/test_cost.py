@@ -13,6 +13,8 @@ from ade_mlflow_plugin.backend import cost
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.cost import PriceBook
 from ade_mlflow_plugin.config import CloudTrainingConfig
+from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.job.contract import Cost
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=timezone.utc)
 
@@ -226,3 +228,35 @@ def test_worst_case_estimate_without_a_price_says_so_on_one_line(tmp_path, aws):
                                     PriceBook(tmp_path / "p.json"))
     assert line.startswith("Worst-case cost: unknown; WARNING: the AWS Price List API failed")
     assert "ml.x9.4xlarge" in line and "\n" not in line
+
+
+def test_a_budget_caps_max_runtime_and_the_line_says_so(tmp_path):
+    clients, _ = stubbed_pricing(g5_answer())
+    plan = cost.plan_cost(_config(max_cost_usd=10.0), clients, PriceBook(tmp_path / "p.json"))
+    capped = int(10.0 / (2 * 1.212) * 3600)  # 14851 s: budget / (count x price) x 3600
+    assert plan.cost == Cost(1.212, plan.cost.price_source, 10.0, "stop")
+    assert plan.cost.affordable_s(2) == capped
+    assert plan.line.startswith(f"Worst-case cost: {capped / 3600:.4g} h max runtime (capped by max_cost_usd $10: "
+                                "SageMaker stops the job there; its launcher stops the job at the budget) x 2 x "
+                                "ml.g5.2xlarge at $1.212/h = $10.00 (price: AWS Price List API")
+
+
+def test_a_budget_too_small_for_a_useful_run_is_refused_with_the_figure(tmp_path):
+    clients, _ = stubbed_pricing(g5_answer())
+    with pytest.raises(ConfigError) as caught:
+        cost.plan_cost(_config(max_cost_usd=0.30), clients, PriceBook(tmp_path / "p.json"))
+    # $0.30 buys 445 s of 2 x $1.212/h; ten minutes cost $0.40.
+    assert caught.value.exit_code == 2 and "\n" not in caught.value.message
+    assert caught.value.message.startswith("backend config 'max_cost_usd' $0.3 buys only 445 s of 2 x ml.g5.2xlarge")
+    assert caught.value.message.endswith("at least 10 minutes: set max_cost_usd to $0.40 or more")
+
+
+def test_local_mode_rehearses_the_budget_at_the_bundled_price_without_asking_aws():
+    config = _config(mode="local", role_arn=None, bucket=None, instance_type="ml.g5.xlarge", instance_count=1,
+                     max_cost_usd=0.01)  # far below the floor: a local job costs nothing
+    plan = cost.plan_cost(config, None)
+    assert plan.cost == Cost(1.408, f"bundled price table, {cost.FALLBACK_AS_OF}", 0.01, "stop")
+    assert plan.line == ("Budget: max_cost_usd $0.01 = 25 s of 1 x ml.g5.xlarge at $1.408/h (bundled price table, "
+                         f"{cost.FALLBACK_AS_OF}); this local job costs nothing, its launcher stops the job at the "
+                         "budget")
+    assert cost.plan_cost(_config(mode="local", role_arn=None, bucket=None), None) == cost.CostPlan(None, None)

@@ -173,7 +173,8 @@ def test_budget_of_040_alerts_once_at_50_80_100_percent_stops_the_job_and_tags_w
     assert {(c["run_id"], c["job_name"], c["budget_usd"]) for c in recorder.calls} == {(run_id, job, 0.40)}
     run = mlflow.get_run(run_id)
     assert run.info.status == "KILLED" and submitted.get_status() == "KILLED"
-    assert run.data.tags["ade.stop_reason"] == ("budget: estimated cost $0.40 reached max_cost_usd $0.40 "
+    assert run.data.tags["ade.stop_reason"] == "budget"
+    assert run.data.tags["ade.stop_detail"] == ("budget: estimated cost $0.40 reached max_cost_usd $0.40 "
                                                 "(on_budget=stop)")
     # The exact (spot) cost is the run's final figure, logged at a step after every estimate.
     steps = history(run_id, "cost_usd")
@@ -226,7 +227,7 @@ def test_failing_alert_plugin_is_one_warning_and_the_stop_still_happens(tracking
         stub.assert_no_pending_responses()
     text = console.getvalue()
     assert "WARNING: an ade_cost_alert plugin failed: RuntimeError: pager unreachable" in text
-    assert mlflow.get_run(run_id).data.tags["ade.stop_reason"].startswith("budget: estimated cost $0.08")
+    assert mlflow.get_run(run_id).data.tags["ade.stop_detail"].startswith("budget: estimated cost $0.08")
 
 
 def test_cloudwatch_system_metrics_appear_in_the_run_once_each(tracking_uri, aws, tmp_path):
@@ -334,7 +335,7 @@ def test_failed_stop_is_a_warning_and_is_retried_at_the_next_poll(tracking_uri, 
     assert text.count("WARNING: cost: StopTrainingJob failed: ThrottlingException") == 1
     assert text.count("StopTrainingJob sent") == 1 and text.count("BUDGET:") == 3
     run = mlflow.get_run(run_id)
-    assert run.info.status == "KILLED" and run.data.tags["ade.stop_reason"].startswith("budget:")
+    assert run.info.status == "KILLED" and run.data.tags["ade.stop_reason"] == "budget"
 
 
 def test_refused_cloudwatch_metrics_is_one_warning_naming_the_permission(tracking_uri, aws, tmp_path):

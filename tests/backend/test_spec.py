@@ -1,6 +1,7 @@
 """Every request the pure builder produces passes botocore's own validation against the service model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime, timezone
 
@@ -95,3 +96,35 @@ def test_overlong_params_are_refused_with_the_fix():
     config = CloudTrainingConfig.from_backend_config(BASE)
     with pytest.raises(ConfigError, match="path parameter"):
         spec.build_training_job_request(config, inputs, "eu-west-1")
+
+
+@pytest.mark.parametrize("overrides,price,count,runtime,wait", [
+    # $10 at 2 x $1.212/h buys 14851 s: SageMaker's MaxRuntime is cut to it.
+    ({"instance_count": 2}, 1.212, 2, 14851, None),
+    # Spot keeps its time to wait for capacity (7200 - 3600 s) on top of the capped runtime.
+    ({"use_spot": True, "max_runtime_s": 3600, "max_wait_s": 7200}, 20.0, 1, 1800, 1800 + 3600),
+    # A budget that buys more than max_runtime_s leaves it as it is.
+    ({"max_runtime_s": 600}, 1.0, 1, 600, None),
+])
+def test_max_cost_caps_max_runtime_so_the_job_cannot_cost_more(overrides, price, count, runtime, wait):
+    budget = 10.0
+    config = CloudTrainingConfig.from_backend_config({**BASE, "max_cost_usd": budget, **overrides})
+    inputs = dataclasses.replace(_inputs(), cost=contract.Cost(price, "test", budget, "stop"))
+    request = spec.build_training_job_request(config, inputs, "eu-west-1")
+    stopping = request["StoppingCondition"]
+    assert stopping["MaxRuntimeInSeconds"] == runtime
+    assert stopping["MaxRuntimeInSeconds"] <= budget / (count * price) * 3600
+    assert stopping.get("MaxWaitTimeInSeconds") == wait
+    if wait is not None:
+        assert stopping["MaxWaitTimeInSeconds"] >= stopping["MaxRuntimeInSeconds"]  # SageMaker's rule
+    shape = botocore.session.get_session().get_service_model("sagemaker").operation_model(
+        "CreateTrainingJob").input_shape
+    assert not ParamValidator().validate(request, shape).has_errors()
+
+
+def test_local_jobs_keep_max_runtime_their_launcher_keeps_the_budget():
+    config = CloudTrainingConfig.from_backend_config({"mode": "local", "max_cost_usd": 0.01})
+    inputs = dataclasses.replace(_inputs(), cost=contract.Cost(1.0, "test", 0.01, "stop"))
+    request = spec.build_training_job_request(config, inputs, "eu-west-1")
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": config.max_runtime_s}
+    assert json.loads(request["HyperParameters"][contract.HP_MAX_COST_USD]) == "0.01"

@@ -28,7 +28,7 @@ def _inputs(job: contract.JobContract) -> spec.JobInputs:
     return spec.JobInputs(job_name="round-trip-20261206-000000-abcd", entry_point=job.entry_point,
                           image_uri="img", code_uri=job.code_uri, output_uri="s3://bucket/out",
                           checkpoint_uri="s3://bucket/ckpt", run=job.run, params=job.params,
-                          channel_params=channels)
+                          channel_params=channels, cost=job.cost)
 
 
 @pytest.mark.parametrize("mode", ["sagemaker", "local"])
@@ -120,3 +120,27 @@ def test_only_the_first_host_ends_the_run(sqlite_tracking, host, ends_it):
     launcher._end_run({contract.ENV_RUN_ID: run_id, contract.ENV_TRACKING_URI: sqlite_tracking}, "FINISHED",
                       resource)
     assert mlflow.get_run(run_id).info.status == ("FINISHED" if ends_it else "RUNNING")
+
+
+@pytest.mark.parametrize("cost", [
+    contract.Cost(1.408, "bundled price table, 2024-06", 12.5, "alert"),
+    contract.Cost(37.688, "AWS Price List API, 2026-12-06"),  # a price without a budget: cost_usd only
+])
+def test_price_and_budget_travel_to_the_job(tmp_path, cost):
+    job = contract.JobContract(code_uri="s3://b/c.tar.gz", region="us-east-1", entry_point="main",
+                               run=contract.RunInfo("r", "0", "http://mlflow"), cost=cost)
+    request = spec.build_training_job_request(
+        CloudTrainingConfig.from_backend_config({"mode": "local"}), _inputs(job), job.region)
+    paths = contract.ContainerPaths(tmp_path)
+    contract.write_contract(paths, request)
+    assert contract.decode(paths) == job
+    encoded = contract.encode(job).hyperparameters
+    budget_keys = {contract.HP_MAX_COST_USD, contract.HP_ON_BUDGET}
+    assert (budget_keys <= set(encoded)) == (cost.max_cost_usd is not None)
+    assert cost.usd(3600, 2) == pytest.approx(2 * cost.usd_per_hour)
+
+
+def test_a_job_without_a_price_carries_no_cost_keys_and_a_mangled_one_is_one_line():
+    assert contract.HP_USD_PER_HOUR not in contract.encode(JOB).hyperparameters and JOB.cost is None
+    with pytest.raises(contract.ContractError, match=contract.HP_USD_PER_HOUR):
+        contract.decode_hyperparameters({contract.HP_USD_PER_HOUR: "cheap"})
