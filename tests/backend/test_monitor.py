@@ -357,3 +357,24 @@ def test_refused_cloudwatch_metrics_is_one_warning_naming_the_permission(trackin
     assert mlflow.get_run(run_id).info.status == "FINISHED" and len(refused) >= 2
     warnings = [line for line in console.getvalue().splitlines() if line.startswith("WARNING: CloudWatch metrics:")]
     assert len(warnings) == 1 and "grant cloudwatch:GetMetricData" in warnings[0], console.getvalue()
+
+
+def test_a_job_that_knows_its_price_logs_the_running_cost_itself_and_the_follower_only_the_exact_one(
+        tracking_uri, aws, tmp_path):
+    from ade_mlflow_plugin.job import contract
+
+    job, t0 = new_job()
+    told = {"HyperParameters": {contract.HP_USD_PER_HOUR: '"1.212"', contract.HP_MAX_COST_USD: '"0.05"'}}
+    answers = [describe(job, "InProgress", "Training", t0, start_after_s=0, **told),
+               describe(job, "InProgress", "Training", t0, start_after_s=0, **told),
+               ended(job, "Completed", t0, training_s=3600, billable_s=1200, start_after_s=0, **told)]
+    clients, stubs = stubbed_clients(job, answers, pricing=g5_answer("1.2120000000"))
+    recorder = AlertRecorder()
+    pm = get_plugin_manager(builtin_sync=False)
+    register_plugin(pm, recorder, "recorder")
+    run_id, _, _ = follow(config(max_cost_usd=0.05, on_budget="alert"), clients, job, FakeClock(t0), tmp_path, pm)
+    for stub in stubs:
+        stub.assert_no_pending_responses()
+    # One curve, not two interleaved: the job's launcher logs the running cost, the follower the exact end.
+    assert history(run_id, "cost_usd") == [(3600, pytest.approx(0.808))]
+    assert [c["action"] for c in recorder.calls] == ["warn", "warn", "warn"]  # the hook still fires
