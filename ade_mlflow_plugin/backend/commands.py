@@ -157,6 +157,8 @@ def status_command(ref: str, region: str | None, job_root: Path | None) -> None:
         outcome = reconcile_run(mlflow.MlflowClient(), run, job, description, sys.stderr)
         click.echo(f"run:       {outcome.run_id} {outcome.after}"
                    f"{f' (was {outcome.before})' if outcome.before != outcome.after else ''}")
+        if outcome.replay:
+            click.echo(outcome.replay)
     if description["TrainingJobStatus"] == "Failed":
         sys.exit(1)
 

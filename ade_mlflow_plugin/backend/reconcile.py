@@ -2,13 +2,12 @@
 
 What the follower would have done at the job's end, done later and only once: the run status from the
 job's end state (submitted_run.RUN_STATUS, the one table), the sagemaker.* end tags, the final cost
-(SageMaker jobs), the job's logs as run artifacts when the run has none, then the relay replay where
-that verb is installed. A run already ended by its job (the launcher ends it when it can reach the
+(SageMaker jobs), the job's logs as run artifacts when the run has none, and the relay replay of
+`sync-run` (what the job kept while the tracking server was out of its reach). A run already ended by its job (the launcher ends it when it can reach the
 tracking server) keeps its status: the launcher knows the stop reason better than the job status does.
 """
 from __future__ import annotations
 
-import importlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from mlflow.entities import RunStatus
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.local import JobRoot
 from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL, Guarded, SageMakerJob
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import ConfigError, describe
 
 #: What the follower (or an earlier reconcile) sets at the job's end: its presence means "done already".
 END_TAG = "sagemaker.status"
@@ -35,10 +34,12 @@ class Outcome:
     job_status: str
     before: str
     after: str
+    replay: str | None = None  # the relay replay's line, when it wrote something
 
     def line(self) -> str:
         change = f"{self.before} -> {self.after}" if self.before != self.after else f"{self.after} (unchanged)"
-        return f"{self.run_id}  {self.job_name}  job {self.job_status}  run {change}"
+        replayed = f"  ({self.replay})" if self.replay else ""
+        return f"{self.run_id}  {self.job_name}  job {self.job_status}  run {change}{replayed}"
 
 
 def local_root(tags: dict[str, str], job_name: str, job_root: Path | None) -> Path:
@@ -77,15 +78,20 @@ def reconcile_run(client: Any, run: Any, job: Any, description: dict[str, Any], 
     outcome = Outcome(run_id, description["TrainingJobName"], status, before, before)
     if status not in TERMINAL:
         return outcome
+    end_status = RunStatus.to_string(RUN_STATUS[status])
     if tags.get(END_TAG) not in TERMINAL:
-        if tags.get("sagemaker.mode", "sagemaker") == "sagemaker":
+        local = tags.get("sagemaker.mode", "sagemaker") == "local"
+        if not local:
             _final_cost(client, run, description, console)
         _upload_logs(client, run_id, job, tags, console)
-        _end_tags(client, run_id, description)
-    if before in ("RUNNING", "SCHEDULED"):
-        outcome.after = RunStatus.to_string(RUN_STATUS[status])
-        client.set_terminated(run_id, outcome.after)
-    _replay(run_id, console)
+        # A local job recorded its own end in the relay (KILLED with its stop reason, say); SageMaker's
+        # status is the word for a cloud job, as sync-run has it.
+        outcome.replay = _replay(client, run_id, job, description, None if local else end_status, console)
+        _end_tags(client, run_id, description)  # last: a reconcile cut short is done again next time
+    outcome.after = client.get_run(run_id).info.status
+    if outcome.after in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(run_id, end_status)
+        outcome.after = end_status
     return outcome
 
 
@@ -151,23 +157,18 @@ def _upload_logs(client: Any, run_id: str, job: Any, tags: dict[str, str], conso
             client.log_artifacts(run_id, tmp, "logs")
 
 
-def _replay(run_id: str, console: TextIO) -> None:
-    """The relay replay (backend/replay.py, `sync-run`) where it is installed; idempotent by design."""
+def _replay(client: Any, run_id: str, job: Any, description: dict[str, Any], end_status: str | None,
+            console: TextIO) -> str | None:
+    """The relay replay of `sync-run` (backend/replay.py; idempotent): what the job kept while the tracking
+    server was out of its reach. Its line when it wrote something; a failure is one warning line."""
+    from ade_mlflow_plugin.backend.replay import relay_of_job, replay
+
     try:
-        replay = importlib.import_module("ade_mlflow_plugin.backend.replay")
-    except ModuleNotFoundError:
-        return
-    run = getattr(replay, "replay_run", None)
-    if run is not None:
-        Guarded(_Call(run, run_id), console, "relay replay").on_end({})
-
-
-@dataclass
-class _Call:
-    """An observer-shaped wrapper, so a failure of the call is one guarded warning line."""
-
-    fn: Any
-    run_id: str
-
-    def on_end(self, description: dict[str, Any]) -> None:
-        self.fn(self.run_id)
+        with relay_of_job(job, description) as relay:
+            if relay is None:
+                return None
+            summary = replay(client, run_id, relay, end_status)
+    except Exception as exc:  # noqa: BLE001 - the run still ends; `sync-run` can replay later
+        console.write(f"WARNING: relay replay: {describe(exc)} (run `ade-mlflow sync-run {run_id}` later)\n")
+        return None
+    return summary.line() if summary.changed else None
