@@ -260,3 +260,43 @@ def test_local_mode_rehearses_the_budget_at_the_bundled_price_without_asking_aws
                          f"{cost.FALLBACK_AS_OF}); this local job costs nothing, its launcher stops the job at the "
                          "budget")
     assert cost.plan_cost(_config(mode="local", role_arn=None, bucket=None), None) == cost.CostPlan(None, None)
+
+
+def _submit(bucket: str, tracking: str, **config):
+    import io
+
+    import mlflow
+
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+    from tests.conftest import FIXTURES
+
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    backend_config = {"role_arn": "arn:aws:iam::123456789012:role/SageMakerRole", "bucket": bucket,
+                      "region": "us-east-1", "wait": False, "SYNCHRONOUS": False, "instance_type": "ml.g5.xlarge",
+                      "instance_count": 2, **config}
+    console = io.StringIO()
+    backend = AdeSageMakerBackend(console=console)
+    backend.run(str(FIXTURES / "backend_project"), "main", {"data": str(FIXTURES / "backend_project_data")}, None,
+                backend_config, tracking, mlflow.get_experiment_by_name("Default").experiment_id)
+    return backend.last_submission.request, console.getvalue()
+
+
+def test_submission_prints_the_capped_worst_case_and_aws_holds_the_budget(aws, sqlite_tracking, monkeypatch,
+                                                                           tmp_path):
+    monkeypatch.setenv("ADE_MLFLOW_CACHE_DIR", str(tmp_path / "cache"))  # moto's Price List answers 500
+    request, console = _submit("ade-budget-cap", sqlite_tracking, max_cost_usd=5.0)
+    limit = 5.0 / (2 * 1.408) * 3600  # the bundled price of ml.g5.xlarge: budget / (count x price) x 3600
+    assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == int(limit)
+    hyper = request["HyperParameters"]
+    assert (json.loads(hyper["ade_max_cost_usd"]), json.loads(hyper["ade_usd_per_hour"])) == ("5.0", "1.408")
+    line = next(line for line in console.splitlines() if line.startswith("Worst-case cost:"))
+    assert f"{int(limit) / 3600:.4g} h max runtime (capped by max_cost_usd $5" in line and "= $5.00" in line
+
+
+def test_a_budget_below_the_floor_is_refused_before_any_run_exists(aws, sqlite_tracking, monkeypatch, tmp_path):
+    import mlflow
+
+    monkeypatch.setenv("ADE_MLFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"buys only 383 s .* set max_cost_usd to \$0\.47 or more"):
+        _submit("ade-budget-floor", sqlite_tracking, max_cost_usd=0.30)
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
