@@ -161,7 +161,21 @@ class JobFollower:
                 self.mlflow_client.log_artifacts(self.run_id, str(path), "logs")
         for scratch in self.scratch_dirs:
             shutil.rmtree(scratch, ignore_errors=True)
+        self._replay_relay(description, RunStatus.to_string(RUN_STATUS[status]))
         self.mlflow_client.set_terminated(self.run_id, RunStatus.to_string(RUN_STATUS[status]))
+
+    def _replay_relay(self, description: dict[str, Any], run_status: str) -> None:
+        """What the job kept in its relay (it could not reach MLflow) goes into the run before it ends; a
+        failure here is one warning that names the command that retries it."""
+        from ade_mlflow_plugin.backend.replay import relay_of_job, replay
+
+        try:
+            with relay_of_job(self.job, description) as relay:
+                if relay is not None:
+                    self.console.write(replay(self.mlflow_client, self.run_id, relay, run_status).line() + "\n")
+        except Exception as exc:  # noqa: BLE001 - the job has ended; its run must still be ended below
+            self.console.write(f"WARNING: the job's relay was not replayed: {describe(exc)}; retry with "
+                               f"`ade-mlflow sync-run {self.run_id}`\n")
 
 
 class AdeSubmittedRun(SubmittedRun):

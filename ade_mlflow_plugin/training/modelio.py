@@ -190,10 +190,7 @@ def log_publishable(chosen: Publishable, tokenizer: Any, *, base_dir: Path | Non
     import mlflow
 
     model, reference = chosen.model, chosen.reference
-    # return_full_text=False: predict answers with the completion only, not the prompt echoed back.
-    common = {"task": "text-generation", "name": MODEL_NAME, "signature": signature(max_new_tokens),
-              "pip_requirements": pip_requirements(quantized and reference is not None),
-              "model_config": {"return_full_text": False, "max_new_tokens": max(1, max_new_tokens)}}
+    common = {"name": MODEL_NAME, **_flavor_args(chosen, quantized, max_new_tokens)}
     if reference is None:
         return mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, **common)
     if reference.kind == "path":
@@ -206,6 +203,33 @@ def log_publishable(chosen: Publishable, tokenizer: Any, *, base_dir: Path | Non
                                              model_card=_base_card(base_dir), **common)
     logger.info("logged the adapter; %s", reference.reason)
     return info
+
+
+def _flavor_args(chosen: Publishable, quantized: bool, max_new_tokens: int) -> dict[str, Any]:
+    # return_full_text=False: predict answers with the completion only, not the prompt echoed back.
+    return {"task": "text-generation", "signature": signature(max_new_tokens),
+            "pip_requirements": pip_requirements(quantized and chosen.reference is not None),
+            "model_config": {"return_full_text": False, "max_new_tokens": max(1, max_new_tokens)}}
+
+
+def save_publishable_model(chosen: Publishable, tokenizer: Any, path: Path, *, base_dir: Path | None,
+                           quantized: bool, max_new_tokens: int) -> Path:
+    """What log_publishable logs, saved as an MLflow model folder instead (the relay's copy, for a job
+    that cannot reach its tracking server; `ade-mlflow sync-run` logs it into the run later)."""
+    import mlflow
+
+    model, reference = chosen.model, chosen.reference
+    common = {"path": str(path), **_flavor_args(chosen, quantized, max_new_tokens)}
+    if reference is None:
+        mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, **common)
+    elif reference.kind == "path":
+        mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, base_model_path=str(base_dir),
+                                       **common)
+    else:
+        with pinned_hub_revision(model.get_base_model().name_or_path, reference.revision):
+            mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer},
+                                           model_card=_base_card(base_dir), **common)
+    return path
 
 
 def git_commit(run_tags: dict[str, str]) -> str:

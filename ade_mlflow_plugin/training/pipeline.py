@@ -16,8 +16,9 @@ from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.training.checkpoints import SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, latest_checkpoint
 from ade_mlflow_plugin.config.training import TrainingConfig
-from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, attach_run, is_main_process,
-                                                 log_params_once, logged_steps)
+from ade_mlflow_plugin.job import relay as job_relay
+from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, RelayLogger, attach_run,
+                                                 is_main_process, log_params_once, logged_steps)
 
 logger = logging.getLogger(__name__)
 METRIC_KEYS = ["train_loss", "learning_rate", "grad_norm", "epoch", "tokens_per_second", "eval_loss",
@@ -49,24 +50,43 @@ class Session:
         self.main = is_main_process()
         self.run = None
         self.metrics: Any = NullLogger()
+        self.relay = job_relay.Relay()
+        self.offline = False  # True: everything for MLflow goes to the relay (no server at start)
         if self.main:
+            import mlflow
             from mlflow import MlflowClient
 
+            reason = job_relay.unreachable_reason(mlflow.get_tracking_uri())
+            if reason:
+                self._go_offline(reason)
+                return
             self.run = attach_run()
             client = MlflowClient()
             log_params_once(client, self.run.info.run_id, config.to_params())
             self.metrics = MetricLogger(client, self.run.info.run_id,
-                                        logged_steps(client, self.run.info.run_id, METRIC_KEYS))
+                                        logged_steps(client, self.run.info.run_id, METRIC_KEYS), relay=self.relay)
+
+    def _go_offline(self, reason: str) -> None:
+        """No tracking server for this job: params, metrics, model and registration go to the relay."""
+        self.offline = True
+        logger.warning("%s: logging to the relay in %s instead; the run gets it all with "
+                       "`ade-mlflow sync-run %s`", reason, self.relay.dir, self.run_id or "RUN_ID")
+        self.relay.append(job_relay.PARAMS, params={k: str(v)[:6000] for k, v in self.config.to_params().items()})
+        self.metrics = RelayLogger(self.relay)
 
     @property
     def run_id(self) -> str | None:
-        return self.run.info.run_id if self.run else None
+        if self.run:
+            return self.run.info.run_id
+        return os.environ.get(contract.ENV_RUN_ID) if self.offline else None
 
     def close(self, status: str = "FINISHED") -> None:
         import mlflow
 
         if not self.metrics.close(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300"))):
             logger.error("some metrics could not reach the tracking server before exit")
+        if self.offline:
+            self.relay.append(job_relay.END, status=status)
         if self.run is not None:
             mlflow.end_run(status)
 
@@ -98,7 +118,7 @@ def _mine(config: TrainingConfig, tokenizer: Any, session: Session) -> Any:
     return build_dataset(config.codebase, None, num_examples=config.num_examples,
                          synthetic_ratio=config.synthetic_ratio, eval_fraction=config.eval_fraction,
                          seed=config.seed, tokenizer=tokenizer, max_tokens=config.max_seq_len,
-                         log_to_mlflow=session.main, progress=False)
+                         log_to_mlflow=session.main and not session.offline, progress=False)
 
 
 def _run(config: TrainingConfig, get_data) -> Outcome:
@@ -173,6 +193,9 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     chosen = modelio.publishable(model, base_dir, merge_adapter=config.merge_adapter, base_model=config.base_model)
     if os.environ.get(contract.ENV_MODEL_DIR):
         modelio.save_publishable(chosen, tokenizer, Path(os.environ[contract.ENV_MODEL_DIR]))
+    if session.offline:
+        _relay_publish(config, session, chosen, tokenizer, prepared, outcome, base_dir)
+        return
     info = modelio.log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=config.quantization != "none",
                                    max_new_tokens=config.max_new_tokens)
     outcome.model_uri = info.model_uri
@@ -185,6 +208,31 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
                                     metrics=outcome.metrics)
         version = modelio.register(info.model_uri, config.registered_model_name, tags)
         outcome.version = str(version.version)
+
+
+def _relay_publish(config: TrainingConfig, session: Session, chosen: Any, tokenizer: Any, prepared: Any,
+                   outcome: Outcome, base_dir: Path | None) -> None:
+    """_publish for a job without a tracking server: the model saved into the relay, its tags and the
+    registration request recorded, all replayed into the run by `ade-mlflow sync-run`."""
+    from ade_mlflow_plugin.training import modelio
+
+    folder = session.relay.files_dir()
+    modelio.save_publishable_model(chosen, tokenizer, folder / modelio.MODEL_NAME, base_dir=base_dir,
+                                   quantized=config.quantization != "none", max_new_tokens=config.max_new_tokens)
+    relay = session.relay
+    relay.append(job_relay.MODEL, name=modelio.MODEL_NAME,
+                 files=str((folder / modelio.MODEL_NAME).relative_to(relay.dir)))
+    digest = getattr(prepared, "digest", None)
+    commit = modelio.git_commit({})
+    relay.append(job_relay.TAGS, tags={"ade.base_model": config.base_model, "ade.git_commit": commit,
+                                       **({"ade.dataset_digest": digest} if digest else {})})
+    if config.registered_model_name:
+        tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
+                                    metrics=outcome.metrics)
+        relay.append(job_relay.REGISTER, name=config.registered_model_name, model=modelio.MODEL_NAME,
+                     tags={k: str(v) for k, v in tags.items()})
+    logger.warning("model and registration of '%s' kept in the relay %s", config.registered_model_name or "-",
+                   relay.dir)
 
 
 def run_evaluate(model_uri: str, dataset: str, max_new_tokens: int, num_samples: int,

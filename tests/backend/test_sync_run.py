@@ -112,3 +112,24 @@ def test_a_run_not_from_this_backend_is_one_config_error(sqlite_tracking):
     run_id = client.create_run(client.get_experiment_by_name("Default").experiment_id).info.run_id
     with pytest.raises(ConfigError, match="sagemaker.job_name"):
         CliRunner().invoke(sync_run_command, [run_id], catch_exceptions=False)
+
+
+def test_the_follower_replays_the_relay_when_the_job_ends(sqlite_tracking, tmp_path):
+    """A followed local job that wrote a relay: the run gets it before it is ended with the job's status."""
+    import io
+
+    from ade_mlflow_plugin.backend.local import STATE_FILE, JobRoot
+    from ade_mlflow_plugin.backend.submitted_run import JobFollower
+
+    client = mlflow.MlflowClient()
+    job_root = tmp_path / "jobs" / "ade-job-1"
+    job_root.mkdir(parents=True)
+    run_id = _local_run(client, job_root)
+    _write_relay(job_root, end=False)
+    (job_root / STATE_FILE).write_text(json.dumps({"TrainingJobName": "ade-job-1", "TrainingJobStatus": "Completed",
+                                                   "SecondaryStatus": "Completed"}))
+    console = io.StringIO()
+    JobFollower(JobRoot(job_root), run_id, client, console=console, sleep=lambda s: None).follow()
+    assert "registered version 1" in console.getvalue(), console.getvalue()
+    state = _state(client, run_id)
+    assert state["status"] == "FINISHED" and state["train_loss"] == [1, 2, 3, 4] and state["versions"] == ["1"]

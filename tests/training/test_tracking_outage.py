@@ -133,3 +133,78 @@ def test_relay_logger_writes_each_step_once(tmp_path):
     sink.log({"train_loss": 0.9}, step=2)
     steps = [m["step"] for r in read_records(relay.dir) for m in r["metrics"]]
     assert steps == [1, 2] and sink.close()
+
+
+@pytest.mark.slow
+def test_job_without_a_server_relays_and_sync_run_replays_it_once(tiny_model, prepared_dataset, own_mlflow_server,
+                                                                  tmp_path, monkeypatch):
+    """Issue 16's Done-when: a local job submitted with "wait": false, the server down for the whole job;
+    `ade-mlflow sync-run RUN_ID` afterwards leaves the run FINISHED with everything, and again changes nothing."""
+    import io
+
+    from click.testing import CliRunner
+
+    from ade_mlflow_plugin.backend import local
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+    from ade_mlflow_plugin.backend.sync_run import sync_run_command
+    from tests.conftest import REPO_ROOT
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", own_mlflow_server.uri)  # the backend's and sync-run's client
+    held: list[tuple] = []
+    start_detached = local.start_detached
+
+    def hold(request, root, clients=None):  # noqa: ANN001, ANN202
+        held.append((request, root, clients))
+        root.mkdir(parents=True)
+        return local.JobRoot(root)
+
+    # The job starts only once the server is down (the submission itself needs the server): no race.
+    monkeypatch.setattr(local, "start_detached", hold)
+    client = MlflowClient(own_mlflow_server.uri)
+    experiment = client.create_experiment("relay")
+    params = {"dataset": str(prepared_dataset), "base_model": str(tiny_model), "max_steps": str(STEPS // 2),
+              "registered_model_name": "relay-coder", "save_steps": "100", "batch_size": "2",
+              "grad_accumulation": "1", "max_seq_len": "256", "logging_steps": "1", "eval_samples": "2",
+              "max_new_tokens": "8", "learning_rate": "0.01", "warmup_ratio": "0"}
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "wait": False, "SYNCHRONOUS": False}
+    submitted = AdeSageMakerBackend(console=io.StringIO()).run(str(REPO_ROOT), "train", params, None, config,
+                                                               own_mlflow_server.uri, experiment)
+    run_id = submitted.run_id
+    own_mlflow_server.stop()
+    job = local.JobRoot(held[0][1])
+    try:
+        start_detached(*held[0])
+        deadline = time.monotonic() + 900  # a bound on a hung job, not a timing assumption
+        while job.describe()["TrainingJobStatus"] not in local.ENDED and time.monotonic() < deadline:
+            time.sleep(1)
+        log = job.log_path.read_text()
+        assert job.describe()["TrainingJobStatus"] == "Completed", log[-3000:]
+        assert "cannot be reached" in log and "logging to the relay" in log
+    finally:
+        job.stop()
+        own_mlflow_server.start()
+
+    first = CliRunner().invoke(sync_run_command, [run_id], catch_exceptions=False)
+    assert first.exit_code == 0 and "registered version 1" in first.output, first.output
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, STEPS // 2 + 1))
+    assert {m.step for m in client.get_metric_history(run_id, "eval_loss")} == {0, STEPS // 2}
+    models = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+    assert [m.name for m in models] == ["model"]
+    version = client.get_model_version("relay-coder", "1")
+    assert version.run_id == run_id and version.source == f"models:/{models[0].model_id}"
+    assert "MLmodel" in {a.path for a in client.list_logged_model_artifacts(models[0].model_id)} \
+        if hasattr(client, "list_logged_model_artifacts") else True
+
+    def state() -> tuple:
+        again = client.get_run(run_id)
+        return (again.info.status, again.info.end_time, again.data.params, again.data.tags,
+                [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")],
+                [m.model_id for m in client.search_logged_models([experiment])],
+                [v.version for v in client.search_model_versions("name = 'relay-coder'")])
+
+    before = state()
+    second = CliRunner().invoke(sync_run_command, [run_id], catch_exceptions=False)
+    assert second.exit_code == 0 and "nothing new" in second.output, second.output
+    assert state() == before
