@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -239,7 +240,21 @@ def _end_run(env: dict[str, str], status: str, resource: dict[str, Any],
             client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status)
     except Exception as exc:  # the job's outcome must not depend on the tracking server being up
-        print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}", file=sys.stderr)
+        print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}; the relay keeps it for "
+              "`ade-mlflow sync-run`", file=sys.stderr)
+        _relay_end(env, status, tags or {})
+
+
+def _relay_end(env: dict[str, str], status: str, tags: dict[str, str]) -> None:
+    from ade_mlflow_plugin.job import relay
+
+    try:
+        job_relay = relay.Relay(relay.relay_home(env))
+        if tags:
+            job_relay.append(relay.TAGS, tags=tags)
+        job_relay.append(relay.END, status=status)
+    except OSError as exc:
+        print(f"launcher: cannot write the relay either: {exc}", file=sys.stderr)
 
 
 def failure_text(tail: list[str], code: int) -> str:
@@ -279,35 +294,75 @@ def budget_clock(env: dict[str, str] | None = None) -> Callable[[], float]:
 
 
 class RunWriter:
-    """The launcher's few writes to the MLflow run (cost_usd, budget tags); a failure is one warning and
-    never stops the job (the tracking server may be out of reach)."""
+    """The launcher's few writes to the MLflow run (cost_usd, budget tags), made by a thread of their own
+    so that a slow or absent tracking server never delays a budget check. When the server cannot be
+    reached (at the first write, or when a write fails) they go to the job's relay (job/relay.py), which
+    `ade-mlflow sync-run` replays into the run."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.run_id = env.get(contract.ENV_RUN_ID, "")
         self.uri = env.get(contract.ENV_TRACKING_URI)
+        self.env = env
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._client: Any = None
-        self._warned = False
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
-        if not self.run_id:
-            return
-        try:
-            if self._client is None:
-                import mlflow  # after the install step: mlflow is one of the job's requirements
-
-                self._client = mlflow.MlflowClient(tracking_uri=self.uri)
-            getattr(self._client, method)(self.run_id, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the budget is kept whether or not MLflow answers
-            if not self._warned:
-                self._warned = True
-                print(f"launcher: cannot write to MLflow run {self.run_id} ({type(exc).__name__}: "
-                      f"{str(exc)[:200]}); the budget is still kept", file=sys.stderr, flush=True)
+        self._relay: Any = None
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="run-writer")
+        self._thread.start()
 
     def metric(self, key: str, value: float, step: int) -> None:
-        self._call("log_metric", key, value, step=step)
+        self._queue.put(("metric", {"key": key, "value": value, "step": step,
+                                    "timestamp": int(time.time() * 1000)}))
 
     def tag(self, key: str, value: str) -> None:
-        self._call("set_tag", key, value)
+        self._queue.put(("tag", {key: value}))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued (the final cost before the run ends), for timeout_s at most."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.run_id:
+                self._write(*item)
+
+    def _write(self, kind: str, payload: Any) -> None:
+        if self._relay is None:
+            try:
+                self._to_mlflow(kind, payload)
+                return
+            except Exception as exc:  # noqa: BLE001 - the budget is kept whether or not MLflow answers
+                self._start_relay(f"{type(exc).__name__}: {str(exc)[:200]}")
+        from ade_mlflow_plugin.job import relay
+
+        if kind == "metric":
+            self._relay.metrics([payload])
+        else:
+            self._relay.append(relay.TAGS, tags=payload)
+
+    def _to_mlflow(self, kind: str, payload: Any) -> None:
+        if self._client is None:
+            from ade_mlflow_plugin.job import relay
+
+            reason = relay.unreachable_reason(self.uri, self.env)
+            if reason:
+                raise ConnectionError(reason)
+            import mlflow  # after the install step: mlflow is one of the job's requirements
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+        if kind == "metric":
+            self._client.log_metric(self.run_id, payload["key"], payload["value"], timestamp=payload["timestamp"],
+                                    step=payload["step"])
+        else:
+            for key, value in payload.items():
+                self._client.set_tag(self.run_id, key, value)
+
+    def _start_relay(self, why: str) -> None:
+        from ade_mlflow_plugin.job import relay
+
+        self._relay = relay.Relay(relay.relay_home(self.env))
+        print(f"launcher: MLflow run {self.run_id} cannot be written ({why}): cost and budget records go to "
+              f"the relay in {self._relay.dir}; the budget is still kept", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -332,7 +387,7 @@ class BudgetGuard:
         if step > self.last_step:
             self.last_step = step
             print(f"{contract.METRIC_LINE_PREFIX} step={step} cost_usd={usd:.6f}", flush=True)
-            if self.writer is not None:
+            if self.writer is not None:  # queued: written by the writer's thread
                 self.writer.metric("cost_usd", round(usd, 6), step)
         if self.cost.max_cost_usd is not None:
             self._check(usd, step, usd / self.cost.max_cost_usd)
@@ -362,9 +417,24 @@ class BudgetGuard:
             done.wait(interval_s)
 
 
+@dataclass
+class RunningGuard:
+    """A guard's thread and writer, ended together once the entry is over."""
+
+    done: threading.Event
+    thread: threading.Thread
+    writer: RunWriter | None
+
+    def finish(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+        if self.writer is not None:
+            self.writer.close()  # the last cost_usd and tags land before the run is ended
+
+
 def start_budget_guard(launch: Launch, entry: EntryProcess,
-                       clock: Callable[[], float] | None = None) -> threading.Event | None:
-    """The guard thread for this job (None without a price); set the returned event to end it."""
+                       clock: Callable[[], float] | None = None) -> RunningGuard | None:
+    """The guard thread for this job (None without a price)."""
     if launch.job.cost is None:
         return None
     writer = RunWriter(launch.env) if contract.is_lead_host(launch.resource) else None
@@ -372,8 +442,9 @@ def start_budget_guard(launch: Launch, entry: EntryProcess,
                         clock or budget_clock(launch.env), entry.stop, writer)
     interval = float(launch.env.get(contract.ENV_BUDGET_INTERVAL_S) or BUDGET_INTERVAL_S)
     done = threading.Event()
-    threading.Thread(target=guard.run, args=(done, interval), daemon=True, name="budget").start()
-    return done
+    thread = threading.Thread(target=guard.run, args=(done, interval), daemon=True, name="budget")
+    thread.start()
+    return RunningGuard(done, thread, writer)
 
 
 class Stopped(Exception):
@@ -426,7 +497,7 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
         code = entry.wait()
     finally:
         if guard is not None:
-            guard.set()
+            guard.finish()
     if entry.terminated:
         print(f"launcher: stopped; the entry exited with {code}", flush=True)
         tags = {}

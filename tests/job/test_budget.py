@@ -135,3 +135,22 @@ def test_a_local_job_nobody_follows_is_stopped_by_its_own_launcher_at_the_budget
     assert {int(0.6 * budget_s), int(0.9 * budget_s), int(1.1 * budget_s)} <= set(steps)
     last = int(1.1 * budget_s)
     assert f"ade-metrics step={last} cost_usd={plan.cost.usd(last, 1):.6f}" in text  # SageMaker's cost_usd line
+
+
+def test_with_the_tracking_server_out_of_reach_cost_tags_and_the_end_go_to_the_relay(tmp_path, capsys):
+    from ade_mlflow_plugin.job import relay
+    from tests.conftest import free_port
+
+    env = {contract.ENV_RUN_ID: "abc", contract.ENV_TRACKING_URI: f"http://127.0.0.1:{free_port()}",
+           contract.ENV_OUTPUT_DATA_DIR: str(tmp_path / "data")}
+    writer = launcher.RunWriter(env)
+    writer.metric("cost_usd", 0.25, 600)
+    writer.tag("ade.budget_alert_50", "estimated cost $0.50 ...")
+    writer.close()
+    launcher._end_run(env, "KILLED", {"hosts": ["algo-1"]}, {"ade.stop_reason": "budget"})
+    records = list(relay.read_records(tmp_path / "data" / relay.RELAY_DIR))
+    assert [r["kind"] for r in records] == ["metrics", "tags", "tags", "end"]
+    assert {k: records[0]["metrics"][0][k] for k in ("key", "value", "step")} == {
+        "key": "cost_usd", "value": 0.25, "step": 600}
+    assert records[2]["tags"] == {"ade.stop_reason": "budget"} and records[3]["status"] == "KILLED"
+    assert "cost and budget records go to the relay" in capsys.readouterr().err
