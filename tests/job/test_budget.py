@@ -154,3 +154,16 @@ def test_with_the_tracking_server_out_of_reach_cost_tags_and_the_end_go_to_the_r
         "key": "cost_usd", "value": 0.25, "step": 600}
     assert records[2]["tags"] == {"ade.stop_reason": "budget"} and records[3]["status"] == "KILLED"
     assert "cost and budget records go to the relay" in capsys.readouterr().err
+
+
+def test_an_entry_that_ignores_the_budget_stop_is_killed_after_the_grace_period(tmp_path):
+    import os
+
+    from ade_mlflow_plugin.job.procs import group_members
+
+    stubborn = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
+    entry = launcher.EntryProcess(stubborn, tmp_path, dict(os.environ))
+    _wait_for("the entry to ignore SIGTERM", lambda: "ready" in entry.tail)
+    entry.stop("budget", "budget: test", grace_s=0.5)
+    assert entry.wait() == -9 and group_members(entry.proc.pid) == []
+    assert (entry.terminated, entry.stop_reason) == (True, "budget")
