@@ -2,6 +2,7 @@
 the SM_* variables; who talks to MLflow."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import mlflow
@@ -144,3 +145,12 @@ def test_a_job_without_a_price_carries_no_cost_keys_and_a_mangled_one_is_one_lin
     assert contract.HP_USD_PER_HOUR not in contract.encode(JOB).hyperparameters and JOB.cost is None
     with pytest.raises(contract.ContractError, match=contract.HP_USD_PER_HOUR):
         contract.decode_hyperparameters({contract.HP_USD_PER_HOUR: "cheap"})
+
+
+def test_the_cost_wire_names_stay_what_jobs_read():
+    # Frozen like the others (docs/job-contract.md): a job submitted by this client must decode them.
+    with_budget = dataclasses.replace(JOB, cost=contract.Cost(1.0, "table", 5.0, "stop"))
+    added = set(contract.encode(with_budget).hyperparameters) - set(contract.encode(JOB).hyperparameters)
+    assert added == {"ade_usd_per_hour", "ade_price_source", "ade_max_cost_usd", "ade_on_budget"}
+    assert (contract.ENV_BUDGET_INTERVAL_S, contract.ENV_BUDGET_CLOCK_FILE, contract.METRIC_LINE_PREFIX) == (
+        "ADE_BUDGET_INTERVAL_S", "ADE_BUDGET_CLOCK_FILE", "ade-metrics")
