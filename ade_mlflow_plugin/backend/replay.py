@@ -68,24 +68,45 @@ def local_relay_dir(job_root: Path) -> Path:
 
 
 def fetch_sagemaker_relay(s3: Any, description: dict[str, Any], dest: Path) -> Path | None:
-    """Download `<S3OutputPath>/<job>/output/output.tar.gz` and unpack its ade-relay/ into dest; None when
-    the job wrote no relay (or no output archive)."""
-    output = description["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-    bucket, _, prefix = output[5:].partition("/")
-    key = "/".join(p for p in (prefix, description["TrainingJobName"], "output", "output.tar.gz") if p)
-    archive = dest / "output.tar.gz"
+    """The relay of an ended SageMaker job, copied into dest; None when the job wrote none.
+
+    SageMaker uploads /opt/ml/output/data as `<S3OutputPath>/<job>/output/output.tar.gz`, or file by file
+    under `<job>/output/data/` when OutputDataConfig.CompressionType is NONE."""
+    output = description["OutputDataConfig"]
+    bucket, _, prefix = output["S3OutputPath"].rstrip("/")[5:].partition("/")
+    base = "/".join(p for p in (prefix, description["TrainingJobName"], "output") if p)
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        s3.download_file(bucket, key, str(archive))
-    except Exception as exc:  # botocore's ClientError 404 / 403 and transport errors
+        if output.get("CompressionType") == "NONE":
+            _download_prefix(s3, bucket, f"{base}/data/{job_relay.RELAY_DIR}/", dest / job_relay.RELAY_DIR)
+        else:
+            _unpack_relay(s3, bucket, f"{base}/output.tar.gz", dest)
+    except Exception as exc:  # botocore's ClientError (404, 403) and transport errors
         if aws_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise aws_error(f"downloading the job's output s3://{bucket}/{key}", exc) from exc
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.name.lstrip("./").startswith(job_relay.RELAY_DIR + "/")]
-        tar.extractall(dest, members=members, filter="data")
+            return None  # no output archive: the job wrote nothing there
+        raise aws_error(f"downloading the relay of {description['TrainingJobName']} from s3://{bucket}/{base}",
+                        exc) from exc
     relay = dest / job_relay.RELAY_DIR
     return relay if (relay / job_relay.RECORDS_FILE).is_file() else None
+
+
+def _unpack_relay(s3: Any, bucket: str, key: str, dest: Path) -> None:
+    archive = dest / "output.tar.gz"
+    s3.download_file(bucket, key, str(archive))
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.removeprefix("./").startswith(job_relay.RELAY_DIR + "/")]
+        tar.extractall(dest, members=members, filter="data")  # the filter refuses paths leaving dest
+
+
+def _download_prefix(s3: Any, bucket: str, prefix: str, dest: Path) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            target = dest / item["Key"][len(prefix):]
+            if dest.resolve() not in target.resolve().parents:
+                continue  # a key with ../ in it is no file of the relay
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, item["Key"], str(target))
 
 
 @contextmanager

@@ -19,8 +19,9 @@ def run_id_of(description: dict[str, Any]) -> str:
     from ade_mlflow_plugin.errors import ConfigError
     from ade_mlflow_plugin.job import contract
 
+    hyper = {k: contract.decode_value(v) for k, v in (description.get("HyperParameters") or {}).items()}
     run_id = (description.get("Environment") or {}).get(contract.ENV_RUN_ID) or \
-        contract.decode_hyperparameters(description.get("HyperParameters") or {}).run.run_id
+        contract.decode_hyperparameters(hyper).run.run_id
     if not run_id:
         raise ConfigError(f"job {description['TrainingJobName']} names no MLflow run (no {contract.ENV_RUN_ID}): "
                           "it was not submitted with the ade-sagemaker backend")

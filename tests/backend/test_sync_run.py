@@ -133,3 +133,34 @@ def test_the_follower_replays_the_relay_when_the_job_ends(sqlite_tracking, tmp_p
     assert "registered version 1" in console.getvalue(), console.getvalue()
     state = _state(client, run_id)
     assert state["status"] == "FINISHED" and state["train_loss"] == [1, 2, 3, 4] and state["versions"] == ["1"]
+
+
+def test_sync_run_by_job_name_replays_the_relay_in_the_sagemaker_output(aws, tracking_uri, tmp_path):
+    """SageMaker uploads /opt/ml/output/data as <output>/<job>/output/output.tar.gz: the relay comes from there,
+    and the run ends with the job's status (moto's job is Completed)."""
+    import tarfile
+
+    import boto3
+
+    from tests.conftest import submit_to_moto
+
+    submitted, described = submit_to_moto("ade-relay-out", tracking_uri)
+    data = tmp_path / "opt-ml-output-data"
+    relay = job_relay.Relay(data)
+    relay.metrics([{"key": "train_loss", "value": 1.0 / step, "timestamp": step, "step": step} for step in (1, 2)])
+    relay.append(job_relay.END, status="FINISHED")
+    archive = tmp_path / "output.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(data / job_relay.RELAY_DIR, arcname=job_relay.RELAY_DIR)
+    output = described["OutputDataConfig"]["S3OutputPath"]
+    bucket, _, prefix = output[5:].partition("/")
+    boto3.client("s3").upload_file(str(archive), bucket, f"{prefix}/{submitted.job_name}/output/output.tar.gz")
+
+    for _ in range(2):
+        result = CliRunner().invoke(sync_run_command, [submitted.job_name, "--region", "us-east-1"],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert "nothing new" in result.output
+    client = mlflow.MlflowClient()
+    assert client.get_run(submitted.run_id).info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(submitted.run_id, "train_loss")) == [1, 2]
