@@ -81,13 +81,14 @@ def _status_target(ref: str, region: str | None, job_root: Path | None) -> Targe
     from ade_mlflow_plugin.backend.reconcile import find_local_root, local_root
     from ade_mlflow_plugin.errors import ConfigError
 
-    root = find_local_root(ref, job_root)
     if not _RUN_ID.fullmatch(ref):
+        root = find_local_root(ref, job_root)
         return Target(ref, region, "local", local_log=root / "job.log") if root else Target(ref, region, "sagemaker")
     try:
         run = _get_run(ref)
     except _Offline as offline:
         click.echo(str(offline), err=True)
+        root = find_local_root(ref, job_root)  # a local job's root names the run it logs to
         if root is None:
             raise ConfigError(f"run '{ref}': the tracking server cannot be reached and no local job under "
                               f"{(job_root or Path('.ade')).resolve()} logs to it; give the SageMaker job name "
@@ -103,13 +104,15 @@ def _status_target(ref: str, region: str | None, job_root: Path | None) -> Targe
 
 def _run_for(target: Target, description: dict[str, Any]) -> Any | None:
     """The target's run, looked up by the run id the job carries when only the job name was given."""
+    from ade_mlflow_plugin.backend.sync_run import run_id_of
+    from ade_mlflow_plugin.errors import ConfigError
+
     if target.run is not None or target.run_id is not None:
         return target.run
-    run_id = (description.get("Environment") or {}).get("MLFLOW_RUN_ID")
-    if not run_id:
-        return None
     try:
-        return _get_run(run_id)
+        return _get_run(run_id_of(description))
+    except ConfigError:  # a job of someone else's: no run to bring level
+        return None
     except _Offline as offline:
         click.echo(str(offline), err=True)
         return None

@@ -16,9 +16,10 @@ from typing import Any, TextIO
 from mlflow.entities import RunStatus
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.local import JobRoot
+from ade_mlflow_plugin.backend.local import JobRoot, read_state
 from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL, Guarded, SageMakerJob
-from ade_mlflow_plugin.errors import ConfigError, describe
+from ade_mlflow_plugin.errors import describe
+from ade_mlflow_plugin.job import contract
 
 #: What the follower (or an earlier reconcile) sets at the job's end: its presence means "done already".
 END_TAG = "sagemaker.status"
@@ -55,11 +56,8 @@ def find_local_root(ref: str, job_root: Path | None) -> Path | None:
     if (jobs / ref).is_dir():
         return jobs / ref
     for root in sorted(jobs.glob("*/")) if jobs.is_dir() else []:
-        try:
-            environment = JobRoot(root).describe().get("Environment") or {}
-        except ConfigError:
-            continue
-        if environment.get("MLFLOW_RUN_ID") == ref:
+        environment = (read_state(root) or {}).get("Environment") or {}
+        if environment.get(contract.ENV_RUN_ID) == ref:
             return root
     return None
 
