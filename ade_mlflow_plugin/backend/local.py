@@ -5,6 +5,11 @@ materialised from file:// (linked in place) or s3:// (downloaded), the launcher 
 checkpoints are synced to CheckpointConfig.S3Uri while it runs and at the end, and model/ is packed to
 `<S3OutputPath>/<job>/output/model.tar.gz` as SageMaker does. `describe()` answers in
 DescribeTrainingJob's shape, so the backend follows local and SageMaker jobs with the same code.
+
+Every answer is also saved as job.json in the job root, so `status`, `reconcile` and `logs` read a
+job (JobRoot) from another process. With `"wait": false` the submitter only prepares the root
+(bad input still fails at submission) and start_detached() hands the job to a runner of its own
+session, output in runner.log, no pipe back: the job outlives `mlflow run`.
 """
 from __future__ import annotations
 
