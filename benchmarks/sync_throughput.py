@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,6 +35,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its tests' server starter
+from tests.servers import popen_dying_with_parent, start_mlflow_server, stop_server, wait_http  # noqa: E402
 
 BUCKET = "ade-bench-artifacts"
 MODEL = "ade-bench-sync"
@@ -47,35 +49,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer in {timeout}s")
-
-
 def _start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with open(log, "wb") as out:
+        return popen_dying_with_parent(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
 
 
 def _make_version(work: Path, size_mb: int) -> tuple[str, str]:
@@ -250,15 +227,11 @@ def main() -> int:
         bindir = Path(sys.executable).parent
         procs.append(_start([str(bindir / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
                             work / "moto.log", env, work))
-        _wait(f"http://127.0.0.1:{moto_port}/moto-api/", procs[-1])
+        wait_http(f"http://127.0.0.1:{moto_port}/moto-api/", proc=procs[-1])
         import boto3
 
         boto3.client("s3").create_bucket(Bucket=BUCKET)
-        procs.append(_start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-                             str(mlflow_port), "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-                             "--artifacts-destination", f"s3://{BUCKET}/", "--workers", "1"],
-                            work / "mlflow.log", env, work))
-        _wait(f"http://127.0.0.1:{mlflow_port}/health", procs[-1])
+        procs.append(start_mlflow_server(work, mlflow_port, f"sqlite:///{work}/mlflow.db", f"s3://{BUCKET}/", env))
         t_up, (run_id, version) = _timed(lambda: _make_version(work, args.size_mb))
         print(f"registered {MODEL} v{version}: {args.size_mb} MB on moto S3 (upload {t_up:.1f} s)")
 
@@ -290,7 +263,7 @@ def main() -> int:
                 _cleanup(run_id)
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_server(proc)
             shutil.rmtree(work, ignore_errors=True)
             print(f"cleaned up: servers stopped (PIDs {[p.pid for p in procs]}), {work} removed")
 
