@@ -251,7 +251,9 @@ def _register(client: Any, run_id: str, model_ids: dict[str, str], records: list
     """A version for each registration request unless this run already has one under that name."""
     versions = []
     for record in _of(records, job_relay.REGISTER):
-        name, model_id = record["name"], model_ids.get(record.get("model", "model"))
+        # model_id: a model the job logged before the server went away; else one from the relay.
+        name = record["name"]
+        model_id = record.get("model_id") or model_ids.get(record.get("model", "model"))
         if model_id is None:
             raise ConfigError(f"the relay asks to register '{name}' but holds no model to register: "
                               "the job ended before saving it; rerun the job")

@@ -88,7 +88,14 @@ class Session:
         if self.offline:
             self.relay.append(job_relay.END, status=status)
         if self.run is not None:
-            mlflow.end_run(status)
+            try:
+                mlflow.end_run(status)
+            except mlflow.exceptions.MlflowException:
+                if not self.offline:
+                    raise
+                # The server went away mid-run: the relay's end record carries the status to sync-run.
+                logger.warning("run %s not ended (the tracking server is gone); its relay says %s",
+                               self.run_id, status)
 
 
 def run_main(config: TrainingConfig) -> Outcome:
@@ -196,18 +203,40 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     if session.offline:
         _relay_publish(config, session, chosen, tokenizer, prepared, outcome, base_dir)
         return
-    info = modelio.log_publishable(chosen, tokenizer, base_dir=base_dir, quantized=config.quantization != "none",
-                                   max_new_tokens=config.max_new_tokens)
+    try:
+        info = modelio.log_publishable(chosen, tokenizer, base_dir=base_dir,
+                                       quantized=config.quantization != "none", max_new_tokens=config.max_new_tokens)
+    except mlflow.exceptions.MlflowException:
+        reason = job_relay.unreachable_reason(mlflow.get_tracking_uri())
+        if reason is None:  # the server answered and refused: a real error
+            raise
+        logger.warning("%s while logging the model: the model and its registration go to the relay %s",
+                       reason, session.relay.dir)
+        session.offline = True
+        _relay_publish(config, session, chosen, tokenizer, prepared, outcome, base_dir)
+        return
     outcome.model_uri = info.model_uri
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit(session.run.data.tags if session.run else {})
-    mlflow.set_tags({"ade.base_model": config.base_model, "ade.git_commit": commit,
-                     **({"ade.dataset_digest": digest} if digest else {})})
-    if config.registered_model_name:
-        tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
-                                    metrics=outcome.metrics)
-        version = modelio.register(info.model_uri, config.registered_model_name, tags)
-        outcome.version = str(version.version)
+    run_tags = {"ade.base_model": config.base_model, "ade.git_commit": commit,
+                **({"ade.dataset_digest": digest} if digest else {})}
+    version_tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
+                                        metrics=outcome.metrics) if config.registered_model_name else None
+    try:
+        mlflow.set_tags(run_tags)
+        if version_tags is not None:
+            outcome.version = str(modelio.register(info.model_uri, config.registered_model_name, version_tags).version)
+    except mlflow.exceptions.MlflowException:
+        if job_relay.unreachable_reason(mlflow.get_tracking_uri()) is None:
+            raise
+        # The model is in the run; the server left before its tags and version: sync-run adds them.
+        logger.warning("the tracking server went away after the model was logged: its tags and registration "
+                       "go to the relay %s", session.relay.dir)
+        session.offline = True
+        session.relay.append(job_relay.TAGS, tags=run_tags)
+        if version_tags is not None:
+            session.relay.append(job_relay.REGISTER, name=config.registered_model_name, model_id=info.model_id,
+                                 tags={k: str(v) for k, v in version_tags.items()})
 
 
 def _relay_publish(config: TrainingConfig, session: Session, chosen: Any, tokenizer: Any, prepared: Any,

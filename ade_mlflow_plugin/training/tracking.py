@@ -130,6 +130,11 @@ class MetricLogger:
 
     def close(self, timeout: float = 120.0) -> bool:
         done = self.flush(timeout)
+        if not done and self.relay is not None:  # the job is ending: what is left goes to the relay
+            logger.warning("tracking server still unreachable at exit: %d metrics go to the relay in %s",
+                           self.pending(), self.relay.dir)
+            self._relaying = True
+            done = self.flush(max(timeout, 2 * MAX_BACKOFF_S))  # the sender notices at its next retry
         with self._cond:
             self._closed = True
             self._cond.notify_all()

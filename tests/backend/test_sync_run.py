@@ -164,3 +164,18 @@ def test_sync_run_by_job_name_replays_the_relay_in_the_sagemaker_output(aws, tra
     client = mlflow.MlflowClient()
     assert client.get_run(submitted.run_id).info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(submitted.run_id, "train_loss")) == [1, 2]
+
+
+def test_a_model_logged_before_the_server_left_is_registered_at_replay(sqlite_tracking, tmp_path):
+    """The job logged its model, then lost the server before registering: the relay names the logged model."""
+    client = mlflow.MlflowClient()
+    run_id = _local_run(client, tmp_path)
+    experiment = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+    client.finalize_logged_model(model.model_id, "READY")
+    relay = job_relay.Relay(local_relay_dir(tmp_path).parent)
+    relay.append(job_relay.REGISTER, name="late-coder", model_id=model.model_id, tags={"k": "v"})
+    assert replay(client, run_id, relay.dir).versions == ["1"]
+    assert replay(client, run_id, relay.dir).versions == []
+    version = client.get_model_version("late-coder", "1")
+    assert version.source == f"models:/{model.model_id}" and version.run_id == run_id and version.tags == {"k": "v"}

@@ -122,6 +122,17 @@ def test_logger_gives_up_on_the_server_into_the_relay_and_keeps_relaying(tmp_pat
     assert [(m["key"], m["step"], m["value"]) for m in relayed] == [("train_loss", 1, 1.0), ("train_loss", 2, 0.5)]
 
 
+def test_metrics_still_queued_at_exit_go_to_the_relay(tmp_path):
+    from ade_mlflow_plugin.job.relay import Relay, read_records
+
+    relay = Relay(tmp_path)
+    metric_logger = MetricLogger(_DownClient(), "run", retry_for_s=3600, relay=relay)
+    for step in (1, 2, 3):
+        metric_logger.log({"train_loss": float(step)}, step=step)
+    assert metric_logger.close(timeout=0.5)
+    assert sorted(m["step"] for r in read_records(relay.dir) for m in r["metrics"]) == [1, 2, 3]
+
+
 def test_relay_logger_writes_each_step_once(tmp_path):
     from ade_mlflow_plugin.job.relay import Relay, read_records
     from ade_mlflow_plugin.training.tracking import RelayLogger
