@@ -67,6 +67,9 @@ def test_empty_object_makes_an_empty_file(tmp_path):
     assert dst.read_bytes() == b"" and digest == hashlib.sha256(b"").hexdigest()
 
 
+SLOW_PIECE_S = 0.4
+
+
 class _Blob:
     """What the local test server serves, and how it misbehaves."""
 
@@ -77,7 +80,10 @@ class _Blob:
         self.ignore_range = False
         self.lie_length = False
         self.etags: list[str] = []  # one per request, in order; empty: no ETag header
-        self.slow_from: int | None = None  # ranges starting here are sent slowly, 256 KB at a time
+        # Ranges starting here are sent slowly, 256 KB every SLOW_PIECE_S: a range stopped early shows as bytes
+        # never sent. The pace leaves seconds of margin to a client that stops at its next piece, so a loaded
+        # machine (another test run beside this one) does not turn a stop into a finished range.
+        self.slow_from: int | None = None
         self.sent_slowly = 0
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
@@ -123,7 +129,7 @@ def _handler(blob: _Blob) -> type[BaseHTTPRequestHandler]:
                     self.wfile.flush()
                     with blob.lock:
                         blob.sent_slowly += len(body[i:i + (256 << 10)])
-                    time.sleep(0.05)
+                    time.sleep(SLOW_PIECE_S)
                 return
             self.wfile.write(body)
 
@@ -273,7 +279,7 @@ def test_cancel_stops_the_download(blob_server, tmp_path):
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
 
-    with pytest.raises(fetch.Cancelled):  # one range sent over ~0.6 s, cancelled after 0.2 s
+    with pytest.raises(fetch.Cancelled):  # one range sent over ~5 s, cancelled after 0.2 s
         _fetch(f"{url}?token=t1", blob, tmp_path, piece_bytes=len(blob.data), cancel=cancel)
 
     assert blob.sent_slowly < len(blob.data)
