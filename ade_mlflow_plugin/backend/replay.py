@@ -36,6 +36,7 @@ class ReplaySummary:
     params: int = 0
     metrics: int = 0
     tags: int = 0
+    datasets: int = 0
     artifacts: int = 0
     model_id: str | None = None
     versions: list[str] = field(default_factory=list)
@@ -44,14 +45,14 @@ class ReplaySummary:
 
     @property
     def changed(self) -> bool:
-        return bool(self.params or self.metrics or self.tags or self.artifacts or self.model_id
+        return bool(self.params or self.metrics or self.tags or self.datasets or self.artifacts or self.model_id
                     or self.versions or self.status)
 
     def line(self) -> str:
         if not self.changed:
             return "relay: nothing new (the run already has everything in it)"
         parts = [f"{self.params} params", f"{self.metrics} metric steps", f"{self.tags} tags",
-                 f"{self.artifacts} artifact files"]
+                 f"{self.datasets} dataset inputs", f"{self.artifacts} artifact files"]
         if self.model_id:
             parts.append(f"model {self.model_id}")
         parts += [f"registered version {v}" for v in self.versions]
@@ -138,6 +139,7 @@ def replay(client: Any, run_id: str, relay_dir: Path, end_status: str | None = N
         summary.params = _params(client, run, records)
         summary.metrics = _metrics(client, run_id, records)
         summary.tags = _tags(client, run, records)
+        summary.datasets = _datasets(client, run, records)
         summary.artifacts = _artifacts(client, run_id, relay_dir, records)
         model_ids = _models(client, run, relay_dir, records, summary)
         summary.versions = _register(client, run_id, model_ids, records)
@@ -194,6 +196,25 @@ def _tags(client: Any, run: Any, records: list[dict[str, Any]]) -> int:
     new = [RunTag(k, v) for k, v in sorted(wanted.items()) if run.data.tags.get(k) != v]
     if new:
         client.log_batch(run.info.run_id, tags=new)
+    return len(new)
+
+
+def _datasets(client: Any, run: Any, records: list[dict[str, Any]]) -> int:
+    """Dataset inputs the run lacks (same name and digest)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    have = {(d.dataset.name, d.dataset.digest) for d in (run.inputs.dataset_inputs if run.inputs else [])}
+    new = []
+    for record in _of(records, job_relay.DATASET):
+        fields = record["dataset"]
+        if (fields["name"], fields["digest"]) in have:
+            continue
+        have.add((fields["name"], fields["digest"]))
+        dataset = Dataset(fields["name"], fields["digest"], fields["source_type"], fields["source"],
+                          fields.get("schema"), fields.get("profile"))
+        new.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", record.get("context", "training"))]))
+    if new:
+        client.log_inputs(run.info.run_id, datasets=new)
     return len(new)
 
 

@@ -85,6 +85,7 @@ class Session:
 
         if not self.metrics.close(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300"))):
             logger.error("some metrics could not reach the tracking server before exit")
+        self.offline = self.offline or self.metrics.relaying  # the relay then needs the run's end too
         if self.offline:
             self.relay.append(job_relay.END, status=status)
         if self.run is not None:
@@ -122,10 +123,38 @@ def run_train(config: TrainingConfig) -> Outcome:
 def _mine(config: TrainingConfig, tokenizer: Any, session: Session) -> Any:
     from ade_mlflow_plugin.dataset import build_dataset
 
-    return build_dataset(config.codebase, None, num_examples=config.num_examples,
-                         synthetic_ratio=config.synthetic_ratio, eval_fraction=config.eval_fraction,
-                         seed=config.seed, tokenizer=tokenizer, max_tokens=config.max_seq_len,
-                         log_to_mlflow=session.main and not session.offline, progress=False)
+    prepared = build_dataset(config.codebase, None, num_examples=config.num_examples,
+                             synthetic_ratio=config.synthetic_ratio, eval_fraction=config.eval_fraction,
+                             seed=config.seed, tokenizer=tokenizer, max_tokens=config.max_seq_len,
+                             log_to_mlflow=session.main and not session.offline, progress=False)
+    if session.main and session.offline:
+        _relay_dataset(session.relay, prepared, Path(config.codebase))
+    return prepared
+
+
+def _relay_dataset(relay: job_relay.Relay, prepared: Any, codebase: Path) -> None:
+    """What dataset/tracking.py logs to a reachable run (the dataset input with its digest, stats.json and
+    the digest tag), kept in the relay."""
+    import json
+    import tempfile
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    from ade_mlflow_plugin.dataset import tracking as dataset_tracking
+
+    frames = [prepared.dataset[split].to_pandas().assign(split=split) for split in ("train", "eval")]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        data = mlflow.data.from_pandas(pd.concat(frames, ignore_index=True), source=str(codebase.resolve()),
+                                       name=dataset_tracking.DATASET_NAME, digest=prepared.digest)
+    relay.append(job_relay.DATASET, dataset=data.to_dict(), context=dataset_tracking.CONTEXT)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "stats.json"
+        stats.write_text(json.dumps(prepared.stats, indent=2, sort_keys=True, default=str))
+        relay.add_files(job_relay.ARTIFACTS, stats, artifact_path="")
+    relay.append(job_relay.TAGS, tags={dataset_tracking.DIGEST_TAG: prepared.digest})
 
 
 def _run(config: TrainingConfig, get_data) -> Outcome:

@@ -112,6 +112,11 @@ class MetricLogger:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
 
+    @property
+    def relaying(self) -> bool:
+        """True once metrics go to the relay (the server was given up on)."""
+        return self._relaying
+
     def pending(self) -> int:
         with self._cond:
             return len(self._queue) + self._inflight
@@ -151,6 +156,7 @@ class RelayLogger:
     (a local file append; nothing waits for a network)."""
 
     failures = 0
+    relaying = True
 
     def __init__(self, relay: Any) -> None:
         self.relay = relay
@@ -191,6 +197,7 @@ class NullLogger:
     """What non-zero ranks get: logging is rank 0's job."""
 
     failures = 0
+    relaying = False
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         pass

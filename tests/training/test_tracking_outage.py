@@ -219,3 +219,27 @@ def test_job_without_a_server_relays_and_sync_run_replays_it_once(tiny_model, pr
     second = CliRunner().invoke(sync_run_command, [run_id], catch_exceptions=False)
     assert second.exit_code == 0 and "nothing new" in second.output, second.output
     assert state() == before
+
+
+def test_dataset_input_of_an_offline_job_reaches_the_run_once(sqlite_tracking, tmp_path):
+    """`main` without a server: the dataset input, stats.json and digest tag go to the relay; replayed once."""
+    from datasets import Dataset, DatasetDict
+
+    from ade_mlflow_plugin.backend.replay import replay
+    from ade_mlflow_plugin.dataset.build import PreparedDataset
+    from ade_mlflow_plugin.job.relay import Relay
+    from ade_mlflow_plugin.training.pipeline import _relay_dataset
+
+    rows = {"prompt": ["def a():", "def b():"], "completion": ["  return 1", "  return 2"]}
+    prepared = PreparedDataset(dataset=DatasetDict({"train": Dataset.from_dict(rows), "eval": Dataset.from_dict(rows)}),
+                               stats={"examples": 4}, digest="d1g3st", path=None)
+    relay = Relay(tmp_path / "out")
+    _relay_dataset(relay, prepared, tmp_path)
+    client = MlflowClient()
+    run_id = new_run(sqlite_tracking, "offline-dataset")
+    assert replay(client, run_id, relay.dir).datasets == 1
+    assert not replay(client, run_id, relay.dir).changed
+    run = client.get_run(run_id)
+    assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("codebase", "d1g3st")]
+    assert run.data.tags["ade.dataset_digest"] == "d1g3st"
+    assert [a.path for a in client.list_artifacts(run_id)] == ["stats.json"]
