@@ -29,13 +29,20 @@ def run_id_of(description: dict[str, Any]) -> str:
 
 
 def sync_local(client: Any, run_id: str, job_root: Path) -> str:
-    """A local-mode job: its relay is in the job root; the run ends as the job recorded it."""
+    """A local-mode job: its relay is in the job root; the run ends with the job's status (its job root's
+    state), or as the relay recorded it when the job root has no end state."""
+    from mlflow.entities import RunStatus
+
+    from ade_mlflow_plugin.backend.local import JobRoot
     from ade_mlflow_plugin.backend.replay import local_relay_dir, replay
+    from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL
 
     relay = local_relay_dir(job_root)
     if not relay.is_dir():
         return f"no relay in {job_root}: the job logged straight to MLflow; nothing to replay"
-    return replay(client, run_id, relay).line()
+    job_status = JobRoot(job_root).describe()["TrainingJobStatus"]
+    end = RunStatus.to_string(RUN_STATUS[job_status]) if job_status in TERMINAL else None
+    return replay(client, run_id, relay, end).line()
 
 
 def sync_sagemaker(client: Any, clients: Any, job_name: str, run_id: str | None) -> str:

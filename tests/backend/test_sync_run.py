@@ -179,3 +179,18 @@ def test_a_model_logged_before_the_server_left_is_registered_at_replay(sqlite_tr
     assert replay(client, run_id, relay.dir).versions == []
     version = client.get_model_version("late-coder", "1")
     assert version.source == f"models:/{model.model_id}" and version.run_id == run_id and version.tags == {"k": "v"}
+
+
+def test_a_local_job_that_failed_ends_its_run_failed_whatever_the_relay_says(sqlite_tracking, tmp_path):
+    from ade_mlflow_plugin.backend.local import STATE_FILE
+
+    client = mlflow.MlflowClient()
+    job_root = tmp_path / "jobs" / "ade-job-1"
+    job_root.mkdir(parents=True)
+    run_id = _local_run(client, job_root)
+    _write_relay(job_root)  # the entry finished; the job did not (say, its model upload failed)
+    (job_root / STATE_FILE).write_text(json.dumps({"TrainingJobName": "ade-job-1", "TrainingJobStatus": "Failed",
+                                                   "SecondaryStatus": "Failed"}))
+    result = CliRunner().invoke(sync_run_command, [run_id], catch_exceptions=False)
+    assert "run ended FAILED" in result.output, result.output
+    assert client.get_run(run_id).info.status == "FAILED"
