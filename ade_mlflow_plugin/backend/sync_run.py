@@ -5,6 +5,7 @@ and the follower runs the same replay when a followed job ends.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,24 @@ def sync_sagemaker(client: Any, clients: Any, job_name: str, run_id: str | None)
 @click.command("sync-run")
 @click.argument("ref")
 @click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
-def sync_run_command(ref: str, region: str | None) -> None:
+@click.option("--job-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Local mode, by JOB name: the backend config's job_root (default: .ade).")
+def sync_run_command(ref: str, region: str | None, job_root: Path | None) -> None:
     """Replay a job's relay (what it logged while MLflow was out of reach) into its run, by RUN_ID or JOB.
 
     Safe to repeat: nothing the run already has is written again."""
     import mlflow
 
     from ade_mlflow_plugin.backend.commands import resolve_target
+    from ade_mlflow_plugin.backend.local import JobRoot
+    from ade_mlflow_plugin.backend.reconcile import find_local_root
 
-    target = resolve_target(ref, region)
     client = mlflow.MlflowClient()
+    root = None if re.fullmatch(r"[0-9a-f]{32}", ref) else find_local_root(ref, job_root)
+    if root is not None:  # a local job by name: its root names the run it logs to
+        click.echo(sync_local(client, run_id_of(JobRoot(root).describe()), root))
+        return
+    target = resolve_target(ref, region)
     if target.mode == "local":
         from ade_mlflow_plugin.errors import ConfigError
 

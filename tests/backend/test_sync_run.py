@@ -194,3 +194,21 @@ def test_a_local_job_that_failed_ends_its_run_failed_whatever_the_relay_says(sql
     result = CliRunner().invoke(sync_run_command, [run_id], catch_exceptions=False)
     assert "run ended FAILED" in result.output, result.output
     assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_sync_run_by_local_job_name(sqlite_tracking, tmp_path):
+    from ade_mlflow_plugin.backend.local import STATE_FILE
+    from ade_mlflow_plugin.job import contract
+
+    client = mlflow.MlflowClient()
+    job_root = tmp_path / "ade" / "jobs" / "ade-job-1"
+    job_root.mkdir(parents=True)
+    run_id = _local_run(client, job_root)
+    _write_relay(job_root)
+    (job_root / STATE_FILE).write_text(json.dumps({
+        "TrainingJobName": "ade-job-1", "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+        "Environment": {contract.ENV_RUN_ID: run_id}}))
+    result = CliRunner().invoke(sync_run_command, ["ade-job-1", "--job-root", str(tmp_path / "ade")],
+                                catch_exceptions=False)
+    assert "registered version 1" in result.output, result.output
+    assert client.get_run(run_id).info.status == "FINISHED"
