@@ -6,7 +6,8 @@ it into the run (backend/replay.py). Layout, under the job's output data dir (SM
 SageMaker /opt/ml/output/data, which SageMaker uploads as `<output path>/<job>/output/output.tar.gz`; in
 local mode `<job root>/output/data`):
 
-    ade-relay/records.jsonl     one JSON object a line: {"seq": N, "kind": ..., ...}
+    ade-relay/records.jsonl     one JSON object a line: {"seq": N, "pid": writer, "kind": ..., ...}
+                                (seq counts per writer: the launcher and the entry both append)
     ade-relay/files/<N>/...     the files of record N (artifacts, the saved model)
 
 Append-only: a record is written (and flushed to disk) only once its files are complete, so a relay cut
@@ -99,12 +100,19 @@ class Relay:
         """One complete line, flushed to disk before returning; the record's sequence number."""
         with self._lock:
             self._seq = self._open() + 1
-            line = json.dumps({"seq": self._seq, "kind": kind, "time_ms": int(time.time() * 1000), **fields},
-                              sort_keys=True, default=str)
-            with open(self.records, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+            line = json.dumps({"seq": self._seq, "pid": os.getpid(), "kind": kind,
+                               "time_ms": int(time.time() * 1000), **fields}, sort_keys=True, default=str)
+            # One O_APPEND write per record: the launcher and the entry append to the same file from two
+            # processes, and a buffered text write could interleave their lines.
+            data = (line + "\n").encode("utf-8")
+            fd = os.open(self.records, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, data)
+                while written < len(data):  # a short write (a signal): the rest follows at once
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             return self._seq
 
     def files_dir(self) -> Path:

@@ -80,3 +80,18 @@ def test_a_local_store_is_unreachable_only_inside_a_sagemaker_container(tmp_path
     assert "local to the training container" in unreachable_reason(uri, {contract.ENV_JOB_NAME: "job"})
     assert unreachable_reason(uri, {contract.ENV_JOB_NAME: "job", contract.ENV_BASE_DIR: str(tmp_path)}) is None
     assert unreachable_reason(uri, {}) is None
+
+
+def test_two_processes_appending_at_once_leave_whole_lines(tmp_path):
+    """The launcher and the entry share the relay: each record is one write, so lines never interleave."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from ade_mlflow_plugin.job.relay import Relay\n"
+            "r = Relay(Path(sys.argv[1]))\n"
+            "for i in range(200): r.append('tags', tags={'k': sys.argv[2] * 5000, 'i': str(i)})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), tag]) for tag in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    records = list(read_records(tmp_path / RELAY_DIR))
+    assert len(records) == 400
+    assert sorted({r["tags"]["k"][0] for r in records}) == ["a", "b"]
