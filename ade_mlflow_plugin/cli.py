@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("ade_mlflow_plugin.backend.commands:status_command", "Show a job's status by RUN_ID or JOB."),
     "logs": ("ade_mlflow_plugin.backend.commands:logs_command", "Print or follow a job's logs by RUN_ID or JOB."),
     "cost": ("ade_mlflow_plugin.backend.cost_command:cost_command", "Cost of a job, a run or an experiment."),
+    "sync-run": ("ade_mlflow_plugin.backend.sync_run:sync_run_command",
+                 "Replay a job's relay into its MLflow run by RUN_ID or JOB."),
     "reconcile": ("ade_mlflow_plugin.backend.commands:reconcile_command",
                   "End unfinished runs whose jobs ended unfollowed."),
     "prepare-data": ("ade_mlflow_plugin.dataset.cli:prepare_data_command",
