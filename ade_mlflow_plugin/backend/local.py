@@ -29,6 +29,7 @@ from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.packaging import S3Store
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
+from ade_mlflow_plugin.job.launcher import EXIT_STOPPED
 from ade_mlflow_plugin.job.procs import kill_tree
 from ade_mlflow_plugin.errors import AdeError, ConfigError, aws_error, describe
 
@@ -40,6 +41,8 @@ FAILURE_REASON_CHARS = 1024
 #: the pid of the process supervising the job, the request of a detached job, and that runner's output.
 STATE_FILE, RUNNER_PID_FILE, REQUEST_FILE, RUNNER_LOG = "job.json", "runner.pid", "request.json", "runner.log"
 ENDED = ("Completed", "Failed", "Stopped")
+#: The stop reasons (ade.stop_reason) a launcher's own stop writes first in output/failure ("budget: ...").
+STOP_REASONS = ("budget", "max_runtime", "stopped", "spot_interrupted")
 _TIMES = ("CreationTime", "TrainingStartTime", "TrainingEndTime")
 
 
@@ -300,7 +303,7 @@ class LocalJob:
         except Exception as exc:
             self._failure = f"ClientError: uploading the model failed: {describe(exc)}"
             code = code or 1
-        if self._stop_requested:
+        if self._stop_requested or self._stopped_itself(code):
             status = "Stopped"
         elif code == 0:
             status = "Completed"
@@ -308,12 +311,28 @@ class LocalJob:
             status = "Failed"
             self._failure = self._failure or self._failure_reason(code)
         self._ended = _now()
-        self._transition(status, {"Completed": "Training job completed", "Stopped": "Training job stopped",
+        self._transition(status, {"Completed": "Training job completed", "Stopped": self._stop_message(),
                                   "Failed": self._failure or ""}[status])
         with self._lock:
             self._status, self._secondary = status, status
         self._save_state()
         self._done.set()
+
+    def _stopped_itself(self, code: int) -> bool:
+        """Whether the launcher stopped on purpose without our stop(): its budget, or a SIGTERM sent to it
+        directly (a spot reclaim played by hand). It then exits 143 and writes output/failure only for a
+        stop of its own, led by the reason ("budget: ..."); an entry that exits 143 by itself leaves its
+        last words there instead. SageMaker would say Failed (any nonzero exit); "Stopped", its word for a
+        stopped job, keeps the run KILLED with its stop reason in every reader of job.json."""
+        if code != EXIT_STOPPED:
+            return False
+        if not self.paths.failure_file.is_file():
+            return True
+        return self.paths.failure_file.read_text().split(":", 1)[0].strip() in STOP_REASONS
+
+    def _stop_message(self) -> str:
+        detail = self.paths.failure_file.read_text().strip() if self.paths.failure_file.is_file() else ""
+        return f"Training job stopped{': ' + detail.splitlines()[0] if detail else ''}"
 
     def _failure_reason(self, code: int) -> str:
         # As SageMaker does: the failure file's first 1024 characters (the launcher puts the cause first).

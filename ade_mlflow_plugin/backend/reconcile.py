@@ -1,10 +1,11 @@
 """Bring an MLflow run level with its job when nobody followed it (`status`, `reconcile`).
 
 What the follower would have done at the job's end, done later and only once: the run status from the
-job's end state (submitted_run.RUN_STATUS, the one table), the sagemaker.* end tags, the final cost
-(SageMaker jobs), the job's logs as run artifacts when the run has none, and the relay replay of
-`sync-run` (what the job kept while the tracking server was out of its reach). A run already ended by its job (the launcher ends it when it can reach the
-tracking server) keeps its status: the launcher knows the stop reason better than the job status does.
+job's end state (submitted_run.run_end_status: the one table, and a stop reason kept), the sagemaker.*
+end tags, the final cost (SageMaker jobs), the job's logs as run artifacts when the run has none, and the
+relay replay of `sync-run` (what the job kept while the tracking server was out of its reach). A run
+already ended by its job (the launcher ends it when it can reach the tracking server) keeps its status:
+the launcher knows the stop reason better than the job status does.
 """
 from __future__ import annotations
 
@@ -13,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlflow.entities import RunStatus
-
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.local import JobRoot, read_state
-from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL, Guarded, SageMakerJob
+from ade_mlflow_plugin.backend.submitted_run import TERMINAL, Guarded, SageMakerJob, run_end_status
 from ade_mlflow_plugin.errors import describe
 from ade_mlflow_plugin.job import contract
 
@@ -76,7 +75,8 @@ def reconcile_run(client: Any, run: Any, job: Any, description: dict[str, Any], 
     outcome = Outcome(run_id, description["TrainingJobName"], status, before, before)
     if status not in TERMINAL:
         return outcome
-    end_status = RunStatus.to_string(RUN_STATUS[status])
+    # A run the launcher ended KILLED with a stop reason keeps it (a budget stop reads Failed on SageMaker).
+    end_status = run_end_status(status, before, tags)
     if tags.get(END_TAG) not in TERMINAL:
         local = tags.get("sagemaker.mode", "sagemaker") == "local"
         if not local:

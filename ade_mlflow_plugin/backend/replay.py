@@ -292,8 +292,17 @@ def _register(client: Any, run_id: str, model_ids: dict[str, str], records: list
 
 
 def _end(client: Any, run: Any, records: list[dict[str, Any]], end_status: str | None) -> str | None:
+    """End the run: as the job recorded it when that is KILLED with a stop reason (a budget stop exits
+    143, which SageMaker calls Failed), else with `end_status`, else as recorded; a run that already
+    ended KILLED with a stop reason keeps it (submitted_run.kept_end, the rule every path uses)."""
+    from ade_mlflow_plugin.backend.submitted_run import kept_end
+
+    run = client.get_run(run.info.run_id)  # with the tags just replayed (the stop reason among them)
     ends = _of(records, job_relay.END)
-    status = end_status or (ends[-1]["status"] if ends else None)
+    recorded = ends[-1]["status"] if ends else None
+    if kept_end(run.info.status, run.data.tags):
+        return None
+    status = recorded if kept_end(recorded, run.data.tags) else (end_status or recorded)
     if status is None or run.info.status == status:
         return None
     client.set_terminated(run.info.run_id, status)

@@ -10,13 +10,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, TextIO
+from typing import Any, Callable, Mapping, Protocol, TextIO
 
 from mlflow.entities import RunStatus
 from mlflow.projects.submitted_run import SubmittedRun
 
 from ade_mlflow_plugin.backend.aws import aws_call
 from ade_mlflow_plugin.errors import describe, first_line, warning_key
+from ade_mlflow_plugin.job.launcher import STOP_REASON_TAG
 
 #: THE status table: SageMaker TrainingJobStatus -> MLflow run status.
 RUN_STATUS = {
@@ -27,6 +28,23 @@ RUN_STATUS = {
     "Stopped": RunStatus.KILLED,
 }
 TERMINAL = {"Completed", "Failed", "Stopped"}
+
+
+def kept_end(run_status: str | None, tags: Mapping[str, str]) -> bool:
+    """Whether a run's end is the job's own word, which no job status may overwrite: KILLED with an
+    ade.stop_reason. The launcher ends a run so when it stops the entry on purpose (budget, stop, spot
+    reclaim) and then exits 143, which SageMaker reports as Failed: the table alone would say FAILED."""
+    return run_status == "KILLED" and bool(tags.get(STOP_REASON_TAG))
+
+
+def run_end_status(job_status: str, run_status: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    """THE rule for the status a run gets when its job has ended (follower, status, reconcile, replay):
+    the table's word for the job status, unless the run already ended KILLED with a stop reason."""
+    if kept_end(run_status, tags or {}):
+        return "KILLED"
+    return RunStatus.to_string(RUN_STATUS[job_status])
+
+
 #: SageMaker keeps the first 1024 characters of output/failure as FailureReason: its cause line fits.
 FAILURE_CAUSE_CHARS = 1024
 
@@ -101,6 +119,7 @@ class JobFollower:
     log_files: list[Path] = field(default_factory=list)
     scratch_dirs: list[Path] = field(default_factory=list)  # ours: removed once their logs are in the run
     sleep: Callable[[float], None] = time.sleep
+    ended_as: str | None = None  # the run's status once finish() has ended it
     _last: tuple[str, str] | None = None
     _transitions_seen: int = 0
 
@@ -145,10 +164,6 @@ class JobFollower:
         tags = {"sagemaker.status": status}
         if description.get("FailureReason"):
             tags["sagemaker.failure_reason"] = description["FailureReason"][:5000]
-            # The cause leads the reason (the launcher writes it first); the rest (the output tail) is
-            # in the tag and the job's log, not on the console.
-            cause = first_line(description["FailureReason"], FAILURE_CAUSE_CHARS)
-            self.console.write(f"{description['TrainingJobName']} failed: {cause}\n")
         artifacts = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
         if artifacts:
             tags["sagemaker.model_artifacts"] = artifacts
@@ -161,8 +176,25 @@ class JobFollower:
                 self.mlflow_client.log_artifacts(self.run_id, str(path), "logs")
         for scratch in self.scratch_dirs:
             shutil.rmtree(scratch, ignore_errors=True)
-        self._replay_relay(description, RunStatus.to_string(RUN_STATUS[status]))
-        self.mlflow_client.set_terminated(self.run_id, RunStatus.to_string(RUN_STATUS[status]))
+        self._replay_relay(description, run_end_status(status))
+        # Read after the replay: the launcher (or its relay) may have ended the run KILLED with a reason.
+        run = self.mlflow_client.get_run(self.run_id)
+        self.ended_as = run_end_status(status, run.info.status, run.data.tags)
+        self._say_end(description, run.data.tags)
+        if run.info.status != self.ended_as:
+            self.mlflow_client.set_terminated(self.run_id, self.ended_as)
+
+    def _say_end(self, description: dict[str, Any], tags: Mapping[str, str]) -> None:
+        """One line for a job that did not complete: its stop reason, else its failure's cause."""
+        name = description["TrainingJobName"]
+        if self.ended_as == "KILLED" and tags.get(STOP_REASON_TAG):
+            detail = first_line(tags.get("ade.stop_detail", ""), FAILURE_CAUSE_CHARS)
+            self.console.write(f"{name} stopped ({STOP_REASON_TAG}={tags[STOP_REASON_TAG]})"
+                               f"{': ' + detail if detail else ''}\n")
+        elif description.get("FailureReason"):
+            # The cause leads the reason (the launcher writes it first); the rest (the output tail) is
+            # in the tag and the job's log, not on the console.
+            self.console.write(f"{name} failed: {first_line(description['FailureReason'], FAILURE_CAUSE_CHARS)}\n")
 
     def _replay_relay(self, description: dict[str, Any], run_status: str) -> None:
         """What the job kept in its relay (it could not reach MLflow) goes into the run before it ends; a
@@ -203,8 +235,8 @@ class AdeSubmittedRun(SubmittedRun):
 
     def get_status(self) -> str:
         if self.final is not None:
-            return RunStatus.to_string(RUN_STATUS[self.final["TrainingJobStatus"]])
-        return RunStatus.to_string(RUN_STATUS[self.follower.job.describe()["TrainingJobStatus"]])
+            return self.follower.ended_as or run_end_status(self.final["TrainingJobStatus"])
+        return run_end_status(self.follower.job.describe()["TrainingJobStatus"])
 
     def cancel(self) -> None:
         """StopTrainingJob, then wait until the job reports Stopped (or another end state)."""
