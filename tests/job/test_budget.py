@@ -103,13 +103,15 @@ def test_a_local_job_nobody_follows_is_stopped_by_its_own_launcher_at_the_budget
         "environment": {contract.ENV_BUDGET_CLOCK_FILE: str(clock_file), contract.ENV_BUDGET_INTERVAL_S: "0.2"}})
     plan = cost.plan_cost(config, None)  # what the backend does before submitting: $1.408/h, bundled
     budget_s = plan.cost.affordable_s(1)  # 2556 s of billing
-    run_id = mlflow.MlflowClient().create_run("0").info.run_id
+    root = tmp_path / "job"
+    run_id = mlflow.MlflowClient().create_run("0", tags={  # the tags the backend gives a local job's run
+        "sagemaker.job_name": "budget-job", "sagemaker.mode": "local",
+        "ade.local_log": str(root / "job.log")}).info.run_id
     code = packaging.build_project_tarball(COUNTER, tmp_path / "code").path.as_uri()
     inputs = spec.JobInputs(job_name="budget-job", entry_point="main", image_uri="local", code_uri=code,
                             output_uri=(tmp_path / "out").as_uri(), checkpoint_uri=(tmp_path / "ckpt").as_uri(),
                             run=spec.RunInfo(run_id, "0", sqlite_tracking),
                             params={"steps": "1000", "step_seconds": "0.2"}, cost=plan.cost)
-    root = tmp_path / "job"
     job = LocalJob(spec.build_training_job_request(config, inputs, "us-east-1"), job_root=root, stream=None)
     job.start()  # the local runner plays SageMaker; no follower, no observer polls this job
     log = root / "job.log"
@@ -135,6 +137,37 @@ def test_a_local_job_nobody_follows_is_stopped_by_its_own_launcher_at_the_budget
     assert {int(0.6 * budget_s), int(0.9 * budget_s), int(1.1 * budget_s)} <= set(steps)
     last = int(1.1 * budget_s)
     assert f"ade-metrics step={last} cost_usd={plan.cost.usd(last, 1):.6f}" in text  # SageMaker's cost_usd line
+    _the_stop_outlives_every_reader(final, job, run_id)
+
+
+def _the_stop_outlives_every_reader(final: dict, job: LocalJob, run_id: str) -> None:
+    """The job reads Stopped (not Failed, though the launcher exited 143), and neither the follower nor
+    `status` nor `reconcile` turns the run FAILED afterwards."""
+    import io
+
+    from click.testing import CliRunner
+
+    from ade_mlflow_plugin.backend.commands import reconcile_command, status_command
+    from ade_mlflow_plugin.backend.submitted_run import JobFollower
+
+    assert final["TrainingJobStatus"] == "Stopped" and "FailureReason" not in final
+    assert final["SecondaryStatusTransitions"][-1]["StatusMessage"].startswith("Training job stopped: budget: ")
+    client = mlflow.MlflowClient()
+
+    def still_killed_for_budget() -> None:
+        run = client.get_run(run_id)
+        assert (run.info.status, run.data.tags["ade.stop_reason"]) == ("KILLED", "budget")
+
+    console = io.StringIO()
+    JobFollower(job, run_id, client, console=console, sleep=lambda s: None).follow()
+    still_killed_for_budget()
+    assert "budget-job stopped (ade.stop_reason=budget): budget: estimated cost $1.10" in console.getvalue()
+    shown = CliRunner().invoke(status_command, [run_id])
+    assert shown.exit_code == 0 and f"run:       {run_id} KILLED\n" in shown.output, shown.output
+    still_killed_for_budget()
+    reconciled = CliRunner().invoke(reconcile_command, [])
+    assert reconciled.exit_code == 0, reconciled.output
+    still_killed_for_budget()
 
 
 def test_with_the_tracking_server_out_of_reach_cost_tags_and_the_end_go_to_the_relay(tmp_path, capsys):
