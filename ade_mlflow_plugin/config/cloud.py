@@ -142,7 +142,7 @@ class CloudTrainingConfig:
                                                "letters, digits and hyphens, at most 40 characters"),
                                 "start of the training job's name")
     job_root: str | None = option(None, optional(text(required=True)),
-                                  "local mode: folder the job's files go in (default: a temporary folder)")
+                                  "local mode: folder the job's files go in (default: ./.ade)")
 
     @classmethod
     def from_backend_config(cls, raw: dict[str, Any] | str | None) -> "CloudTrainingConfig":

@@ -95,6 +95,8 @@ ENV_BUDGET_INTERVAL_S = "ADE_BUDGET_INTERVAL_S"
 #: A file holding the elapsed seconds the budget guard should believe: tests drive the guard through it
 #: instead of waiting for the wall clock (no test may depend on timing).
 ENV_BUDGET_CLOCK_FILE = "ADE_BUDGET_CLOCK_FILE"
+#: How long (seconds) the entry keeps retrying metrics the tracking server refuses before they go to the relay.
+ENV_METRICS_RETRY_S = "ADE_METRICS_RETRY_S"
 #: The one stable, matchable line per metric log (SageMaker's MetricDefinitions read the job's output).
 METRIC_LINE_PREFIX = "ade-metrics"
 

@@ -8,7 +8,7 @@ local mode `<job root>/output/data`):
 
     ade-relay/records.jsonl     one JSON object a line: {"seq": N, "pid": writer, "kind": ..., ...}
                                 (seq counts per writer: the launcher and the entry both append)
-    ade-relay/files/<N>/...     the files of record N (artifacts, the saved model)
+    ade-relay/files/<seq>-<pid>-<ns>/...   the files of one record (artifacts, the saved model)
 
 Append-only: a record is written (and flushed to disk) only once its files are complete, so a relay cut
 short by a crash holds whole records plus at most one torn last line, which readers skip.

@@ -17,6 +17,8 @@ import time
 from collections import deque
 from typing import Any
 
+from ade_mlflow_plugin.job import contract
+
 logger = logging.getLogger(__name__)
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
 MAX_BACKOFF_S = 5.0  # a server back from an outage is noticed within seconds
@@ -39,7 +41,7 @@ class MetricLogger:
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._retry_for_s = float(os.environ.get("ADE_METRICS_RETRY_S", "3600")) if retry_for_s is None \
+        self._retry_for_s = float(os.environ.get(contract.ENV_METRICS_RETRY_S, "3600")) if retry_for_s is None \
             else retry_for_s
         self._inflight = 0
         self.failures = 0
