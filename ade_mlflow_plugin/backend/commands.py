@@ -154,15 +154,19 @@ def status_command(ref: str, region: str | None, job_root: Path | None) -> None:
     description = job.describe()
     _print_job(description)
     run = _run_for(target, description)
+    ended_as = None
     if run is not None:
         import mlflow
 
         outcome = reconcile_run(mlflow.MlflowClient(), run, job, description, sys.stderr)
+        ended_as = outcome.after
         click.echo(f"run:       {outcome.run_id} {outcome.after}"
                    f"{f' (was {outcome.before})' if outcome.before != outcome.after else ''}")
         if outcome.replay:
             click.echo(outcome.replay)
-    if description["TrainingJobStatus"] == "Failed":
+    # A job its own launcher stopped (budget) exits 143, which SageMaker reports as Failed; its run is KILLED
+    # with a stop reason: a stop asked for, not a failure (exit 0).
+    if description["TrainingJobStatus"] == "Failed" and ended_as != "KILLED":
         sys.exit(1)
 
 

@@ -111,6 +111,7 @@ def test_status_keeps_the_kill_the_launcher_wrote(sqlite_tracking, tmp_path):
     _killed_by_the_launcher(run_id)
     shown = CliRunner().invoke(status_command, [run_id, "--job-root", str(tmp_path / "jobs")])
     assert f"run:       {run_id} KILLED\n" in shown.output, shown.output
+    assert shown.exit_code == 0, "a stop the launcher asked for is not a failed command"
     _assert_killed_for_budget(run_id)
 
 
