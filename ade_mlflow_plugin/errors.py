@@ -118,12 +118,11 @@ def aws_error(action: str, exc: BaseException, fix: str | None = None,
     ``fix`` overrides the suggestion looked up by error code; ``permission`` (e.g.
     "logs:GetLogEvents") is named only when AWS refused the call, other errors keep their own fix.
     """
-    from botocore.exceptions import NoCredentialsError, NoRegionError
-
-    if isinstance(exc, NoCredentialsError):
+    kind = type(exc).__name__ if is_aws_error(exc) else ""  # by name: backend/aws.py is the boto importer
+    if kind == "NoCredentialsError":
         return AwsError(f"{action}: no AWS credentials found; configure them (aws configure, AWS_PROFILE "
                         "or an instance role)", action, "NoCredentials")
-    if isinstance(exc, NoRegionError):
+    if kind == "NoRegionError":
         return AwsError(f"{action}: no AWS region; set 'region' in the backend config or AWS_DEFAULT_REGION",
                         action, "NoRegion")
     code = aws_error_code(exc)

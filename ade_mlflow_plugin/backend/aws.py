@@ -19,6 +19,10 @@ from ade_mlflow_plugin.errors import ConfigError, aws_error
 
 T = TypeVar("T")
 
+#: botocore's error classes, for the backend's `except` clauses: this module stays the one boto importer.
+AWS_ERRORS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError)
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError,)
+
 RETRY_CONFIG = Config(
     retries={"mode": "adaptive", "max_attempts": 10},
     connect_timeout=10,

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import filelock
-from botocore.exceptions import BotoCoreError, ClientError
 
+from ade_mlflow_plugin.backend.aws import AWS_ERRORS, TRANSPORT_ERRORS
 from ade_mlflow_plugin.errors import ConfigError, aws_reason
 from ade_mlflow_plugin.job.contract import Cost
 
@@ -148,7 +148,7 @@ class PriceBook:
         if problem is None or self.clock() - when >= FAILURE_TTL_S:
             try:
                 price = self._ask_api(clients, instance_type, region)
-            except (ClientError, BotoCoreError) as exc:
+            except AWS_ERRORS as exc:
                 problem = f"the AWS Price List API failed ({aws_reason(exc)})"
             else:
                 if price is not None:
@@ -355,5 +355,5 @@ def worst_case_estimate(config: Any, clients: Any, price_book: PriceBook | None 
 def _session_region(clients: Any) -> str | None:
     try:
         return clients.session.region_name
-    except (AttributeError, BotoCoreError):
+    except (AttributeError, *TRANSPORT_ERRORS):
         return None

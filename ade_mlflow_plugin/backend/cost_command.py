@@ -98,13 +98,13 @@ class CostReport:
         return self._row_of(description, target)
 
     def _describe(self, target: Target, strict: bool) -> dict[str, Any] | None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from ade_mlflow_plugin.backend.aws import AWS_ERRORS
 
         from ade_mlflow_plugin.errors import ConfigError, aws_error, aws_error_code
 
         try:
             return self.clients(target.region).sagemaker.describe_training_job(TrainingJobName=target.job_name)
-        except (ClientError, BotoCoreError) as exc:
+        except AWS_ERRORS as exc:
             if aws_error_code(exc) not in _NOT_FOUND:
                 raise aws_error("DescribeTrainingJob", exc) from exc
             if not strict:

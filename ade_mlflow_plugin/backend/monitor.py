@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TextIO
 
-from botocore.exceptions import BotoCoreError
 from mlflow.entities import Metric
 
 from ade_mlflow_plugin.backend import cost
-from ade_mlflow_plugin.backend.aws import aws_call
+from ade_mlflow_plugin.backend.aws import TRANSPORT_ERRORS, aws_call
 from ade_mlflow_plugin.backend.cost import PriceBook, PriceQuote
 from ade_mlflow_plugin.backend.submitted_run import Guarded
 from ade_mlflow_plugin.errors import describe
@@ -246,7 +245,7 @@ def _region(config: Any, clients: Any) -> str:
         return config.region
     try:
         return getattr(clients, "region", None) or clients.session.region_name or "us-east-1"
-    except (AttributeError, BotoCoreError):
+    except (AttributeError, *TRANSPORT_ERRORS):
         return "us-east-1"
 
 
