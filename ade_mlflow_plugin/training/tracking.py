@@ -153,48 +153,6 @@ def _as_record(metric: Any) -> dict[str, Any]:
     return {"key": metric.key, "value": metric.value, "timestamp": metric.timestamp, "step": metric.step}
 
 
-class RelayLogger:
-    """The metric sink of a job that cannot reach its tracking server: each call appends to the relay
-    (a local file append; nothing waits for a network)."""
-
-    failures = 0
-    relaying = True
-
-    def __init__(self, relay: Any) -> None:
-        self.relay = relay
-        self._last_step: dict[str, int] = {}
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        items = []
-        for key, value in metrics.items():
-            if value is None or step <= self._last_step.get(key, -1):
-                continue
-            self._last_step[key] = step
-            items.append({"key": key, "value": float(value), "timestamp": now, "step": int(step)})
-        if items:
-            self.relay.metrics(items)
-
-    def flush(self, timeout: float = 0.0) -> bool:
-        return True
-
-    def close(self, timeout: float = 0.0) -> bool:
-        return True
-
-    def pending(self) -> int:
-        return 0
-
-
-def _rejected(exc: Exception) -> bool:
-    """A 4xx answer (bad value, run deleted); 429 and 5xx and no answer at all are worth retrying."""
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(exc, MlflowException):
-        return False
-    status = exc.get_http_status_code()
-    return 400 <= status < 500 and status != 429
-
-
 class NullLogger:
     """What non-zero ranks get: logging is rank 0's job."""
 
@@ -212,6 +170,38 @@ class NullLogger:
 
     def pending(self) -> int:
         return 0
+
+
+class RelayLogger(NullLogger):
+    """The metric sink of a job that cannot reach its tracking server: each call appends to the relay
+    (a local file append; nothing waits for a network, so flush/close/pending are NullLogger's)."""
+
+    relaying = True
+
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+        self._last_step: dict[str, int] = {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = []
+        for key, value in metrics.items():
+            if value is None or step <= self._last_step.get(key, -1):
+                continue
+            self._last_step[key] = step
+            items.append({"key": key, "value": float(value), "timestamp": now, "step": int(step)})
+        if items:
+            self.relay.metrics(items)
+
+
+def _rejected(exc: Exception) -> bool:
+    """A 4xx answer (bad value, run deleted); 429 and 5xx and no answer at all are worth retrying."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
 
 def logged_steps(client: Any, run_id: str, keys: list[str]) -> dict[str, int]:
