@@ -66,7 +66,10 @@ def _run_in_process(args: list[str], env: dict[str, str], cwd, monkeypatch) -> t
     return result.exit_code, result.stderr
 
 
-@pytest.mark.parametrize("case_id,config,args,words", CASES, ids=[c[0] for c in CASES])
+# The subprocess cases are `slow` (a subprocess `mlflow run`): make test runs them, make test-fast does not.
+@pytest.mark.parametrize("case_id,config,args,words",
+                         [pytest.param(*case, marks=pytest.mark.slow) if case[0] in SUBPROCESS_CASES else case
+                          for case in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_one_line_exit_2_no_aws_call(case_id, config, args, words, project, data_dir, tmp_path,
                                                 aws_call_counter, tracking, monkeypatch):
     endpoint, counter = aws_call_counter

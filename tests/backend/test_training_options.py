@@ -99,6 +99,7 @@ def test_bad_training_value_exits_2_before_any_run(experiment, tracking_uri, nam
     assert runs() == 0
 
 
+@pytest.mark.slow  # a subprocess `mlflow run`: make test runs it, make test-fast does not
 def test_bad_training_value_through_the_mlflow_run_cli(experiment, tracking_uri, tmp_path):
     experiment_id, runs = experiment
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO_ROOT), "-b", "ade-sagemaker", "--backend-config",
