@@ -25,6 +25,7 @@ from tests.conftest import free_port
 def tracking(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns: not in the repository
     monkeypatch.setenv("ADE_MLFLOW_CACHE_DIR", str(tmp_path / "cache"))  # no price cache of the user's
     mlflow.set_tracking_uri(uri)
     yield uri
