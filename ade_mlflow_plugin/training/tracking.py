@@ -29,6 +29,19 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def new_records(last_step: dict[str, int], metrics: dict[str, float], step: int) -> list[dict[str, Any]]:
+    """Metric records for ``step``, leaving out keys already logged at this step or later (a resumed job
+    replays steps); ``last_step`` is updated in place."""
+    now = int(time.time() * 1000)
+    records = []
+    for key, value in metrics.items():
+        if value is None or step <= last_step.get(key, -1):
+            continue
+        last_step[key] = step
+        records.append({"key": key, "value": float(value), "timestamp": now, "step": int(step)})
+    return records
+
+
 class MetricLogger:
     """Non-blocking, retrying metric sink for one run."""
 
@@ -52,13 +65,7 @@ class MetricLogger:
         """Queue metrics for `step`; keys already logged at this step or later are left out."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = []
-        for key, value in metrics.items():
-            if value is None or step <= self._last_step.get(key, -1):
-                continue
-            self._last_step[key] = step
-            items.append(Metric(key=key, value=float(value), timestamp=now, step=int(step)))
+        items = [Metric(**record) for record in new_records(self._last_step, metrics, step)]
         if items:
             with self._cond:
                 self._queue.extend(items)
@@ -183,13 +190,7 @@ class RelayLogger(NullLogger):
         self._last_step: dict[str, int] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        items = []
-        for key, value in metrics.items():
-            if value is None or step <= self._last_step.get(key, -1):
-                continue
-            self._last_step[key] = step
-            items.append({"key": key, "value": float(value), "timestamp": now, "step": int(step)})
+        items = new_records(self._last_step, metrics, step)
         if items:
             self.relay.metrics(items)
 
