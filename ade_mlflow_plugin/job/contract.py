@@ -100,6 +100,12 @@ ENV_METRICS_RETRY_S = "ADE_METRICS_RETRY_S"
 #: The one stable, matchable line per metric log (SageMaker's MetricDefinitions read the job's output).
 METRIC_LINE_PREFIX = "ade-metrics"
 
+# A stopped job's run ends KILLED (never FAILED) with one of these reasons: the launcher's own budget stop, a
+# StopTrainingJob, a managed-spot reclaim, or MaxRuntimeInSeconds. Every reader of the run keeps that end.
+STOP_REASON_TAG = "ade.stop_reason"
+STOP_DETAIL_TAG = "ade.stop_detail"
+STOP_REASONS = ("budget", "stopped", "spot_interrupted", "max_runtime")
+
 #: The constants bootstrap.py gets injected when it travels alone (see the module docstring).
 BOOTSTRAP_NAMES = ("DEFAULT_BASE", "ENV_BASE_DIR", "HYPERPARAMETERS_FILE", "CODE_DIR", "FAILURE_FILE",
                    "SHIM_NAME", "HP_SUBMIT_DIRECTORY", "HP_REGION")
@@ -166,6 +172,12 @@ class ContainerPaths:
         # Not part of SageMaker's contract: lets the local runner SIGKILL the entry's process group
         # (the entry runs in its own session) when the launcher itself is killed after the grace period.
         return self.base / "ade-entry.pgid"
+
+    @property
+    def stop_reason_file(self) -> Path:
+        # Not part of SageMaker's contract: the local runner writes why it stops the job (stopped,
+        # max_runtime, spot_interrupted) before its SIGTERM, which alone cannot say.
+        return self.base / "ade-stop-reason"
 
     @property
     def checkpoint_dir(self) -> Path:
