@@ -128,6 +128,10 @@ class CloudTrainingConfig:
     volume_kms_key_id: str | None = option(None, _kms(), "KMS key for the instance volumes")
     output_kms_key_id: str | None = option(None, _kms(), "KMS key for the model output in S3")
     enable_network_isolation: bool = option(False, boolean(strict=True), "no network access from the container")
+    wheelhouse: str = option("auto", choice("auto", "always", "never"),
+                             "ship the job's requirements as a wheelhouse input channel and install offline: "
+                             "auto = with enable_network_isolation, always = also for jobs that could "
+                             "pip-install (no download on each spot restart), never")
     enable_inter_container_traffic_encryption: bool = option(False, boolean(strict=True),
                                                              "encrypt traffic between instances")
     keep_alive_period_s: int = option(0, whole(0, 3600), "warm pool keep-alive after the job, seconds (not spot)")
