@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import mlflow
 import pytest
 
 from ade_mlflow_plugin.backend import spec
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.job import contract, launcher
+from ade_mlflow_plugin.job import contract
 from tests.job.test_bad_job_input import _request
 
 JOB = contract.JobContract(
@@ -112,15 +111,6 @@ def test_base_dir_comes_from_sagemaker_base_dir(monkeypatch, tmp_path):
     assert default == contract.CONTAINER_PATHS
     monkeypatch.setenv(contract.ENV_BASE_DIR, str(tmp_path))
     assert contract.ContainerPaths.from_env().failure_file == tmp_path / "output" / "failure"
-
-
-@pytest.mark.parametrize("host,ends_it", [("algo-1", True), ("algo-2", False)])
-def test_only_the_first_host_ends_the_run(sqlite_tracking, host, ends_it):
-    run_id = mlflow.MlflowClient().create_run("0").info.run_id
-    resource = {"current_host": host, "hosts": ["algo-1", "algo-2"]}
-    launcher._end_run({contract.ENV_RUN_ID: run_id, contract.ENV_TRACKING_URI: sqlite_tracking}, "FINISHED",
-                      resource)
-    assert mlflow.get_run(run_id).info.status == ("FINISHED" if ends_it else "RUNNING")
 
 
 @pytest.mark.parametrize("cost", [
