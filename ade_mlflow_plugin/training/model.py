@@ -14,12 +14,14 @@ logger = logging.getLogger(__name__)
 
 
 def device_and_dtype() -> tuple[str, Any]:
-    """cuda with bf16 where the GPU has it (fp16 otherwise), else cpu with fp32."""
+    """cuda with bf16 where the GPU has it (fp16 otherwise), else cpu with fp32 (speed.precision decides)."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return "cpu", torch.float32
+    from ade_mlflow_plugin.config.training import TrainingConfig
+    from ade_mlflow_plugin.training.speed import device_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, device_precision(TrainingConfig(), device).dtype
 
 
 def check_quantization(quantization: str) -> None:
@@ -97,16 +99,22 @@ def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
     return model
 
 
-def add_lora(model: Any, config: TrainingConfig) -> Any:
-    """Wrap the model with a LoRA adapter (all linear projections but the LM head by default)."""
+def add_lora(model: Any, config: TrainingConfig, device: str | None = None) -> Any:
+    """Wrap the model with a LoRA adapter (all linear projections but the LM head by default).
+
+    The adapter's weights are float32 (peft's autocast_adapter_dtype): what fp16 loss scaling needs, and
+    what bf16_adapters casts down inside speedups() where the GPU has bf16.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from ade_mlflow_plugin.training.speed import decoder_layers
+    from ade_mlflow_plugin.training.speed import decoder_layers, device_precision
 
     checkpointed = config.checkpointed_layers(len(decoder_layers(model)))
-    if config.quantization != "none" and not config.bf16_adapters:
+    device = device or ("cuda" if model.device.type == "cuda" else "cpu")
+    if device_precision(config, device).kbit_upcast:
         # peft's helper also casts every 16-bit weight (LM head, embeddings, norms) to float32: slow, and
-        # with bf16 compute not needed for stability. Without it the branch below does the rest of its work.
+        # with bf16 compute not needed for stability (fp16 needs it). Without it the branch below does the
+        # rest of its work.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if checkpointed:
         enable_checkpointing(model)
@@ -116,7 +124,7 @@ def add_lora(model: Any, config: TrainingConfig) -> Any:
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_module_list, task_type="CAUSAL_LM", bias="none")
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora, autocast_adapter_dtype=True)
     except ValueError as exc:
         raise ConfigError(f"target_modules '{config.target_modules}' does not match the model's layers "
                           f"({first_line(exc, 160)}): pass all-linear or names such as q_proj,v_proj") from None
@@ -147,7 +155,12 @@ def limit_checkpointed_layers(model: Any, count: int) -> int:
 
 def load_for_training(config: TrainingConfig) -> tuple[Any, Any, str]:
     """(peft model, tokenizer, device) ready for the Trainer."""
+    from ade_mlflow_plugin.training.speed import device_precision
+
     device, dtype = device_and_dtype()
+    plan = device_precision(config, device)
+    if plan.summary():  # once per process: why this GPU trains slower than the figures in RESULTS.md
+        logger.info("%s", plan.summary())
     tokenizer = load_tokenizer(config.base_model)
     model = load_base_model(config, device, dtype)
-    return add_lora(model, config), tokenizer, device
+    return add_lora(model, config, device), tokenizer, device

@@ -11,6 +11,11 @@ Measured on an H200 by benchmarks/train_throughput.py (figures in benchmarks/RES
 - bf16_adapters: LoRA weights (and with QLoRA the non-quantized weights) stay in the base model's
   16-bit dtype instead of PEFT's float32, so no cast runs around every adapter matmul.  (CUDA, bf16)
 
+On a GPU without bf16 (T4, V100) the base runs in fp16 under the Trainer's fp16 autocast with loss scaling,
+and the GradScaler refuses fp16 gradients, so trainable weights stay float32 (bf16_adapters off); FlexAttention
+needs sm80 (its Triton tiles overflow the shared memory of older GPUs). `precision()` decides all of it, and
+`load_for_training` logs the options it turned off in one line.
+
 Compilation and the patched forward only live inside `speedups()`, so evaluation and generation after
 training run the plain model.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -31,11 +38,65 @@ IGNORE = -100
 LOGITS_PER_CHUNK = 1 << 27  # float32 logits of one chunk: 512 MB whatever the vocabulary
 
 
+FLEX_MIN_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The dtype decisions of one training process and the speed options its device allows."""
+
+    dtype: torch.dtype     # base weights and compute: bf16, fp16 (a GPU without bf16) or fp32 (CPU)
+    mixed: str             # the Trainer's autocast: "bf16", "fp16" (with loss scaling) or "no"
+    bf16_adapters: bool    # trainable weights may be cast to the base's dtype
+    flex_attention: bool
+    kbit_upcast: bool = False  # a 4/8-bit base: peft's prepare_model_for_kbit_training upcasts its other weights
+    turned_off: tuple[str, ...] = ()  # "option (why)" for each option the config asked for and the GPU lacks
+
+    def summary(self) -> str:
+        """The one log line for a device that turned options off ('' when none were)."""
+        if not self.turned_off:
+            return ""
+        return (f"{self.dtype} base, {self.mixed} autocast, LoRA weights {'bf16' if self.bf16_adapters else 'float32'}; "
+                f"speed options off on this GPU: {', '.join(self.turned_off)}")
+
+
+def precision(config: TrainingConfig, device: str, *, bf16_supported: bool,
+              capability: tuple[int, int] | None = None, quantization: str | None = None) -> Precision:
+    """Pure: dtypes and GPU-dependent options from (device, bf16 support, compute capability, quantization).
+
+    capability None means unknown (no GPU to ask): nothing is turned off for it. quantization (default the
+    config's): a 4/8-bit base computes in the same dtype; its non-quantized weights are upcast to float32
+    (peft's k-bit preparation) unless they may stay 16-bit (bf16_adapters).
+    """
+    quantized = (quantization or config.quantization) != "none"
+    flex = device == "cuda" and config.flex_attention and config.packing
+    if device != "cuda":
+        return Precision(torch.float32, "no", config.bf16_adapters, False, quantized and not config.bf16_adapters)
+    off: list[str] = []
+    if bf16_supported:
+        dtype, mixed, adapters = torch.bfloat16, "bf16", config.bf16_adapters
+    else:
+        dtype, mixed, adapters = torch.float16, "fp16", False
+        if config.bf16_adapters:
+            off.append("bf16_adapters (no bf16; fp16 loss scaling needs float32 trainable weights)")
+    if flex and capability is not None and tuple(capability) < FLEX_MIN_CAPABILITY:
+        flex = False
+        off.append(f"flex_attention (needs sm80, this GPU is sm{capability[0]}{capability[1]})")
+    return Precision(dtype, mixed, adapters, flex, quantized and not adapters, tuple(off))
+
+
+def device_precision(config: TrainingConfig, device: str) -> Precision:
+    """precision() for the GPU this process trains on (LOCAL_RANK's under torchrun)."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return precision(config, device, bf16_supported=device == "cuda")
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    return precision(config, device, bf16_supported=torch.cuda.is_bf16_supported(),
+                     capability=torch.cuda.get_device_capability(index))
+
+
 def attention_implementation(config: TrainingConfig, device: str) -> str | None:
     """What to pass from_pretrained as attn_implementation (None: transformers' default, sdpa)."""
-    if device == "cuda" and config.flex_attention and config.packing:
-        return "flex_attention"
-    return None
+    return "flex_attention" if device_precision(config, device).flex_attention else None
 
 
 def pad_multiple(config: TrainingConfig, device: str) -> int:
@@ -175,8 +236,9 @@ def speedups(model: Any, config: TrainingConfig, device: str) -> Iterator[list[s
     """Every speed option the config allows, for the duration of trainer.train(); yields the names applied."""
     applied: list[str] = []
     with contextlib.ExitStack() as stack:
-        if config.bf16_adapters and model_dtype(model) in (torch.bfloat16, torch.float16):
-            if cast_trainable(model, model_dtype(model)):
+        # Never to fp16: an fp16 base trains under fp16 autocast, whose GradScaler needs float32 gradients.
+        if config.bf16_adapters and model_dtype(model) == torch.bfloat16:
+            if cast_trainable(model, torch.bfloat16):
                 applied.append("bf16_adapters")
         if config.fused_loss and stack.enter_context(fused_loss(model)):
             applied.append("fused_loss")

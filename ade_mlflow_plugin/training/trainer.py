@@ -11,15 +11,13 @@ from ade_mlflow_plugin.training.callbacks import MarkComplete, MetricsCallback, 
 from ade_mlflow_plugin.training.checkpoints import StopFlag, latest_checkpoint
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator
-from ade_mlflow_plugin.training.speed import pad_multiple, speedups
+from ade_mlflow_plugin.training.speed import device_precision, pad_multiple, speedups
 
 logger = logging.getLogger(__name__)
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, device: str) -> TrainingArguments:
-    import torch
-
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    mixed = device_precision(config, device).mixed  # fp16: autocast + GradScaler over float32 LoRA weights
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -37,8 +35,8 @@ def training_arguments(config: TrainingConfig, output_dir: Path, device: str) ->
         eval_strategy="no",  # eval runs before and after training, on the same rows (evaluation.py)
         seed=config.seed,
         data_seed=config.seed,
-        bf16=bf16,
-        fp16=device == "cuda" and not bf16,
+        bf16=mixed == "bf16",
+        fp16=mixed == "fp16",
         report_to="none",  # HF's MLflowCallback ignores MLFLOW_RUN_ID and opens a second run
         remove_unused_columns=False,
         dataloader_num_workers=0,
