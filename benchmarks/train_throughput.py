@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
+import math
 import os
 import random
 import statistics
@@ -60,12 +62,16 @@ class Capture:
     close = flush
 
     def summary(self, warmup: int) -> dict:
+        losses = [m["train_loss"] for _, _, m in self.rows if "train_loss" in m]
         steps = [(t, m) for step, t, m in self.rows if step > warmup and "tokens_per_second" in m]
         times = [b[0] - a[0] for a, b in zip(steps, steps[1:])]
         speeds = [m["tokens_per_second"] for _, m in steps]
         return {"tokens_per_s": statistics.median(speeds) if speeds else float("nan"), "steps": len(speeds),
                 "step_s": statistics.median(times) if times else float("nan"),
-                "loss_last": steps[-1][1].get("train_loss") if steps else None}
+                "loss_last": steps[-1][1].get("train_loss") if steps else None,
+                # Over every logged step, warm-up included: whether training learns at all (--token-pool).
+                "loss_first": losses[0] if losses else None, "loss_steps": len(losses),
+                "loss_finite": all(math.isfinite(x) for x in losses)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-seq-len", type=int, default=None)
     parser.add_argument("--configs", default="hf-default,ade,hf-default-qlora,ade-qlora")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--token-pool", type=int, default=None,
+                        help="draw example tokens from this many ids (a learnable distribution: the loss must "
+                             "fall) instead of the whole vocabulary; the same tokens/s")
     args = parser.parse_args()
     args.steps = args.steps or (3 if args.tiny else 30)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 6)
@@ -87,13 +96,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def synthetic_examples(count: int, max_len: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) of uniform length max_len/10..max_len; ids above the special tokens, never the pad."""
+def synthetic_examples(count: int, max_len: int, vocab: int, seed: int = 0,
+                       pool: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of uniform length max_len/10..max_len; ids above the special tokens, never the pad
+    (from ``pool`` ids only, when given)."""
     rng = random.Random(seed)
     low = max(2, max_len * 200 // 2048)
+    top = min(vocab, 100 + pool) if pool else vocab
     out = []
     for _ in range(count):
-        ids = [rng.randrange(100, vocab) for _ in range(rng.randint(low, max_len))]
+        ids = [rng.randrange(100, top) for _ in range(rng.randint(low, max_len))]
         out.append((ids, [-100] + ids[1:]))
     return out
 
@@ -276,6 +288,9 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    # The training path's own lines (speed options applied, options a GPU turned off).
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("ade_mlflow_plugin").setLevel(logging.INFO)
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="ade-train-bench-") as tmp:
         workdir = Path(tmp)
@@ -284,9 +299,10 @@ def main() -> int:
         batches = [int(o.split("=", 1)[1]) for name in args.configs.split(",") for o in name.split("+")[1:]
                    if o.startswith("batch_size=")]
         need = max(args.baseline_batch, 2 * max([args.batch_size, *batches])) * (args.steps + args.warmup + 2)
-        examples = synthetic_examples(need, args.max_seq_len, base_config.vocab_size)
+        examples = synthetic_examples(need, args.max_seq_len, base_config.vocab_size, pool=args.token_pool)
         flops = model_flops(base_config, 16, [len(e[0]) for e in examples])
         print(f"device={args.device} {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'} "
+              f"bf16_supported={args.device == 'cuda' and torch.cuda.is_bf16_supported()} "
               f"torch={torch.__version__} transformers={transformers.__version__} model={'tiny' if args.tiny else '1.3b'} "
               f"seq={args.max_seq_len} steps={args.steps} warmup={args.warmup} options={args.options or 'defaults'} "
               f"flops/token={flops / 1e9:.3f}G", flush=True)
