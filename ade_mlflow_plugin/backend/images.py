@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from ade_mlflow_plugin.config import CloudTrainingConfig
 from ade_mlflow_plugin.errors import ConfigError, first_line
@@ -30,3 +31,25 @@ def resolve_image_uri(config: CloudTrainingConfig, region: str) -> str:
             f"{config.framework_version}/{config.py_version} on {config.instance_type} in {region} "
             f"({first_line(exc)}); set 'image_uri' or pick a supported version such as 2.5/py311"
         ) from None
+
+
+def image_python_version(config: CloudTrainingConfig) -> str:
+    """The training image's Python as pip's --python-version wants it ("3.11"). Local mode's "image" is this
+    interpreter; otherwise `py_version` (an `image_uri` of one's own is taken to match it too)."""
+    if config.mode == "local":
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
+    digits = config.py_version[2:]  # "py311": the options kit has checked the pattern py3\d+
+    return f"{digits[0]}.{digits[1:]}"
+
+
+def image_torch_version(config: CloudTrainingConfig) -> str | None:
+    """The torch the image brings (kept, never shipped): AWS's images carry `framework_version`; local mode
+    the torch installed here, if any."""
+    if config.mode != "local":
+        return config.framework_version
+    from importlib import metadata
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None

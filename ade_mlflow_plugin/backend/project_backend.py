@@ -25,13 +25,14 @@ from mlflow.projects.utils import fetch_and_validate_project, get_or_create_run,
 
 from ade_mlflow_plugin.adapters.mlflow_projects import synchronous as is_synchronous
 from ade_mlflow_plugin.adapters.mlflow_projects import under_mlflow_run_cli
-from ade_mlflow_plugin.backend import packaging, spec
+from ade_mlflow_plugin.backend import packaging, spec, wheelhouse
 from ade_mlflow_plugin.backend.aws import AwsClients, aws_call
 from ade_mlflow_plugin.backend.images import resolve_image_uri
 from ade_mlflow_plugin.backend.params import ResolvedParams, resolve_params
 from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, Guarded, JobFollower, SageMakerJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
 from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError, mlflow_error, registry_error
+from ade_mlflow_plugin.job import contract
 
 _logger = logging.getLogger(__name__)
 BACKEND_NAME = "ade-sagemaker"
@@ -44,7 +45,8 @@ class Submission:
     job_name: str
     request: dict[str, Any]
     code: packaging.Upload
-    bytes_uploaded: int
+    bytes_uploaded: int  # code, data channels and wheels together
+    wheels: wheelhouse.Shipped | None = None  # its bytes_uploaded: the wheels' share
 
 
 def _fetch_project(project_uri: str, version: str | None, entry_point: str, params: dict[str, Any]) -> Path:
@@ -162,6 +164,7 @@ class AdeSageMakerBackend(AbstractBackend):
         if config.mode == "sagemaker":
             warn_unreachable(job_uri, self.console)
         cost = self._plan_cost(config, clients)  # refuses a budget too small for a useful run
+        wheels = self._wheelhouse(config, project_dir, resolved)  # a requirement with no wheel is refused here
         # ---- everything checked: from here on a run exists and AWS is called ----
         active = get_or_create_run(None, project_uri, experiment_id, str(project_dir), version,
                                    entry_point, params or {})
@@ -169,7 +172,8 @@ class AdeSageMakerBackend(AbstractBackend):
         client = mlflow.MlflowClient()
         try:
             submission, job = self._submit(config, clients, project_dir, entry_point, resolved, job_name,
-                                           image, spec.RunInfo(run_id, experiment_id, job_uri), region, cost)
+                                           image, spec.RunInfo(run_id, experiment_id, job_uri), region, cost,
+                                           wheels)
         except BaseException as exc:
             client.set_tag(run_id, "ade.submit_error", str(getattr(exc, "message", exc))[:5000])
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -202,6 +206,20 @@ class AdeSageMakerBackend(AbstractBackend):
             self.console.write(plan.line + "\n")
         return plan.cost
 
+    def _wheelhouse(self, config: CloudTrainingConfig, project_dir: Path,
+                    resolved: ResolvedParams) -> wheelhouse.Wheelhouse | None:
+        """The job's requirements as wheels (backend/wheelhouse.py), built before any run exists."""
+        if not wheelhouse.wanted(config):
+            return None
+        for param in resolved.paths:
+            if packaging.channel_name(param) == contract.WHEELHOUSE_CHANNEL:
+                raise ConfigError(f"parameter '{param}': its input channel name is the wheelhouse's; rename "
+                                  "the parameter or set \"wheelhouse\": \"never\"")
+        house = wheelhouse.prepare(config, project_dir)
+        if house is None:
+            self.console.write("wheelhouse: nothing to ship (the image has every requirement)\n")
+        return house
+
     def _region(self, config: CloudTrainingConfig, clients: AwsClients, resolved: ResolvedParams) -> str:
         region = config.region or clients.session.region_name
         needs_aws = config.mode == "sagemaker" or any(p.startswith("s3://") for p in resolved.paths.values())
@@ -211,11 +229,17 @@ class AdeSageMakerBackend(AbstractBackend):
 
     def _submit(self, config: CloudTrainingConfig, clients: AwsClients, project_dir: Path, entry_point: str,
                 resolved: ResolvedParams, job_name: str, image: str, run: spec.RunInfo,
-                region: str, cost: Any = None) -> tuple[Submission, Any]:
+                region: str, cost: Any = None,
+                wheels: wheelhouse.Wheelhouse | None = None) -> tuple[Submission, Any]:
         with tempfile.TemporaryDirectory(prefix="ade-pack-") as tmp:
             tarball = packaging.build_project_tarball(project_dir, Path(tmp))
             store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
             code = store.put_file(f"code/{tarball.sha256}.tar.gz", tarball.path)
+        shipped = None
+        if wheels is not None:
+            ship = wheelhouse.ship if config.mode == "local" else aws_call("Uploading the wheelhouse to S3")(
+                wheelhouse.ship)
+            shipped = ship(wheels, store, self.console)
         with tempfile.TemporaryDirectory(prefix="ade-inputs-") as tmp:
             # A registered model given as a param is downloaded once: a local job reads it in place for
             # its whole life (kept beside the job), a SageMaker job from S3 (the download goes after upload).
@@ -224,10 +248,12 @@ class AdeSageMakerBackend(AbstractBackend):
             channels, sent = self._channels(config, clients, resolved, scratch)
         inputs = spec.JobInputs(job_name=job_name, entry_point=entry_point, image_uri=image, code_uri=code.uri,
                                 output_uri=output_uri, checkpoint_uri=checkpoint_uri, run=run,
-                                params=resolved.values, channel_params=channels, cost=cost)
+                                params=resolved.values, channel_params=channels, cost=cost,
+                                wheelhouse_uri=shipped.uri if shipped else None)
         request = spec.build_training_job_request(config, inputs, region)
         job = self._start(config, clients, request)
-        return Submission(job_name, request, code, code.bytes_uploaded + sent), job
+        wheel_bytes = shipped.bytes_uploaded if shipped else 0
+        return Submission(job_name, request, code, code.bytes_uploaded + sent + wheel_bytes, shipped), job
 
     def _locations(self, config: CloudTrainingConfig, clients: AwsClients,
                    job_name: str) -> tuple[Any, str, str]:

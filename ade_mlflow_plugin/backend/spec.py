@@ -46,6 +46,7 @@ class JobInputs:
     params: dict[str, str] = field(default_factory=dict)
     channel_params: dict[str, Channel] = field(default_factory=dict)
     cost: contract.Cost | None = None  # the price (and budget) the job keeps itself; caps MaxRuntime
+    wheelhouse_uri: str | None = None  # the job's requirements as wheels: contract.WHEELHOUSE_CHANNEL
 
 
 #: The curves SageMaker (console, CloudWatch) draws from the job's output, with no MLflow at all: the
@@ -81,9 +82,13 @@ def check_tracking_uri(uri: str) -> None:
 def job_contract(inputs: JobInputs, region: str) -> contract.JobContract:
     """What the job must be told, in the contract's terms."""
     channels = {param: contract.ChannelParam(c.name, c.file_name) for param, c in inputs.channel_params.items()}
+    taken = [param for param, c in channels.items() if c.channel == contract.WHEELHOUSE_CHANNEL]
+    if taken and inputs.wheelhouse_uri:
+        raise ConfigError(f"parameter '{taken[0]}': its input channel name '{contract.WHEELHOUSE_CHANNEL}' is "
+                          "the wheelhouse's; rename the parameter or set \"wheelhouse\": \"never\"")
     return contract.JobContract(code_uri=inputs.code_uri, region=region, entry_point=inputs.entry_point,
                                 run=inputs.run, params=dict(inputs.params), channel_params=channels,
-                                cost=inputs.cost)
+                                cost=inputs.cost, wheelhouse=inputs.wheelhouse_uri is not None)
 
 
 def _checked(hyperparameters: dict[str, str]) -> dict[str, str]:
@@ -97,6 +102,8 @@ def _checked(hyperparameters: dict[str, str]) -> dict[str, str]:
 
 def _channels(inputs: JobInputs, names: list[str]) -> list[dict[str, Any]]:
     uris = {c.name: c.uri for c in inputs.channel_params.values()}
+    if inputs.wheelhouse_uri is not None:
+        uris[contract.WHEELHOUSE_CHANNEL] = inputs.wheelhouse_uri
     return [
         {
             "ChannelName": name,

@@ -35,6 +35,12 @@ HYPERPARAMETERS_FILE = "input/config/hyperparameters.json"
 RESOURCE_CONFIG_FILE = "input/config/resourceconfig.json"
 INPUT_DATA_CONFIG_FILE = "input/config/inputdataconfig.json"
 CHANNELS_DIR = "input/data"
+#: The input channel that carries the job's requirements as wheels (backend/wheelhouse.py builds it); the job
+#: installs from it with `pip install --no-index`. Path parameters cannot take this name (spec.py refuses it).
+WHEELHOUSE_CHANNEL = "ade_wheelhouse"
+#: Where the job installs from the wheelhouse (`pip install --prefix`): under the base, so a local job never
+#: writes into the developer's environment; deps.py puts its site-packages on sys.path and PYTHONPATH.
+SITE_DIR = "ade-site"
 CODE_DIR = "code"
 FAILURE_FILE = "output/failure"
 #: The toolkit's ``sagemaker_program``: puts BUNDLE_DIR on sys.path and runs LAUNCHER_MODULE's main().
@@ -61,6 +67,8 @@ HP_USD_PER_HOUR = "ade_usd_per_hour"
 HP_PRICE_SOURCE = "ade_price_source"
 HP_MAX_COST_USD = "ade_max_cost_usd"
 HP_ON_BUDGET = "ade_on_budget"
+#: "true" when the request carries the wheelhouse channel (absent otherwise, as before issue 16).
+HP_WHEELHOUSE = "ade_wheelhouse"
 #: SageMaker's limit on one hyperparameter value.
 HYPERPARAMETER_MAX_CHARS = 2500
 DEFAULT_ENTRY_POINT = "main"
@@ -146,6 +154,14 @@ class ContainerPaths:
 
     def channel_dir(self, channel: str) -> Path:
         return self.base / CHANNELS_DIR / channel
+
+    @property
+    def wheelhouse_dir(self) -> Path:
+        return self.channel_dir(WHEELHOUSE_CHANNEL)
+
+    @property
+    def site_dir(self) -> Path:
+        return self.base / SITE_DIR
 
     @property
     def model_dir(self) -> Path:
@@ -243,11 +259,13 @@ class JobContract:
     params: dict[str, str] = field(default_factory=dict)
     channel_params: dict[str, ChannelParam] = field(default_factory=dict)
     cost: Cost | None = None
+    wheelhouse: bool = False  # the request carries WHEELHOUSE_CHANNEL
 
     @property
     def channel_names(self) -> list[str]:
         """The InputDataConfig channels, sorted, once each (two params may share one)."""
-        return sorted({c.channel for c in self.channel_params.values()})
+        names = {c.channel for c in self.channel_params.values()}
+        return sorted(names | {WHEELHOUSE_CHANNEL} if self.wheelhouse else names)
 
 
 @dataclass(frozen=True)
@@ -289,6 +307,8 @@ def encode(job: JobContract) -> Encoded:
         HP_TRACKING_URI: job.run.tracking_uri,
     }
     values.update(_encode_cost(job.cost))
+    if job.wheelhouse:
+        values[HP_WHEELHOUSE] = "true"
     environment = {ENV_RUN_ID: job.run.run_id, ENV_EXPERIMENT_ID: job.run.experiment_id,
                    ENV_TRACKING_URI: job.run.tracking_uri}
     return Encoded({k: json.dumps(v) for k, v in values.items()}, environment, job.channel_names)
@@ -349,6 +369,7 @@ def decode_hyperparameters(hyper: Mapping[str, Any]) -> JobContract:
         params=_as_dict(hyper.get(HP_PARAMS) or {}, HP_PARAMS),
         channel_params=channels,
         cost=_decode_cost(hyper),
+        wheelhouse=str(hyper.get(HP_WHEELHOUSE) or "").lower() == "true",
     )
 
 

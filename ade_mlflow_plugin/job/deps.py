@@ -6,17 +6,25 @@ Only the standard library and pip are assumed: this runs before anything the pro
 installed. Requirements are checked with the `packaging` distribution where the image has it (nearly
 every image does); a bare image without it hands every declared requirement to pip, which skips the
 satisfied ones itself ("Requirement already satisfied", no download), so no pip internals are needed.
+
+When the request carries the wheelhouse channel (contract.WHEELHOUSE_CHANNEL, built at submission by
+backend/wheelhouse.py), pip never touches an index: `pip install --no-index --find-links <channel>` into a
+prefix under the job's base (contract.SITE_DIR), whose site-packages then goes on sys.path (the launcher
+imports mlflow after this step) and PYTHONPATH (the entry). `--prefix` rather than `--target`: pip then
+still counts what the image has (its torch) as installed, where `--target` would reinstall every dependency.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import site
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.job.contract import ENV_SKIP_INSTALL
 
 try:
@@ -93,6 +101,9 @@ def missing_requirements(project_dir: Path) -> list[str]:
 
 def install_missing_requirements(project_dir: Path) -> list[str]:
     """pip-install the unsatisfied requirements; returns them. ADE_SKIP_INSTALL=1 turns this off."""
+    site_dir = contract.ContainerPaths.from_env().site_dir
+    if site_dir.is_dir():  # a restart in the same job root: what the last attempt installed counts
+        activate_site(site_dir)
     missing = missing_requirements(project_dir)
     if not missing or os.environ.get(ENV_SKIP_INSTALL) == "1":
         return missing
@@ -100,14 +111,74 @@ def install_missing_requirements(project_dir: Path) -> list[str]:
     return missing
 
 
+def wheelhouse(paths: contract.ContainerPaths | None = None) -> Path | None:
+    """The wheelhouse channel's directory when the job has one; a request that names the channel but a job
+    without its directory is an error (installing from an index instead would fail in an isolated job)."""
+    paths = paths or contract.ContainerPaths.from_env()
+    if paths.wheelhouse_dir.is_dir():
+        return paths.wheelhouse_dir
+    if contract.decode_hyperparameters(contract.read_hyperparameters(paths)).wheelhouse:
+        raise RuntimeError(f"the request names the input channel '{contract.WHEELHOUSE_CHANNEL}' but "
+                           f"{paths.wheelhouse_dir} is missing; check the job's InputDataConfig and resubmit")
+    return None
+
+
+def _offline_name(text: str) -> str:
+    """A direct reference (`name @ url`) installs by name from the wheelhouse: the url is not reachable."""
+    if Requirement is None or "@" not in text:
+        return text
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement:
+        return text
+    if requirement.url is None:
+        return text
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    return requirement.name + extras + (f"; {requirement.marker}" if requirement.marker else "")
+
+
+def activate_site(prefix: Path) -> list[Path]:
+    """Put what `pip install --prefix` wrote on this process's sys.path (.pth files included) and on the
+    PYTHONPATH its children inherit. The scheme (lib/pythonX.Y/site-packages, Debian's local/..., dist-
+    packages) is the interpreter's business: whatever site dir pip made is found by its name."""
+    found = sorted({p for p in prefix.glob("**/*-packages") if p.name in {"site-packages", "dist-packages"}})
+    for directory in found:
+        site.addsitedir(str(directory))
+        sys.path.remove(str(directory))
+        sys.path.insert(0, str(directory))  # ahead of the image's own copies, as pip meant them to be
+    paths = [str(p) for p in found] + [os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, paths)))
+    importlib.invalidate_caches()
+    return found
+
+
+def _pip_command(requirements: list[str]) -> tuple[list[str], dict[str, str] | None]:
+    command = [sys.executable, "-m", "pip", "install", "--quiet"]
+    wheels = wheelhouse()
+    if wheels is None:
+        return command + requirements, None
+    prefix = contract.ContainerPaths.from_env().site_dir
+    # The location is ours: a PIP_TARGET/PIP_PREFIX/PIP_USER of the environment would contradict --prefix.
+    env = {k: v for k, v in os.environ.items() if k not in {"PIP_TARGET", "PIP_PREFIX", "PIP_USER"}}
+    return command + ["--no-index", "--find-links", str(wheels), "--prefix", str(prefix),
+                      *[_offline_name(r) for r in requirements]], env
+
+
 def _pip_install(requirements: list[str]) -> None:
     wanted = " ".join(requirements)
-    print(f"launcher: installing what the image lacks: {wanted}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *requirements],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    command, env = _pip_command(requirements)
+    offline = env is not None
+    source = f" from the wheelhouse {wheelhouse()} (no index)" if offline else ""
+    print(f"launcher: installing what the image lacks{source}: {wanted}", flush=True)
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", env=env)
     if result.stdout:
         print(result.stdout, end="", flush=True)
     if result.returncode != 0:
         last = (result.stdout.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"pip could not install {wanted} (exit {result.returncode}: {last}); fix the "
-                           "project's conda.yaml/python_env.yaml/requirements.txt or use an image that has them")
+        fix = ("resubmit so the wheelhouse is rebuilt for this requirement set, or set \"wheelhouse\": \"never\""
+               if offline else "fix the project's conda.yaml/python_env.yaml/requirements.txt or use an image "
+               "that has them")
+        raise RuntimeError(f"pip could not install {wanted} (exit {result.returncode}: {last}); {fix}")
+    if offline:
+        activate_site(contract.ContainerPaths.from_env().site_dir)
