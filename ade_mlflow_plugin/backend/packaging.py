@@ -4,6 +4,10 @@ The tarball is deterministic (sorted entries, fixed mtimes, owners and modes, gz
 timestamp), so its sha256 names its key: a second submission of an unchanged project finds the key
 and uploads 0 bytes. It holds the MLflow project, the `ade_entry.py` shim and `_ade_bundle/` (this
 package's own source), as docs/job-contract.md describes.
+
+Nothing from outside the project ships: links leading out of it are left out (with a warning), credential
+files are left out by name, and every project file is scanned for secrets before the upload
+(ship_scan.py), which refuses the upload on a finding the user did not allow.
 """
 from __future__ import annotations
 
@@ -11,30 +15,56 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import pathspec
 
+from ade_mlflow_plugin.backend.ship_scan import ScanCache, check_shipped_files
 from ade_mlflow_plugin.errors import NOT_FOUND, ConfigError, aws_error_code
 from ade_mlflow_plugin.gitignore import IgnoreRules
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.job.contract import BUNDLE_DIR, SHIM_NAME, channel_name
 
+logger = logging.getLogger(__name__)
+#: This package's own MLflow project (launch.PROJECT_DIR).
+OWN_PROJECT = Path(__file__).resolve().parent.parent / "project"
+#: A project's own list of what not to ship (gitignore syntax), beside its .gitignore.
+SHIP_IGNORE_FILE = ".adeignore"
 # Directories never shipped: VCS, MLflow's local stores, caches, virtualenvs, our own job roots.
 EXCLUDED_DIRS = {
     ".git", ".hg", ".svn", "mlruns", "mlartifacts", "__pycache__", ".pytest_cache", ".mypy_cache",
     ".ruff_cache", ".tox", ".nox", ".venv", "venv", ".ade", ".ipynb_checkpoints", ".idea", ".vscode",
     "node_modules", ".aws", ".ssh", ".gnupg", ".eggs",
 }
-# Credential files are never uploaded, whatever .gitignore says.
+# Credential files are never uploaded, whatever .gitignore says: keys and certificates, keystores,
+# package-index, VCS and database logins, container registry auth, cloud service-account and credential
+# files, Terraform state (it holds every secret the infrastructure was given) and kubeconfigs. Content the
+# names miss is caught by the secret scan (ship_scan.py).
 CREDENTIAL_PATTERNS = pathspec.GitIgnoreSpec.from_lines([
-    ".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc",
-    ".pgpass", "*.p12", "*.pfx", "*.keystore", "*.jks", ".aws/", "credentials.json",
-    ".git-credentials", ".npmrc", ".pypirc", "*.egg-info/",
+    # keys, certificates with keys, keystores
+    "*.pem", "*.key", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.ppk", "*.p12", "*.pfx", "*.pkcs12",
+    "*.keystore", "*.jks", "*.bks", "*.kdbx", "secring.*", ".gnupg/", ".ssh/",
+    # dotenv files and logins of tools: pip/twine, npm, git, netrc, postgres, mysql, s3cmd, boto, vault
+    ".env", ".env.*", ".netrc", "_netrc", ".pypirc", ".npmrc", ".git-credentials", ".pgpass", ".my.cnf",
+    ".s3cfg", ".boto", ".vault-token", ".htpasswd", ".cargo/credentials", ".cargo/credentials.toml",
+    ".gem/credentials", ".m2/settings.xml", ".terraformrc", "terraform.rc",
+    # container registry auth
+    ".dockercfg", ".docker/config.json", ".dockerconfigjson", ".docker/",
+    # cloud credentials and service accounts
+    ".aws/", ".azure/", ".gcloud/", ".config/gcloud/", "credentials.json", "*credentials*.json",
+    "service-account*.json", "service_account*.json", "*-sa-key.json", "client_secret*.json",
+    "application_default_credentials.json", "*.gcp-key.json",
+    # Terraform state, kubeconfigs
+    "*.tfstate", "*.tfstate.backup", "*.tfstate.*.backup", ".terraform/", "kubeconfig", "kubeconfig.*",
+    "*.kubeconfig", ".kube/",
+    # build leftovers that may carry anything
+    "*.egg-info/",
 ])
 SHIM_SOURCE = (
     "import os, sys\n"
@@ -61,6 +91,8 @@ class Artifact:
     sha256: str
     size: int
     file_count: int
+    scanned_files: int = 0  # project files scanned for secrets (0: the scan cache knew this content)
+    outside_links: tuple[str, ...] = ()  # links left out because they lead outside the project
 
 
 @dataclass(frozen=True)
@@ -76,15 +108,45 @@ def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
 
 
-def collect_files(root: Path, prefix: str = "") -> list[PackedFile]:
+def _excluded(rel: str, is_dir: bool) -> bool:
+    """Left out by name: an excluded folder on the way, or a credential (``rel`` relative to the root)."""
+    parts = rel.strip("/").split("/")
+    if any(part in EXCLUDED_DIRS for part in (parts if is_dir else parts[:-1])):
+        return True
+    return CREDENTIAL_PATTERNS.match_file(rel.rstrip("/") + ("/" if is_dir else ""))
+
+
+def _link_target(path: Path, roots: tuple[Path, ...]) -> tuple[Path, str | None]:
+    """(resolved target, its path relative to the root it lies in, or None when it lies outside all)."""
+    target = path.resolve()
+    for root in roots:
+        if target == root or root in target.parents:
+            return target, target.relative_to(root).as_posix()
+    return target, None
+
+
+def collect_files(root: Path, prefix: str = "", *, link_roots: tuple[Path, ...] = (),
+                  outside_links: list[tuple[str, Path]] | None = None) -> list[PackedFile]:
     """Files under ``root`` that may be shipped, sorted by archive name.
 
-    Symlinks are followed (an installed package's project/ folder links to its files) with a guard
-    against cycles; excluded dirs, virtualenvs, credentials and what git ignores (every .gitignore on the
-    way down and .git/info/exclude) are left out.
+    Nothing outside ``root`` ships: a symbolic link is followed only when its target lies inside ``root``
+    (or one of ``link_roots``), and is then shipped as its target's content, unless that target is
+    itself left out by name (a link named notes.txt to .env ships nothing). A link leading outside is
+    left out and appended to ``outside_links`` as (path inside the root, target) for the caller to
+    report. A cycle of links is cut. Excluded dirs, virtualenvs, credentials, what git ignores (every
+    .gitignore on the way down and .git/info/exclude) and what the root's .adeignore names are left out.
     """
     root = Path(root)
+    roots = (root.resolve(), *(Path(r).resolve() for r in link_roots))
     found: list[PackedFile] = []
+
+    def contained(path: Path, rel_path: str, is_dir: bool) -> bool:
+        target, inside = _link_target(path, roots)
+        if inside is None:
+            if outside_links is not None:
+                outside_links.append((rel_path, target))
+            return False
+        return not (inside and _excluded(inside, is_dir))
 
     def walk(directory: Path, rel: str, ancestors: frozenset[Path], ignore: IgnoreRules) -> None:
         real = directory.resolve()
@@ -100,14 +162,31 @@ def collect_files(root: Path, prefix: str = "") -> list[PackedFile]:
                 if (entry.name in EXCLUDED_DIRS or _is_venv(path) or CREDENTIAL_PATTERNS.match_file(dir_rel)
                         or ignore.ignored(dir_rel, is_dir=True)):
                     continue
+                if entry.is_symlink() and not contained(path, rel_path, is_dir=True):
+                    continue
                 walk(path, dir_rel, ancestors, ignore)
             elif entry.is_file():
                 if CREDENTIAL_PATTERNS.match_file(rel_path) or ignore.ignored(rel_path, is_dir=False):
                     continue
+                if entry.is_symlink() and not contained(path, rel_path, is_dir=False):
+                    continue
                 found.append(PackedFile(prefix + rel_path, path))
+            elif entry.is_symlink() and outside_links is not None:
+                _, inside = _link_target(path, roots)
+                if inside is None:  # dangling, or to a socket/device: ships nothing, but say so
+                    outside_links.append((rel_path, path.resolve()))
 
-    walk(root, "", frozenset(), IgnoreRules.at_root(root))
+    walk(root, "", frozenset(), IgnoreRules.at_root(root, ship_ignore(root)))
     return found
+
+
+def ship_ignore(root: Path) -> list[str]:
+    """Patterns of the root's .adeignore (gitignore syntax): left out of what ships, whatever .gitignore says
+    (test fixtures with planted secrets, docs, benchmarks: what the job never reads)."""
+    try:
+        return (root / SHIP_IGNORE_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:  # absent (the usual case) or unreadable: nothing extra left out
+        return []
 
 
 def bundle_files() -> list[PackedFile]:
@@ -154,18 +233,49 @@ def write_tarball(files: Iterable[PackedFile], extra: dict[str, bytes], dest: Pa
     return Artifact(dest, hashlib.sha256(payload).hexdigest(), len(payload), len(names))
 
 
-def build_project_tarball(project_dir: Path, dest_dir: Path, *, with_bundle: bool = True) -> Artifact:
-    """The job's code archive: project + shim + bundle, named by nothing yet (see Artifact.sha256)."""
+def _own_project_roots(project_dir: Path) -> tuple[Path, ...]:
+    """Where the links of this package's own project (``launch``'s MLproject, entrypoints/) may lead.
+
+    Its MLproject and entrypoints/ are links into the package's source tree (an editable install keeps
+    them as links): they are this package's files, not a user's, so their targets count as inside.
+    """
+    if project_dir.resolve() != OWN_PROJECT.resolve():
+        return ()
+    return tuple(p.resolve() for p in OWN_PROJECT.iterdir() if p.is_symlink())
+
+
+def warn_outside_links(outside: list[tuple[str, Path]], where: str) -> None:
+    """One warning per link left out because it leads outside ``where``."""
+    for rel, target in outside:
+        logger.warning("left out %s: a symbolic link to %s, outside %s (only what is inside ships)",
+                       rel, target, where)
+
+
+def build_project_tarball(project_dir: Path, dest_dir: Path, *, with_bundle: bool = True,
+                          allow_secret_files: Sequence[str] = (), scan_cache: ScanCache | None = None) -> Artifact:
+    """The job's code archive: project + shim + bundle, named by nothing yet (see Artifact.sha256).
+
+    Links leading outside the project are left out (one warning each). Every project file is scanned for
+    secrets before anything is uploaded: a finding not covered by ``allow_secret_files`` (the backend-config
+    key: gitignore-style paths relative to the project) raises ConfigError with one line per file:line.
+    The scan's findings are cached under the archive's sha256 (``scan_cache``, default ship_scan's).
+    """
     project_dir = Path(project_dir)
     if not (project_dir / "MLproject").is_file():
         raise ConfigError(f"no MLproject file in {project_dir}: run from an MLflow project directory")
-    files = collect_files(project_dir)
+    outside: list[tuple[str, Path]] = []
+    files = collect_files(project_dir, link_roots=_own_project_roots(project_dir), outside_links=outside)
+    warn_outside_links(outside, f"the project {project_dir}")
     extra: dict[str, bytes] = {}
+    project_files = files
     if with_bundle:
-        files = [f for f in files if not f.arcname.startswith((f"{BUNDLE_DIR}/", SHIM_NAME))]
-        files += bundle_files()
+        project_files = [f for f in files if not f.arcname.startswith((f"{BUNDLE_DIR}/", SHIM_NAME))]
+        files = project_files + bundle_files()
         extra[SHIM_NAME] = SHIM_SOURCE.encode()
-    return write_tarball(files, extra, Path(dest_dir) / "project.tar.gz")
+    artifact = write_tarball(files, extra, Path(dest_dir) / "project.tar.gz")
+    scanned = check_shipped_files([(f.arcname, f.source) for f in project_files], artifact.sha256,
+                                  allow_secret_files, scan_cache)
+    return replace(artifact, scanned_files=scanned, outside_links=tuple(rel for rel, _ in outside))
 
 
 def tree_digest(files: Iterable[PackedFile]) -> str:
@@ -270,7 +380,9 @@ def s3_channel(param: str, path: str, store: S3Store) -> tuple[Any, int]:
         files = [PackedFile(source.name, source)]
         file_name: str | None = source.name
     else:
-        files = collect_files(source)
+        outside: list[tuple[str, Path]] = []
+        files = collect_files(source, outside_links=outside)
+        warn_outside_links(outside, f"parameter '{param}' ({path})")
         file_name = None
         if not files:
             raise ConfigError(f"parameter '{param}': directory '{path}' has no files to ship "

@@ -1,0 +1,201 @@
+"""What ships is scanned for secrets: project files before their upload, job environment values.
+
+The scanner is the dataset's (dataset/secrets.py: a cheap pre-filter, then detect-secrets on the
+candidate lines), so a file that would be dropped from training is also refused from shipping. A
+project scan costs seconds (detect-secrets is slow), so its findings are cached under the tarball's
+content hash, which packaging computes anyway: an unchanged project is scanned once per machine. The
+findings are cached before ``allow_secret_files`` is applied, so changing the allow list needs no
+rescan.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+from ade_mlflow_plugin.errors import ConfigError
+
+#: Where scan results are cached (``secret-scans/`` below it); default $XDG_CACHE_HOME/ade-mlflow.
+CACHE_ENV = "ADE_CACHE_DIR"
+#: Bytes looked at to tell a binary file (a NUL byte) from text; detect-secrets reads text only.
+_SNIFF_BYTES = 8192
+#: Files are scanned in pieces of about this size (cut at a newline), so a large data file in the
+#: project does not have to fit in memory at once.
+_CHUNK_BYTES = 8 << 20
+#: Findings listed in the refusal; the rest are counted.
+_SHOWN = 20
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A line of a file that would ship on which the scanner finds a secret (line numbers from 1)."""
+
+    path: str
+    line: int
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ade-mlflow")
+    return Path(base) / "secret-scans"
+
+
+def _is_binary(head: bytes) -> bool:
+    return b"\0" in head
+
+
+def _chunks(source: Path) -> Iterator[tuple[int, str]]:
+    """(first 0-based row, text) pieces of a text file, each ending at a newline; nothing for binaries."""
+    with open(source, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+        if _is_binary(head):
+            return
+        row, pending = 0, head
+        while True:
+            block = handle.read(_CHUNK_BYTES)
+            pending += block
+            cut = pending.rfind(b"\n") + 1 if block else len(pending)
+            if cut == 0 and block:
+                continue  # one very long line: keep reading until it ends
+            piece, pending = pending[:cut], pending[cut:]
+            if piece:
+                text = piece.decode("utf-8", errors="replace")
+                yield row, text
+                row += text.count("\n")
+            if not block:
+                return
+
+
+def scan_file(source: Path, arcname: str) -> list[Finding]:
+    """Lines of one file that hold a secret, by the dataset's scanner."""
+    from ade_mlflow_plugin.dataset.secrets import secret_rows  # detect-secrets: only when scanning
+
+    found: list[Finding] = []
+    for first_row, text in _chunks(source):
+        body = text[:-1] if text.endswith("\n") else text
+        lines = body.split("\n")
+        found += [Finding(arcname, first_row + row + 1) for row in sorted(secret_rows(body, lines, arcname))]
+    return found
+
+
+def scan_files(files: Iterable[tuple[str, Path]]) -> list[Finding]:
+    """Findings over (name as shipped, path on disk) pairs, in the given order."""
+    found: list[Finding] = []
+    for arcname, source in files:
+        found += scan_file(source, arcname)
+    return found
+
+
+class ScanCache:
+    """Findings by content hash, one small JSON file each (written atomically: scans may run in parallel)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else default_cache_dir()
+
+    def _file(self, digest: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{16,128}", digest):
+            raise ValueError(f"not a content hash: {digest!r}")
+        return self.folder / f"{digest}.json"
+
+    def get(self, digest: str) -> list[Finding] | None:
+        try:
+            data = json.loads(self._file(digest).read_text(encoding="utf-8"))
+            return [Finding(str(path), int(line)) for path, line in data["findings"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent or unreadable: scan again
+
+    def put(self, digest: str, findings: list[Finding]) -> None:
+        target = self._file(digest)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+            partial.write_text(json.dumps({"findings": [[f.path, f.line] for f in findings]}), encoding="utf-8")
+            os.replace(partial, target)
+        except OSError:
+            pass  # an unwritable cache costs a rescan next time, nothing else
+
+
+def allowed(findings: list[Finding], allow_secret_files: Sequence[str]) -> list[Finding]:
+    """Findings in files the user did not allow (gitignore-style patterns relative to the project)."""
+    if not allow_secret_files:
+        return findings
+    spec = pathspec.GitIgnoreSpec.from_lines(list(allow_secret_files))
+    return [f for f in findings if not spec.match_file(f.path)]
+
+
+def _runs(findings: list[Finding]) -> list[tuple[str, int, int]]:
+    """(path, first line, last line) of consecutive flagged lines (a private key block is one run)."""
+    runs: list[tuple[str, int, int]] = []
+    for f in findings:
+        if runs and runs[-1][0] == f.path and runs[-1][2] == f.line - 1:
+            runs[-1] = (f.path, runs[-1][1], f.line)
+        else:
+            runs.append((f.path, f.line, f.line))
+    return runs
+
+
+def refusal(findings: list[Finding]) -> str:
+    """The refusal: one line per file:line (consecutive lines as one range), each with the way to allow it."""
+    runs = _runs(findings)
+    lines = [f"{path}:{first}{'' if last == first else f'-{last}'}: looks like a secret (nothing was uploaded); "
+             f"remove it, or allow the file with the backend-config key \"allow_secret_files\": [\"{path}\"]"
+             for path, first, last in runs[:_SHOWN]]
+    if len(runs) > _SHOWN:
+        rest = runs[_SHOWN:]
+        lines.append(f"... and {len(rest)} more in {len({r[0] for r in rest})} files")
+    return "\n".join(lines)
+
+
+def check_shipped_files(files: Iterable[tuple[str, Path]], digest: str, allow_secret_files: Sequence[str] = (),
+                        cache: ScanCache | None = None) -> int:
+    """Refuse (ConfigError) when a file that would ship holds a secret the user did not allow.
+
+    ``digest`` is the content hash of what ships (the tarball's sha256): findings are cached under it.
+    Returns how many files were scanned (0 when the cache answered).
+    """
+    cache = cache or ScanCache()
+    findings = cache.get(digest)
+    scanned = 0
+    if findings is None:
+        files = list(files)
+        findings = scan_files(files)
+        scanned = len(files)
+        cache.put(digest, findings)
+    left = allowed(findings, allow_secret_files)
+    if left:
+        raise ConfigError(refusal(left))
+    return scanned
+
+
+def _value_lines(value: str) -> list[str]:
+    """How a value is shown to the scanner: as it is (token formats: AWS key ids, GitHub, Slack, JWT, URLs
+    with a password) and quoted, which lets detect-secrets' entropy plugins judge it too. A value of hex
+    digits only is not quoted: commit ids and content hashes are everyday environment values, and the
+    hex-entropy limit (3 bits) flags them all."""
+    lines = value.splitlines() or [""]
+    return lines + [f'"{line}"' for line in lines if line and not _HEX.fullmatch(line)]
+
+
+def check_environment_values(env: Mapping[str, str]) -> None:
+    """Refuse job environment values that look like credentials, whatever the variable is called.
+
+    DescribeTrainingJob shows the environment to anyone who may describe the job, so a credential
+    there is published; the job should get it from its IAM role or a secrets manager.
+    """
+    from ade_mlflow_plugin.dataset.secrets import secret_rows
+
+    for name, value in env.items():
+        lines = _value_lines(str(value))
+        text = "\n".join(lines)
+        if secret_rows(text, lines, "environment"):
+            raise ConfigError(
+                f"backend-config key 'environment': the value of {name} looks like a credential; job "
+                "environments are visible to anyone who may describe the job (DescribeTrainingJob), so give "
+                "the job an IAM role (role_arn) with the access it needs, or have it read the secret from "
+                "AWS Secrets Manager")
