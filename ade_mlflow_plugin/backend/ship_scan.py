@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pathspec
 
-from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.errors import AdeError, ConfigError
 
 #: Where scan results are cached (``secret-scans/`` below it); default $XDG_CACHE_HOME/ade-mlflow.
 CACHE_ENV = "ADE_CACHE_DIR"
@@ -72,10 +72,19 @@ def _chunks(source: Path) -> Iterator[tuple[int, str]]:
                 return
 
 
+def _scanner() -> Callable[[str, list[str], str], set[int]]:
+    """The dataset's scanner, imported when first needed (detect-secrets loads its plugins)."""
+    try:
+        from ade_mlflow_plugin.dataset.secrets import secret_rows
+    except ImportError as exc:
+        raise AdeError(f"the secret scan of what ships needs detect-secrets ({exc.name} is missing): "
+                       "pip install 'detect-secrets>=1.5,<1.6'") from exc
+    return secret_rows
+
+
 def scan_file(source: Path, arcname: str) -> list[Finding]:
     """Lines of one file that hold a secret, by the dataset's scanner."""
-    from ade_mlflow_plugin.dataset.secrets import secret_rows  # detect-secrets: only when scanning
-
+    secret_rows = _scanner()
     found: list[Finding] = []
     for first_row, text in _chunks(source):
         body = text[:-1] if text.endswith("\n") else text
@@ -188,8 +197,7 @@ def check_environment_values(env: Mapping[str, str]) -> None:
     DescribeTrainingJob shows the environment to anyone who may describe the job, so a credential
     there is published; the job should get it from its IAM role or a secrets manager.
     """
-    from ade_mlflow_plugin.dataset.secrets import secret_rows
-
+    secret_rows = _scanner()
     for name, value in env.items():
         lines = _value_lines(str(value))
         text = "\n".join(lines)

@@ -190,3 +190,14 @@ def test_a_submission_to_moto_uploads_none_of_the_outside_links_or_credentials(p
     with pytest.raises(ConfigError, match=r"^train\.py:\d+: looks like a secret"):
         backend.run(str(project), "main", {"data": str(data_dir)}, None, dict(config), sqlite_tracking, experiment)
     assert {o["Key"] for o in s3.list_objects_v2(Bucket="ade-shipping")["Contents"]} == before
+
+
+def test_without_detect_secrets_the_scan_fails_in_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from ade_mlflow_plugin.errors import AdeError
+
+    monkeypatch.setitem(sys.modules, "ade_mlflow_plugin.dataset.secrets", None)  # as if not installable
+    (tmp_path / "a.py").write_text("x = 1\n")
+    with pytest.raises(AdeError, match=r"^the secret scan of what ships needs detect-secrets .*pip install"):
+        ship_scan.scan_files([("a.py", tmp_path / "a.py")])
