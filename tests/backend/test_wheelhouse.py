@@ -230,3 +230,38 @@ def test_an_offline_local_job_installs_from_the_wheelhouse_and_the_second_sends_
     check = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('slugify'))"],
                            capture_output=True, text=True, timeout=60)
     assert check.stdout.strip() == "None"
+
+
+@pytest.mark.slow  # a fresh sqlite tracking store costs ~8 s of migrations
+def test_a_sagemaker_submission_ships_the_wheelhouse_once_and_refuses_a_missing_wheel_before_any_run(
+        tmp_path, links, s3_bucket, sqlite_tracking, monkeypatch):
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+
+    monkeypatch.setenv(wheelhouse.ENV_CACHE_DIR, str(tmp_path / "wheel-cache"))
+    _wheel(links, "adetoy")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "MLproject").write_text("name: toy\n\nentry_points:\n  main:\n    command: \"python -V\"\n")
+    (project / "requirements.txt").write_text("adetoy==1.0\ntorch>=2.0\n")
+    config = {"role_arn": "arn:aws:iam::123456789012:role/SageMakerRole", "bucket": s3_bucket,
+              "region": "us-east-1", "wait": False, "SYNCHRONOUS": False, "enable_network_isolation": True,
+              "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-gpu-py311"}
+    backend = AdeSageMakerBackend(console=io.StringIO())
+    sent = []
+    for _ in range(2):
+        backend.run(str(project), "main", {}, None, dict(config), sqlite_tracking, "0")
+        sent.append(backend.last_submission.wheels.bytes_uploaded)
+    submission = backend.last_submission
+    assert [w.name for w in submission.wheels.wheelhouse.wheels] == ["adetoy-1.0-py3-none-any.whl"]
+    assert sent == [submission.wheels.wheelhouse.size, 0] and submission.bytes_uploaded == 0
+    channel = submission.request["InputDataConfig"][0]
+    assert channel["ChannelName"] == contract.WHEELHOUSE_CHANNEL
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == submission.wheels.uri
+    assert "cached; uploaded 0 bytes" in backend.console.getvalue()
+
+    (project / "requirements.txt").write_text("adetoy-nowheel==1.0\n")
+    (links / "adetoy-nowheel-1.0.tar.gz").write_bytes(b"sdist only")
+    runs_before = len(mlflow.search_runs(["0"], output_format="list"))
+    with pytest.raises(ConfigError, match="no wheel of 'adetoy-nowheel==1.0' for manylinux2014_x86_64"):
+        backend.run(str(project), "main", {}, None, dict(config), sqlite_tracking, "0")
+    assert len(mlflow.search_runs(["0"], output_format="list")) == runs_before  # refused before a run exists
