@@ -41,8 +41,8 @@ FAILURE_REASON_CHARS = 1024
 #: the pid of the process supervising the job, the request of a detached job, and that runner's output.
 STATE_FILE, RUNNER_PID_FILE, REQUEST_FILE, RUNNER_LOG = "job.json", "runner.pid", "request.json", "runner.log"
 ENDED = ("Completed", "Failed", "Stopped")
-#: The stop reasons (ade.stop_reason) a launcher's own stop writes first in output/failure ("budget: ...").
-STOP_REASONS = ("budget", "max_runtime", "stopped", "spot_interrupted")
+#: The stop reasons (ade.stop_reason) a launcher's stop writes first in output/failure ("budget: ...").
+STOP_REASONS = contract.STOP_REASONS
 _TIMES = ("CreationTime", "TrainingStartTime", "TrainingEndTime")
 
 
@@ -171,6 +171,7 @@ class LocalJob:
         self._started: datetime | None = None
         self._ended: datetime | None = None
         self._stop_requested = False
+        self._max_runtime_hit = False
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()  # the supervisor and a stop() may both save job.json
@@ -191,8 +192,8 @@ class LocalJob:
             write_contract(self.paths, self.request)
             self.log_path.touch()
             # A restart must see neither the last run's entry group nor its failure.
-            self.paths.entry_pgid_file.unlink(missing_ok=True)
-            self.paths.failure_file.unlink(missing_ok=True)
+            for stale in (self.paths.entry_pgid_file, self.paths.failure_file, self.paths.stop_reason_file):
+                stale.unlink(missing_ok=True)
         except OSError as exc:
             raise ConfigError(f"job root {self.root} is not writable ({exc.strerror}): set \"job_root\" in the "
                               "backend config to a writable directory") from None
@@ -279,13 +280,35 @@ class LocalJob:
         assert self.proc is not None
         while True:
             try:
-                code = self.proc.wait(timeout=CHECKPOINT_SYNC_S)
+                code = self.proc.wait(timeout=self._next_wait_s())
                 break
             except subprocess.TimeoutExpired:
                 self._sync_checkpoints()
+                self._enforce_max_runtime()
         # The log is complete before anyone is told the job ended (an orphan holding the pipe: 10 s at most).
         self._pump.join(timeout=10)
         self._finish(code)
+
+    def _max_runtime_left_s(self) -> float | None:
+        limit = (self.request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+        if not limit or self._started is None:
+            return None
+        return float(limit) - (_now() - self._started).total_seconds()
+
+    def _next_wait_s(self) -> float:
+        left = self._max_runtime_left_s()
+        return CHECKPOINT_SYNC_S if left is None else max(0.1, min(CHECKPOINT_SYNC_S, left))
+
+    def _enforce_max_runtime(self) -> None:
+        """MaxRuntimeInSeconds holds in local mode too (the budget caps it): the job is stopped as
+        SageMaker stops it, and its run ends KILLED with ade.stop_reason=max_runtime."""
+        left = self._max_runtime_left_s()
+        if left is not None and left <= 0 and not self._stop_requested:
+            limit = self.request["StoppingCondition"]["MaxRuntimeInSeconds"]
+            self._log(f"local runner: MaxRuntimeInSeconds={limit} reached; stopping the job")
+            self._max_runtime_hit = True
+            self.stop("max_runtime", f"max_runtime: the job reached MaxRuntimeInSeconds={limit}",
+                      secondary="MaxRuntimeExceeded")
 
     def _sync_checkpoints(self, everything: bool = False) -> None:
         if self._checkpoints is not None:
@@ -311,10 +334,12 @@ class LocalJob:
             status = "Failed"
             self._failure = self._failure or self._failure_reason(code)
         self._ended = _now()
-        self._transition(status, {"Completed": "Training job completed", "Stopped": self._stop_message(),
-                                  "Failed": self._failure or ""}[status])
+        # SageMaker's last SecondaryStatus of a job stopped at MaxRuntimeInSeconds says so.
+        secondary = "MaxRuntimeExceeded" if status == "Stopped" and self._max_runtime_hit else status
+        self._transition(secondary, {"Completed": "Training job completed", "Stopped": self._stop_message(),
+                                     "Failed": self._failure or ""}[status])
         with self._lock:
-            self._status, self._secondary = status, status
+            self._status, self._secondary = status, secondary
         self._save_state()
         self._done.set()
 
@@ -347,13 +372,19 @@ class LocalJob:
                 tar.add(path, arcname=path.relative_to(self.paths.model_dir).as_posix(), recursive=False)
         return Location(output, self.clients).put_file(archive, f"{self.name}/output/model.tar.gz")
 
-    def stop(self) -> None:
-        """SIGTERM to the launcher's process group; SIGKILL after the grace period."""
+    def stop(self, reason: str = "stopped", detail: str = "stopped: StopTrainingJob (the local job was stopped "
+             "on request)", secondary: str = "Stopping") -> None:
+        """SIGTERM to the launcher's process group, its reason written first (a SIGTERM alone cannot say
+        why: the launcher reads it to tag the run); SIGKILL after the grace period."""
         if self.proc is None or self._done.is_set():
             return
         self._stop_requested = True
+        try:
+            self.paths.stop_reason_file.write_text(f"{reason}\n{detail}\n")
+        except OSError as exc:  # the stop goes on; the launcher then says "stopped"
+            self._log(f"local runner: cannot write {self.paths.stop_reason_file}: {exc}")
         with self._lock:
-            self._status, self._secondary = "Stopping", "Stopping"
+            self._status, self._secondary = "Stopping", secondary
         self._save_state()
         self._signal(signal.SIGTERM)
         killer = threading.Timer(STOP_GRACE_S, self._kill)

@@ -188,15 +188,26 @@ def _metrics(client: Any, run_id: str, records: list[dict[str, Any]]) -> int:
 
 
 def _tags(client: Any, run: Any, records: list[dict[str, Any]]) -> int:
+    """The tags as the records leave them, in order: a restarted job's relay deletes the stop tags that
+    its earlier attempt recorded (job/run_state.py), so a finished run does not keep them."""
     from mlflow.entities import RunTag
 
     wanted: dict[str, str] = {}
+    deleted: set[str] = set()
     for record in _of(records, job_relay.TAGS):
-        wanted.update({k: str(v) for k, v in record["tags"].items()})
+        for key in record.get("deleted", []):
+            wanted.pop(key, None)
+            deleted.add(key)
+        for key, value in record["tags"].items():
+            wanted[key] = str(value)
+            deleted.discard(key)
     new = [RunTag(k, v) for k, v in sorted(wanted.items()) if run.data.tags.get(k) != v]
     if new:
         client.log_batch(run.info.run_id, tags=new)
-    return len(new)
+    gone = sorted(key for key in deleted if key in run.data.tags)
+    for key in gone:
+        client.delete_tag(run.info.run_id, key)
+    return len(new) + len(gone)
 
 
 def _datasets(client: Any, run: Any, records: list[dict[str, Any]]) -> int:

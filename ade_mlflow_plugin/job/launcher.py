@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import os
-import queue
 import shlex
 import signal
 import subprocess
@@ -19,23 +18,22 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ade_mlflow_plugin.job import bootstrap, contract
+from ade_mlflow_plugin.job.budget import budget_clock, start_budget_guard
 from ade_mlflow_plugin.job.deps import install_missing_requirements
 from ade_mlflow_plugin.job.procs import group_members, kill_tree, wait_for_group
+from ade_mlflow_plugin.job.run_state import end_run, reopen_run, sigterm_reason
 
 EXIT_STOPPED = 143
 FAILURE_TAIL_LINES = 40
 #: A stop of the launcher's own (the budget) allows the entry what SageMaker allows on its stops (120 s),
 #: less a margin for the launcher's last words.
 STOP_GRACE_S = 110.0
-BUDGET_INTERVAL_S = 15.0
-BUDGET_ALERTS = (0.5, 0.8)
-STOP_REASON_TAG = "ade.stop_reason"
+STOP_REASON_TAG = contract.STOP_REASON_TAG  # where submitted_run.py reads it from
 
 
 class LaunchError(Exception):
@@ -226,37 +224,6 @@ class EntryProcess:
         return code
 
 
-def _end_run(env: dict[str, str], status: str, resource: dict[str, Any],
-             tags: dict[str, str] | None = None) -> None:
-    """Mark the run ended (tags first); only node rank 0 does, so a multi-host job ends its run exactly once."""
-    run_id = env.get(contract.ENV_RUN_ID)
-    if not run_id or not contract.is_lead_host(resource):
-        return
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=env.get(contract.ENV_TRACKING_URI))
-        for key, value in (tags or {}).items():
-            client.set_tag(run_id, key, value)
-        client.set_terminated(run_id, status)
-    except Exception as exc:  # the job's outcome must not depend on the tracking server being up
-        print(f"launcher: could not mark MLflow run {run_id} {status}: {exc}; the relay keeps it for "
-              "`ade-mlflow sync-run`", file=sys.stderr)
-        _relay_end(env, status, tags or {})
-
-
-def _relay_end(env: dict[str, str], status: str, tags: dict[str, str]) -> None:
-    from ade_mlflow_plugin.job import relay
-
-    try:
-        job_relay = relay.Relay(relay.relay_home(env))
-        if tags:
-            job_relay.append(relay.TAGS, tags=tags)
-        job_relay.append(relay.END, status=status)
-    except OSError as exc:
-        print(f"launcher: cannot write the relay either: {exc}", file=sys.stderr)
-
-
 def failure_text(tail: list[str], code: int) -> str:
     """The failure file: the entry's last words first, then the output tail they came from.
 
@@ -275,176 +242,6 @@ def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
         paths.failure_file.write_text(text[-20000:] + "\n")
     except OSError as exc:
         print(f"launcher: cannot write {paths.failure_file}: {exc}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- budget
-def budget_clock(env: dict[str, str] | None = None) -> Callable[[], float]:
-    """Seconds the job has been billed, about: since this call (the launcher starts as the container
-    does), or what ENV_BUDGET_CLOCK_FILE says (tests drive the guard through it, not the wall clock)."""
-    clock_file = (os.environ if env is None else env).get(contract.ENV_BUDGET_CLOCK_FILE)
-    if clock_file:
-        def from_file() -> float:
-            try:
-                return float(Path(clock_file).read_text().strip() or 0)
-            except (OSError, ValueError):
-                return 0.0  # not written yet
-        return from_file
-    start = time.monotonic()
-    return lambda: time.monotonic() - start
-
-
-class RunWriter:
-    """The launcher's few writes to the MLflow run (cost_usd, budget tags), made by a thread of their own
-    so that a slow or absent tracking server never delays a budget check. When the server cannot be
-    reached (at the first write, or when a write fails) they go to the job's relay (job/relay.py), which
-    `ade-mlflow sync-run` replays into the run."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.run_id = env.get(contract.ENV_RUN_ID, "")
-        self.uri = env.get(contract.ENV_TRACKING_URI)
-        self.env = env
-        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
-        self._client: Any = None
-        self._relay: Any = None
-        self._thread = threading.Thread(target=self._drain, daemon=True, name="run-writer")
-        self._thread.start()
-
-    def metric(self, key: str, value: float, step: int) -> None:
-        self._queue.put(("metric", {"key": key, "value": value, "step": step,
-                                    "timestamp": int(time.time() * 1000)}))
-
-    def tag(self, key: str, value: str) -> None:
-        self._queue.put(("tag", {key: value}))
-
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Write what is queued (the final cost before the run ends), for timeout_s at most."""
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-
-    def _drain(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self.run_id:
-                self._write(*item)
-
-    def _write(self, kind: str, payload: Any) -> None:
-        if self._relay is None:
-            try:
-                self._to_mlflow(kind, payload)
-                return
-            except Exception as exc:  # noqa: BLE001 - the budget is kept whether or not MLflow answers
-                self._start_relay(f"{type(exc).__name__}: {str(exc)[:200]}")
-        from ade_mlflow_plugin.job import relay
-
-        if kind == "metric":
-            self._relay.metrics([payload])
-        else:
-            self._relay.append(relay.TAGS, tags=payload)
-
-    def _to_mlflow(self, kind: str, payload: Any) -> None:
-        if self._client is None:
-            from ade_mlflow_plugin.job import relay
-
-            reason = relay.unreachable_reason(self.uri, self.env)
-            if reason:
-                raise ConnectionError(reason)
-            import mlflow  # after the install step: mlflow is one of the job's requirements
-
-            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
-        if kind == "metric":
-            self._client.log_metric(self.run_id, payload["key"], payload["value"], timestamp=payload["timestamp"],
-                                    step=payload["step"])
-        else:
-            for key, value in payload.items():
-                self._client.set_tag(self.run_id, key, value)
-
-    def _start_relay(self, why: str) -> None:
-        from ade_mlflow_plugin.job import relay
-
-        self._relay = relay.Relay(relay.relay_home(self.env))
-        print(f"launcher: MLflow run {self.run_id} cannot be written ({why}): cost and budget records go to "
-              f"the relay in {self._relay.dir}; the budget is still kept", file=sys.stderr, flush=True)
-
-
-@dataclass
-class BudgetGuard:
-    """The job keeps its own budget, followed or not: cost_usd (step = elapsed seconds) to the run and to
-    the log (SageMaker's cost_usd metric), tags at 50 and 80 %, and at 100 % (on_budget "stop") the
-    entry stopped as SageMaker stops it. Every host stops its own entry; only the lead host writes."""
-
-    cost: contract.Cost
-    instance_count: int
-    clock: Callable[[], float]
-    stop_entry: Callable[[str, str], None]
-    writer: RunWriter | None = None
-    fired: set[float] = field(default_factory=set)
-    stopped: bool = False
-    last_step: int = -1
-
-    def tick(self) -> None:
-        elapsed = max(0.0, self.clock())
-        usd = self.cost.usd(elapsed, self.instance_count)
-        step = int(elapsed)
-        if step > self.last_step:
-            self.last_step = step
-            print(f"{contract.METRIC_LINE_PREFIX} step={step} cost_usd={usd:.6f}", flush=True)
-            if self.writer is not None:  # queued: written by the writer's thread
-                self.writer.metric("cost_usd", round(usd, 6), step)
-        if self.cost.max_cost_usd is not None:
-            self._check(usd, step, usd / self.cost.max_cost_usd)
-
-    def _check(self, usd: float, step: int, fraction: float) -> None:
-        budget = self.cost.max_cost_usd
-        for threshold in (*BUDGET_ALERTS, 1.0):
-            if fraction >= threshold and threshold not in self.fired:
-                self.fired.add(threshold)
-                said = f"estimated cost ${usd:.2f} is {fraction:.0%} of max_cost_usd ${budget:.2f} after {step} s"
-                print(f"launcher: budget: {said}", flush=True)
-                if self.writer is not None:
-                    self.writer.tag(f"ade.budget_alert_{round(threshold * 100)}", said)
-        if fraction >= 1.0 and self.cost.on_budget == "stop" and not self.stopped:
-            self.stopped = True
-            detail = (f"budget: estimated cost ${usd:.2f} reached max_cost_usd ${budget:.2f} after {step} s "
-                      f"at ${self.cost.usd_per_hour:g}/h x {self.instance_count} (on_budget=stop)")
-            print(f"launcher: {detail}; stopping the entry (SIGTERM, checkpoint, exit)", flush=True)
-            self.stop_entry("budget", detail)
-
-    def run(self, done: threading.Event, interval_s: float) -> None:
-        while not done.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # noqa: BLE001 - a broken tick must not take the job down
-                print(f"launcher: budget check failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            done.wait(interval_s)
-
-
-@dataclass
-class RunningGuard:
-    """A guard's thread and writer, ended together once the entry is over."""
-
-    done: threading.Event
-    thread: threading.Thread
-    writer: RunWriter | None
-
-    def finish(self) -> None:
-        self.done.set()
-        self.thread.join(timeout=10)
-        if self.writer is not None:
-            self.writer.close()  # the last cost_usd and tags land before the run is ended
-
-
-def start_budget_guard(launch: Launch, entry: EntryProcess,
-                       clock: Callable[[], float] | None = None) -> RunningGuard | None:
-    """The guard thread for this job (None without a price)."""
-    if launch.job.cost is None:
-        return None
-    writer = RunWriter(launch.env) if contract.is_lead_host(launch.resource) else None
-    guard = BudgetGuard(launch.job.cost, len(launch.resource.get("hosts") or ["algo-1"]),
-                        clock or budget_clock(launch.env), entry.stop, writer)
-    interval = float(launch.env.get(contract.ENV_BUDGET_INTERVAL_S) or BUDGET_INTERVAL_S)
-    done = threading.Event()
-    thread = threading.Thread(target=guard.run, args=(done, interval), daemon=True, name="budget")
-    thread.start()
-    return RunningGuard(done, thread, writer)
 
 
 class Stopped(Exception):
@@ -482,7 +279,7 @@ def _fail(paths: contract.ContainerPaths, launch: Launch, exc: BaseException) ->
     message = "ade launcher: " + " ".join(str(exc).split())  # one line, for FailureReason
     print(message, file=sys.stderr)
     _write_failure(paths, message)
-    _end_run(launch.env or child_env(launch, 0), "FAILED", launch.resource)
+    end_run(launch.env or child_env(launch, 0), "FAILED", launch.resource)
     return 1
 
 
@@ -492,26 +289,40 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
     print(f"launcher: running in {launch.project_dir}: {launch.command}", flush=True)
     entry = router.entry = EntryProcess(launch.command, launch.project_dir, launch.env)
     entry.record_group(paths.entry_pgid_file)
-    guard = start_budget_guard(launch, entry, clock)
+    guard = start_budget_guard(launch.job, launch.resource, launch.env, paths.checkpoint_dir, entry.stop, clock)
     try:
         code = entry.wait()
     finally:
         if guard is not None:
             guard.finish()
     if entry.terminated:
-        print(f"launcher: stopped; the entry exited with {code}", flush=True)
-        tags = {}
-        if entry.stop_reason:  # our own stop: SageMaker shows output/failure as the job's FailureReason
-            _write_failure(paths, entry.stop_detail)
-            tags = {STOP_REASON_TAG: entry.stop_reason, "ade.stop_detail": entry.stop_detail}
-        _end_run(launch.env, "KILLED", launch.resource, tags)
-        return EXIT_STOPPED
+        return _stopped(paths, launch, entry, code)
     if code != 0:
         _write_failure(paths, failure_text(list(entry.tail), code))
-        _end_run(launch.env, "FAILED", launch.resource)
+        end_run(launch.env, "FAILED", launch.resource)
         return code if 0 < code < 256 else 1
-    _end_run(launch.env, "FINISHED", launch.resource)
+    end_run(launch.env, "FINISHED", launch.resource)
     return 0
+
+
+def _stopped(paths: contract.ContainerPaths, launch: Launch, entry: EntryProcess, code: int) -> int:
+    """The entry was stopped (our budget, or a SIGTERM from SageMaker or the local runner): the run ends
+    KILLED with the reason, and output/failure starts with it ("budget: ..."), which is how SageMaker's
+    FailureReason and the local runner tell a stop from an entry that failed with exit code 143."""
+    reason, detail = entry.stop_reason, entry.stop_detail
+    if not reason:
+        reason, detail = sigterm_reason(paths, launch.env, launch.job.region)
+    print(f"launcher: stopped ({detail}); the entry exited with {code}", flush=True)
+    _write_failure(paths, detail)
+    end_run(launch.env, "KILLED", launch.resource,
+            {contract.STOP_REASON_TAG: reason, contract.STOP_DETAIL_TAG: detail})
+    return EXIT_STOPPED
+
+
+def _clear_last_attempt(paths: contract.ContainerPaths) -> None:
+    """A restart on the same job root (local mode) must not read the earlier attempt's words."""
+    for stale in (paths.failure_file, paths.stop_reason_file):
+        stale.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -524,18 +335,27 @@ def main() -> int:
         launch.job = contract.decode(paths)
         launch.resource = contract.read_resource_config(paths)
         paths.make_dirs()
+        _clear_last_attempt(paths)
         prepare(paths, launch)
+        reopen_run(launch.env, launch.resource)
     except Stopped as stop:
         print(f"launcher: {stop} before the entry started; stopping", file=sys.stderr)
-        _end_run(launch.env or child_env(launch, 0), "KILLED", launch.resource)
+        _end_stopped_early(paths, launch)
         return EXIT_STOPPED
     except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
         return _fail(paths, launch, exc)
     try:
         return run_entry(paths, launch, router, clock)
     except Stopped:  # only if the signal beat the entry's start by a hair; nothing ran yet
-        _end_run(launch.env, "KILLED", launch.resource)
+        _end_stopped_early(paths, launch)
         return EXIT_STOPPED
+
+
+def _end_stopped_early(paths: contract.ContainerPaths, launch: Launch) -> None:
+    reason, detail = sigterm_reason(paths, launch.env or dict(os.environ), launch.job.region)
+    _write_failure(paths, detail)
+    end_run(launch.env or child_env(launch, 0), "KILLED", launch.resource,
+            {contract.STOP_REASON_TAG: reason, contract.STOP_DETAIL_TAG: detail})
 
 
 if __name__ == "__main__":

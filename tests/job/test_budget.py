@@ -11,7 +11,7 @@ import pytest
 from ade_mlflow_plugin.backend import cost, packaging, spec
 from ade_mlflow_plugin.backend.local import LocalJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.job import contract, launcher
+from ade_mlflow_plugin.job import budget, contract, launcher, run_state
 from tests.conftest import FIXTURES
 
 COUNTER = FIXTURES / "projects" / "counter"
@@ -39,10 +39,10 @@ class Writer:
         self.tags[key] = value
 
 
-def _guard(on_budget: str = "stop", writer: Writer | None = None) -> tuple[launcher.BudgetGuard, Clock, list]:
+def _guard(on_budget: str = "stop", writer: Writer | None = None) -> tuple[budget.BudgetGuard, Clock, list]:
     clock, stops = Clock(), []
     # $1 at 2 x $1.8/h: the budget lasts 1000 s.
-    guard = launcher.BudgetGuard(contract.Cost(1.8, "test", 1.0, on_budget), 2, clock,
+    guard = budget.BudgetGuard(contract.Cost(1.8, "test", 1.0, on_budget), 2, clock,
                                  lambda reason, detail: stops.append((reason, detail)), writer)
     return guard, clock, stops
 
@@ -77,11 +77,11 @@ def test_alert_mode_never_stops_and_off_the_lead_host_nothing_is_written():
 
 def test_the_clock_file_drives_the_guard_and_reads_zero_until_written(tmp_path):
     clock_file = tmp_path / "elapsed"
-    clock = launcher.budget_clock({contract.ENV_BUDGET_CLOCK_FILE: str(clock_file)})
+    clock = budget.budget_clock({contract.ENV_BUDGET_CLOCK_FILE: str(clock_file)})
     assert clock() == 0.0
     clock_file.write_text("1234.5\n")
     assert clock() == 1234.5
-    assert 0 <= launcher.budget_clock({})() < 60  # the real one counts from its creation
+    assert 0 <= budget.budget_clock({})() < 60  # the real one counts from its creation
 
 
 def _wait_for(what: str, check, timeout_s: float = 180):
@@ -176,11 +176,11 @@ def test_with_the_tracking_server_out_of_reach_cost_tags_and_the_end_go_to_the_r
 
     env = {contract.ENV_RUN_ID: "abc", contract.ENV_TRACKING_URI: f"http://127.0.0.1:{free_port()}",
            contract.ENV_OUTPUT_DATA_DIR: str(tmp_path / "data")}
-    writer = launcher.RunWriter(env)
+    writer = budget.RunWriter(env)
     writer.metric("cost_usd", 0.25, 600)
     writer.tag("ade.budget_alert_50", "estimated cost $0.50 ...")
     writer.close()
-    launcher._end_run(env, "KILLED", {"hosts": ["algo-1"]}, {"ade.stop_reason": "budget"})
+    run_state.end_run(env, "KILLED", {"hosts": ["algo-1"]}, {"ade.stop_reason": "budget"})
     records = list(relay.read_records(tmp_path / "data" / relay.RELAY_DIR))
     assert [r["kind"] for r in records] == ["metrics", "tags", "tags", "end"]
     assert {k: records[0]["metrics"][0][k] for k in ("key", "value", "step")} == {

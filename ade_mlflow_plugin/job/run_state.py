@@ -1,0 +1,175 @@
+"""The launcher's word on the MLflow run: ended once (FINISHED, FAILED, KILLED with a stop reason) and
+reopened when SageMaker restarts the same job (a managed-spot reclaim, a retried internal error).
+
+A SIGTERM says nothing about why it came; the reason is found out here: the local runner writes it
+(ContainerPaths.stop_reason_file) before it signals, and on SageMaker the job's own DescribeTrainingJob
+tells a StopTrainingJob, a spot reclaim and MaxRuntimeInSeconds apart. What cannot be found out reads
+"stopped", never FAILED. When the tracking server cannot be reached, the same words go to the relay.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from ade_mlflow_plugin.job import contract
+
+#: A SIGTERM this close to MaxRuntimeInSeconds is SageMaker's MaxRuntime stop.
+MAX_RUNTIME_SLACK_S = 60.0
+DESCRIBE_TIMEOUT_S = 5
+ATTEMPT_TAG = "ade.attempt"
+STOP_TAGS = (contract.STOP_REASON_TAG, contract.STOP_DETAIL_TAG)
+
+
+# ---------------------------------------------------------------- why the SIGTERM came
+def reason_from_description(description: Mapping[str, Any], now: dt.datetime | None = None) -> tuple[str, str]:
+    """(reason, detail) for a SIGTERM, from the job's DescribeTrainingJob answer at that moment."""
+    status = description.get("TrainingJobStatus", "")
+    secondary = description.get("SecondaryStatus", "")
+    if status in ("Stopping", "Stopped") or secondary in ("Stopping", "Stopped"):
+        return "stopped", "stopped: StopTrainingJob (SageMaker stopped the job on request)"
+    if secondary == "MaxRuntimeExceeded" or _past_max_runtime(description, now):
+        limit = (description.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+        return "max_runtime", f"max_runtime: the job reached MaxRuntimeInSeconds={limit}"
+    if secondary == "Interrupted" or (status == "InProgress" and description.get("EnableManagedSpotTraining")):
+        # A SIGTERM to a managed-spot job that nobody stopped and that is within its runtime: the reclaim.
+        return "spot_interrupted", "spot_interrupted: the spot instance was reclaimed; SageMaker restarts the job"
+    return "stopped", f"stopped: SIGTERM while the job was {status or 'running'} ({secondary or 'no detail'})"
+
+
+def _past_max_runtime(description: Mapping[str, Any], now: dt.datetime | None) -> bool:
+    limit = (description.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+    started = description.get("TrainingStartTime")
+    if not limit or not isinstance(started, dt.datetime) or description.get("EnableManagedSpotTraining"):
+        return False  # a spot job's runtime spans its attempts: only SecondaryStatus can say
+    now = now or dt.datetime.now(started.tzinfo or dt.timezone.utc)
+    return (now - started).total_seconds() >= float(limit) - MAX_RUNTIME_SLACK_S
+
+
+def sigterm_reason(paths: contract.ContainerPaths, env: Mapping[str, str], region: str | None) -> tuple[str, str]:
+    """Why the launcher was sent SIGTERM: the local runner's word, else SageMaker's, else "stopped"."""
+    try:
+        written = paths.stop_reason_file.read_text().strip()
+    except OSError:
+        written = ""
+    if written:
+        reason, _, detail = written.partition("\n")
+        if reason in contract.STOP_REASONS:
+            return reason, detail.strip() or f"{reason}: the local runner stopped the job"
+    job_name = env.get(contract.ENV_JOB_NAME)
+    if job_name and not env.get(contract.ENV_BASE_DIR):  # a real SageMaker container
+        try:
+            return reason_from_description(_describe(job_name, region))
+        except Exception as exc:  # noqa: BLE001 - no permission, no network: the stop is still a stop
+            return "stopped", (f"stopped: SIGTERM; DescribeTrainingJob could not say why ({type(exc).__name__}); "
+                               "give the job role sagemaker:DescribeTrainingJob to tell spot reclaims apart")
+    return "stopped", "stopped: SIGTERM to the launcher"
+
+
+def _describe(job_name: str, region: str | None) -> dict[str, Any]:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=DESCRIBE_TIMEOUT_S, read_timeout=DESCRIBE_TIMEOUT_S,
+                    retries={"max_attempts": 1, "mode": "standard"})  # inside the 120 s grace period
+    return boto3.client("sagemaker", region_name=region, config=config).describe_training_job(
+        TrainingJobName=job_name)
+
+
+# ---------------------------------------------------------------- the run
+def _client(env: Mapping[str, str]) -> Any:
+    """An MlflowClient for the job's run, or None when the tracking server cannot be reached (checked
+    with one short probe, so a server that is down costs seconds here, not MLflow's minutes of retries)."""
+    from ade_mlflow_plugin.job import relay
+
+    if relay.unreachable_reason(env.get(contract.ENV_TRACKING_URI), env):
+        return None
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=env.get(contract.ENV_TRACKING_URI))
+
+
+def _relay(env: Mapping[str, str]) -> Any:
+    from ade_mlflow_plugin.job import relay
+
+    return relay.Relay(relay.relay_home(dict(env)))
+
+
+def end_run(env: Mapping[str, str], status: str, resource: Mapping[str, Any],
+            tags: Mapping[str, str] | None = None) -> None:
+    """Mark the run ended (tags first); only node rank 0 does, so a multi-host job ends its run exactly once."""
+    run_id = env.get(contract.ENV_RUN_ID)
+    if not run_id or not contract.is_lead_host(dict(resource)):
+        return
+    try:
+        client = _client(env)
+        if client is not None:
+            for key, value in (tags or {}).items():
+                client.set_tag(run_id, key, value)
+            client.set_terminated(run_id, status)
+            return
+        why = "the tracking server cannot be reached"
+    except Exception as exc:  # the job's outcome must not depend on the tracking server being up
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+    print(f"launcher: could not mark MLflow run {run_id} {status} ({why}); the relay keeps it for "
+          "`ade-mlflow sync-run`", file=sys.stderr)
+    _relay_end(env, status, dict(tags or {}))
+
+
+def _relay_end(env: Mapping[str, str], status: str, tags: dict[str, str]) -> None:
+    from ade_mlflow_plugin.job import relay
+
+    try:
+        job_relay = _relay(env)
+        if tags:
+            job_relay.append(relay.TAGS, tags=tags)
+        job_relay.append(relay.END, status=status)
+    except OSError as exc:
+        print(f"launcher: cannot write the relay either: {exc}", file=sys.stderr)
+
+
+def reopen_run(env: Mapping[str, str], resource: Mapping[str, Any]) -> None:
+    """A restart of the same job (same run id): the run that an earlier attempt ended goes on, RUNNING,
+    without the earlier stop's tags; ade.attempt counts the attempts. Only the lead host does it."""
+    run_id = env.get(contract.ENV_RUN_ID)
+    if not run_id or not contract.is_lead_host(dict(resource)):
+        return
+    try:
+        client = _client(env)
+        if client is not None:
+            _reopen_in_mlflow(client, run_id)
+            return
+    except Exception as exc:  # noqa: BLE001 - the restart trains whether or not the run can be reopened now
+        print(f"launcher: cannot reopen MLflow run {run_id}: {type(exc).__name__}: {str(exc)[:200]}",
+              file=sys.stderr)
+    _reopen_in_relay(env)
+
+
+def _reopen_in_mlflow(client: Any, run_id: str) -> None:
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":
+        return  # the first attempt: the backend created the run RUNNING
+    attempt = int(run.data.tags.get(ATTEMPT_TAG, "1") or 1) + 1
+    said = run.data.tags.get(contract.STOP_REASON_TAG) or run.info.status
+    print(f"launcher: MLflow run {run_id} ended {run.info.status} ({said}) in an earlier attempt of this job; "
+          f"attempt {attempt} continues it", flush=True)
+    for key in STOP_TAGS:
+        if key in run.data.tags:
+            client.delete_tag(run_id, key)
+    client.set_tag(run_id, ATTEMPT_TAG, str(attempt))
+    client.update_run(run_id, status="RUNNING")
+
+
+def _reopen_in_relay(env: Mapping[str, str]) -> None:
+    """The relay of a restarted job already holds the earlier attempt's end: the replay must not keep its
+    stop tags (the last end record wins the status)."""
+    from ade_mlflow_plugin.job import relay
+
+    relay_dir = relay.relay_home(dict(env)) / relay.RELAY_DIR
+    if not any(record["kind"] == relay.END for record in relay.read_records(relay_dir)):
+        return
+    try:
+        _relay(env).append(relay.TAGS, tags={}, deleted=list(STOP_TAGS))
+    except OSError as exc:
+        print(f"launcher: cannot write the relay: {exc}", file=sys.stderr)
