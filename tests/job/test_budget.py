@@ -84,6 +84,27 @@ def test_the_clock_file_drives_the_guard_and_reads_zero_until_written(tmp_path):
     assert 0 <= budget.budget_clock({})() < 60  # the real one counts from its creation
 
 
+def test_a_spot_restart_goes_on_from_the_seconds_billed_before(tmp_path, capsys):
+    """Billed seconds are kept beside the checkpoints (restored on a restart): a job reclaimed at 800 s
+    of a 1000 s budget stops 200 s into its next attempt, not 1000 s."""
+    first = budget.BudgetGuard(contract.Cost(1.8, "test", 1.0), 2, Clock(), lambda *_: None,
+                               billed=budget.BilledSeconds.load(tmp_path / "ckpt"))
+    first.clock.now = 800
+    first.tick()
+    assert (tmp_path / "ckpt" / budget.BILLED_FILE).read_text() == "800.0\n"
+    stops: list = []
+    writer = Writer()
+    again = budget.BudgetGuard(contract.Cost(1.8, "test", 1.0), 2, Clock(), lambda *a: stops.append(a), writer,
+                               budget.BilledSeconds.load(tmp_path / "ckpt"))
+    again.clock.now = 150
+    again.tick()
+    assert stops == [] and writer.metrics[-1][2] == 950  # cost_usd's step is the job's billed seconds
+    again.clock.now = 200
+    again.tick()
+    assert [reason for reason, _ in stops] == ["budget"]
+    assert budget.BilledSeconds.load(tmp_path / "nowhere").earlier_s == 0.0
+
+
 def _wait_for(what: str, check, timeout_s: float = 180):
     """Waits for an event (never for an amount of time); the deadline only ends a hung test."""
     deadline = time.monotonic() + timeout_s
