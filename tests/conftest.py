@@ -52,6 +52,7 @@ def private_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("tmp")
     saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"], tempfile.tempdir = str(path), str(path)
+    os.environ["ADE_CACHE_DIR"] = str(path / "ade-cache")  # the secret-scan cache, not in $HOME
     yield path
     tempfile.tempdir = saved_tempdir
     if saved_env is None:
