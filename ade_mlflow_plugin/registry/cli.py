@@ -118,7 +118,8 @@ def watch_command(root: Path | None, keep_versions: int, models: tuple[str, ...]
 @_root_option
 @_keep_option
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="TCP port (0: any free one, printed at start).")
 @click.option("--window-s", type=int, default=300, show_default=True, help="Accepted timestamp skew.")
 def webhook_server_command(secret_env: str, root: Path | None, keep_versions: int, host: str, port: int,
                            window_s: int) -> None:
@@ -136,7 +137,8 @@ def webhook_server_command(secret_env: str, root: Path | None, keep_versions: in
         receiver = WebhookReceiver(verifier, get_plugin_manager(config), host, port,
                                    providers_reader=AdeStore(config.root).read_providers)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or first_line(exc)}); pick another --port") from exc
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or first_line(exc)}); "
+                          "pick another --port or --host") from exc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     click.echo(f"listening on {receiver.url} (ADE storage {config.root}); Ctrl-C to stop", err=True)
     try:

@@ -3,7 +3,9 @@
 MLflow signs each delivery: X-MLflow-Signature = ``v1,`` + base64(HMAC-SHA256(secret,
 f"{delivery_id}.{timestamp}.{body}")). The receiver refuses a missing signature (401), a wrong one,
 a timestamp outside the window or a replayed delivery id (403), answers 200 at once and hands the
-event to a worker thread that fires the hooks (the built-in plugin then syncs).
+event to a worker thread that fires the hooks (the built-in plugin then syncs). Malformed HTTP, odd
+framings, oversized bodies, slow clients and non-JSON content are answered by webhook_server.py
+before a delivery gets here.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ade_mlflow_plugin.errors import ConfigError, describe, mlflow_error
+from ade_mlflow_plugin.registry.webhook_server import HttpServer, Limits
 
 _log = logging.getLogger(__name__)
 
@@ -95,10 +97,15 @@ class ReceiverStats:
 
 
 class WebhookReceiver:
-    """HTTP server + worker thread. ``start()`` for tests and embedding, ``serve_forever()`` for the CLI."""
+    """HTTP server + worker thread. ``start()`` for tests and embedding, ``serve_forever()`` for the CLI.
+
+    The HTTP side is webhook_server.HttpServer (h11 on asyncio): framing, body limit, deadlines and
+    connection bound are kept there, before a delivery reaches :meth:`handle`.
+    """
 
     def __init__(self, verifier: DeliveryVerifier, plugin_manager: Any, host: str = "127.0.0.1",
-                 port: int = 0, providers_reader: Callable[[], dict[str, Any]] | None = None) -> None:
+                 port: int = 0, providers_reader: Callable[[], dict[str, Any]] | None = None,
+                 limits: Limits | None = None) -> None:
         self.verifier = verifier
         self.pm = plugin_manager
         self.stats = ReceiverStats()
@@ -106,20 +113,17 @@ class WebhookReceiver:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._idle = threading.Condition()
         self._pending = 0
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
+        self._server = HttpServer(self.handle, host, port, limits or Limits(max_body_bytes=MAX_BODY_BYTES))
         self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self._server.address
         return f"http://{host}:{port}/"
 
     def start(self) -> "WebhookReceiver":
         self._start_worker()
-        thread = threading.Thread(target=self._server.serve_forever, name="ade-webhook-http", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        self._server.start()
         return self
 
     def serve_forever(self) -> None:
@@ -130,8 +134,7 @@ class WebhookReceiver:
             self.stop()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         self._queue.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
@@ -143,7 +146,7 @@ class WebhookReceiver:
 
     # -- request side ---------------------------------------------------------------------------
     def handle(self, headers: Any, body: bytes) -> tuple[int, dict[str, Any]]:
-        """Verify and enqueue one delivery; returns (HTTP status, JSON answer)."""
+        """Verify and enqueue one delivery; returns (HTTP status, JSON answer). Never blocks."""
         try:
             self.verifier.verify(headers, body)
             event = _parse_event(body)
@@ -156,34 +159,6 @@ class WebhookReceiver:
         self.stats.accepted += 1
         self._queue.put(event)
         return HTTPStatus.OK, {"accepted": True}
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                self._answer(HTTPStatus.OK, {"status": "ok"})
-
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-                    return
-                status, answer = receiver.handle(self.headers, self.rfile.read(length))
-                self._answer(status, answer)
-
-            def _answer(self, status: int, answer: dict[str, Any]) -> None:
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                _log.debug("webhook http: " + fmt, *args)
-
-        return Handler
 
     # -- worker side ----------------------------------------------------------------------------
     def _start_worker(self) -> None:
