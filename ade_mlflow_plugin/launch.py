@@ -1,12 +1,18 @@
-"""The seed's launch API and `ade-mlflow launch`: thin wrappers over mlflow.projects.run with this backend.
+"""The ADE Cloud Training API (launch_training_job) and `ade-mlflow launch`, which is also
+`python -m ade_mlflow_plugin.launch`: thin wrappers over mlflow.projects.run with this backend.
 
 The project (MLproject, conda.yaml, entrypoints/) ships inside the installed package, so launching
-works after a plain `pip install`, without a checkout.
+works after a plain `pip install`, without a checkout. What the API's arguments mean here:
+``output_dir`` s3://bucket/prefix is the job's S3 home (code, data, checkpoints, model output); a local
+folder is where the finished model lands (``<output_dir>/registry/<name>-v<N>/``, registry/landing.py),
+in either mode. The model is registered under ``registry_config``'s name, by default ade-<codebase
+folder name> (config/registry.default_model_name).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +20,7 @@ from typing import Any
 import click
 
 from ade_mlflow_plugin.config.cloud import CloudTrainingConfig
+from ade_mlflow_plugin.config.registry import ModelRegistryConfig, default_model_name
 from ade_mlflow_plugin.config.training import DEFAULT_BASE_MODEL, TrainingConfig
 from ade_mlflow_plugin.options import click_option
 
@@ -37,19 +44,42 @@ def _as_dict(config: Any) -> dict[str, Any]:
 
 
 def _apply_output_dir(backend_config: dict[str, Any], output_dir: str | None) -> None:
-    """output_dir: the job root in local mode, or s3://bucket/prefix for SageMaker's code/data/output."""
+    """output_dir: s3://bucket/prefix is the job's S3 home; a local folder is where the finished model
+    lands (the backend config's output_dir), and in local mode also the job root (jobs/, cache/, ...)."""
     if not output_dir:
         return
-    if output_dir.startswith("s3://"):
-        bucket, _, prefix = output_dir[5:].partition("/")
+    if str(output_dir).startswith("s3://"):
+        bucket, _, prefix = str(output_dir)[5:].partition("/")
         backend_config.setdefault("bucket", bucket)
         backend_config.setdefault("prefix", prefix.strip("/") or "ade-mlflow")
-    elif backend_config.get("mode") == "local":
-        backend_config.setdefault("job_root", str(Path(output_dir).resolve()))
+        return
+    folder = str(Path(output_dir).expanduser().resolve())
+    given = backend_config.get("output_dir")
+    if given and str(Path(given).expanduser().resolve()) != folder:
+        from ade_mlflow_plugin.errors import ConfigError
+
+        raise ConfigError(f"output_dir '{output_dir}' and cloud_config output_dir '{given}' differ: keep one")
+    backend_config["output_dir"] = folder
+    if backend_config.get("mode") == "local":
+        backend_config.setdefault("job_root", folder)
+
+
+def registered_name(registry_config: Any, codebase_path: str) -> str:
+    """The name the model is registered under: the registry config's, else ade-<codebase folder name>;
+    "" (given as such) registers nothing."""
+    if registry_config is None:
+        config = ModelRegistryConfig()
+    elif isinstance(registry_config, ModelRegistryConfig):
+        config = registry_config
+    elif isinstance(registry_config, dict):
+        config = ModelRegistryConfig.from_dict(registry_config)
     else:
         from ade_mlflow_plugin.errors import ConfigError
 
-        raise ConfigError("output_dir must be an s3://bucket/prefix URI in sagemaker mode (or use mode local)")
+        raise ConfigError(f"registry_config must be a ModelRegistryConfig or a dict, got "
+                          f"{type(registry_config).__name__}")
+    name = config.registered_model_name
+    return default_model_name(codebase_path) if name is None else name
 
 
 def build_launch(codebase_path: str, output_dir: str | None, base_model: str, cloud_config: Any,
@@ -58,11 +88,9 @@ def build_launch(codebase_path: str, output_dir: str | None, base_model: str, cl
     """-> (MLproject parameters, backend config) for the `main` entry point."""
     backend_config = _as_dict(cloud_config)
     _apply_output_dir(backend_config, output_dir)
-    registry = _as_dict(registry_config)
     parameters = {"codebase": str(Path(codebase_path).expanduser().resolve()), "base_model": base_model,
-                  "num_examples": str(num_examples), "synthetic_ratio": str(synthetic_ratio)}
-    if registry.get("registered_model_name"):
-        parameters["registered_model_name"] = registry["registered_model_name"]
+                  "num_examples": str(num_examples), "synthetic_ratio": str(synthetic_ratio),
+                  "registered_model_name": registered_name(registry_config, codebase_path)}
     parameters.update({k: str(v) for k, v in params.items()})
     return parameters, backend_config
 
@@ -106,39 +134,47 @@ def _backend_config_option(value: str | None) -> dict[str, Any]:
 @click.command("launch")
 @click.option("--codebase_path", "--codebase-path", required=True, type=click.Path(exists=True, file_okay=False),
               help="The codebase to fine-tune on.")
+@click.option("--output_dir", "--output-dir", default=None,
+              help="s3://bucket/prefix: the job's S3 home; a local folder: the finished model lands in "
+                   "<output_dir>/registry/<name>-v<N>/ (in local mode the job's files go there too).")
 @click_option(TrainingConfig, "base_model", "--base_model", "--base-model")
 @click_option(TrainingConfig, "num_examples", "--num_examples", "--num-examples")
 @click_option(TrainingConfig, "synthetic_ratio", "--synthetic_ratio", "--synthetic-ratio")
 @click_option(CloudTrainingConfig, "instance_type", "--instance_type", "--instance-type", default=None)
 @click_option(CloudTrainingConfig, "instance_count", "--instance_count", "--instance-count", default=None)
-@click_option(CloudTrainingConfig, "max_runtime_s", "--max_runtime", "--max-runtime", default=None, metavar="SECONDS")
+@click_option(CloudTrainingConfig, "max_runtime_s", "--max_runtime", "--max-runtime", "--max_runtime_s",
+              default=None, metavar="SECONDS")
+@click_option(CloudTrainingConfig, "role_arn", "--role_arn", "--role-arn", default=None, metavar="ARN")
+@click_option(CloudTrainingConfig, "bucket", "--bucket", default=None)
+@click_option(CloudTrainingConfig, "region", "--region", default=None)
 @click.option("--use_spot/--no_spot", "--use-spot/--no-spot", default=None, help="Managed spot training.")
-@click_option(TrainingConfig, "registered_model_name", "--registered_model_name", "--registered-model-name",
-              default=None)
-@click.option("--output_dir", "--output-dir", default=None, help="s3://bucket/prefix, or the job root in local mode.")
+@click_option(ModelRegistryConfig, "registered_model_name", "--registered_model_name", "--registered-model-name",
+              "--model_name", default=None)
 @click.option("--backend-config", "backend_config", default=None, help="Inline JSON or a .json file.")
 @click.option("--local", is_flag=True, help="Run on this machine (mode local), no AWS account needed.")
 @click.option("--experiment-name", default=None)
 @click.option("--no-wait", is_flag=True, help="Return once the job is submitted.")
 @click.option("-P", "--param", "extra", multiple=True, help="Any other MLproject parameter, NAME=VALUE.")
-def launch_command(codebase_path: str, base_model: str, num_examples: int, synthetic_ratio: float,
-                   instance_type: str | None, instance_count: int | None, max_runtime_s: int | None,
-                   use_spot: bool | None, registered_model_name: str | None, output_dir: str | None,
-                   backend_config: str | None, local: bool, experiment_name: str | None, no_wait: bool,
-                   extra: tuple[str, ...]) -> None:
+def launch_command(codebase_path: str, output_dir: str | None, base_model: str, num_examples: int,
+                   synthetic_ratio: float, instance_type: str | None, instance_count: int | None,
+                   max_runtime_s: int | None, role_arn: str | None, bucket: str | None, region: str | None,
+                   use_spot: bool | None, registered_model_name: str | None, backend_config: str | None,
+                   local: bool, experiment_name: str | None, no_wait: bool, extra: tuple[str, ...]) -> None:
     """Fine-tune BASE_MODEL on a codebase: the project's `main` entry through the ade-sagemaker backend."""
     config = _backend_config_option(backend_config)
     overrides = {"instance_type": instance_type, "instance_count": instance_count, "max_runtime_s": max_runtime_s,
-                 "use_spot": use_spot, "mode": "local" if local else None}
+                 "role_arn": role_arn, "bucket": bucket, "region": region, "use_spot": use_spot,
+                 "mode": "local" if local else None}
     config.update({k: v for k, v in overrides.items() if v is not None})
     params = dict(_split_param(p) for p in extra)
-    registry = {"registered_model_name": registered_model_name} if registered_model_name else None
+    registry = {"registered_model_name": registered_model_name} if registered_model_name is not None else None
     parameters, config = build_launch(codebase_path, output_dir, base_model, config, registry, num_examples,
                                       synthetic_ratio, params)
     config["wait"] = not no_wait
     submitted = _run(parameters, config, experiment_name, synchronous=not no_wait)
     click.echo(json.dumps({"run_id": submitted.run_id, "job_name": submitted.job_name,
-                           "status": submitted.get_status()}))
+                           "status": submitted.get_status(),
+                           "registered_model_name": parameters["registered_model_name"] or None}))
     if not no_wait and submitted.get_status() != "FINISHED":
         raise SystemExit(1)
 
@@ -150,3 +186,20 @@ def _split_param(text: str) -> tuple[str, str]:
 
         raise ConfigError(f"-P '{text}': expected NAME=VALUE")
     return name, value
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """`python -m ade_mlflow_plugin.launch ...`: `ade-mlflow launch ...` (same command, errors, exit
+    codes); with no arguments, the usage and exit code 2 (it cannot run without --codebase_path)."""
+    from ade_mlflow_plugin.cli import main as cli_main
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        with click.Context(launch_command, info_name="python -m ade_mlflow_plugin.launch") as ctx:
+            click.echo(ctx.get_help(), err=True)
+        sys.exit(2)
+    return cli_main(["launch", *args])
+
+
+if __name__ == "__main__":
+    main()

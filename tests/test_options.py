@@ -61,7 +61,8 @@ def test_the_seeds_max_runtime_alias_works_in_the_constructor_and_the_backend_co
      "unknown training parameter 'lora_alfa' (did you mean 'lora_alpha'?)"),
     (lambda: ModelRegistryConfig.from_dict({"keep_version": 2}),
      "unknown registry config key(s) keep_version; valid keys are keep_versions, load_entry_points, "
-     "poll_interval_s, presigned_fetch, root, tracking_uri, webhook_window_s (did you mean 'keep_versions'?)"),
+     "poll_interval_s, presigned_fetch, registered_model_name, root, tracking_uri, webhook_window_s "
+     "(did you mean 'keep_versions'?)"),
 ])
 def test_unknown_key_gets_a_did_you_mean(build, message):
     with pytest.raises(ConfigError) as info:

@@ -162,8 +162,9 @@ def status_command(ref: str, region: str | None, job_root: Path | None) -> None:
         ended_as = outcome.after
         click.echo(f"run:       {outcome.run_id} {outcome.after}"
                    f"{f' (was {outcome.before})' if outcome.before != outcome.after else ''}")
-        if outcome.replay:
-            click.echo(outcome.replay)
+        for line in (outcome.replay, outcome.landed):
+            if line:
+                click.echo(line)
     # A job its own launcher stopped (budget) exits 143, which SageMaker reports as Failed; its run is KILLED
     # with a stop reason: a stop asked for, not a failure (exit 0).
     if description["TrainingJobStatus"] == "Failed" and ended_as != "KILLED":

@@ -9,6 +9,9 @@
   this one adds the hook and a stop from outside while someone follows.
 - :class:`CloudWatchMirror`: SageMaker's per-host system metrics (namespace /aws/sagemaker/TrainingJobs)
   into the run as ``system/sagemaker/<host>/<metric>`` with CloudWatch's timestamps, each datapoint once.
+- :class:`ModelLanding`: with a local ``output_dir``, the model versions the run registered land in
+  ``<output_dir>/registry/<name>-v<N>/`` when the job completes (registry/landing.py); the run is tagged
+  ``ade.output_dir`` at once, so ``status``/``reconcile`` land it if nobody follows the job.
 
 An observer failing (AWS, MLflow, a plugin) prints one warning (once per kind of failure, see
 :func:`ade_mlflow_plugin.errors.warning_key`) and never stops the follower (submitted_run.Guarded);
@@ -19,6 +22,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from mlflow.entities import Metric
@@ -240,6 +244,52 @@ class CloudWatchMirror:
         return found
 
 
+@dataclass
+class ModelLanding:
+    """At a completed job's end, the run's registered model versions into the local output_dir."""
+
+    output_dir: str
+    run_id: str
+    mlflow_client: Any
+    console: TextIO
+
+    def tag_run(self) -> None:
+        """Record the target on the run: whoever sees the job end later (status, reconcile) lands it."""
+        from ade_mlflow_plugin.registry.landing import OUTPUT_DIR_TAG  # registry: see landing_observer
+
+        self.mlflow_client.set_tag(self.run_id, OUTPUT_DIR_TAG, self.output_dir)
+
+    def on_poll(self, description: dict[str, Any]) -> None:
+        pass
+
+    def on_end(self, description: dict[str, Any]) -> None:
+        if description["TrainingJobStatus"] != "Completed":
+            return  # a failed or stopped job registered nothing worth landing
+        from ade_mlflow_plugin.registry.landing import land_run
+
+        landed = land_run(self.mlflow_client, self.mlflow_client.get_run(self.run_id),
+                          output_dir=Path(self.output_dir))
+        if landed is not None:
+            self.console.write(f"{description['TrainingJobName']}: {landed.line()}\n")
+
+
+def landing_observer(config: Any, run_id: str, mlflow_client: Any, console: TextIO) -> list[Any]:
+    """[the guarded ModelLanding] when the config has a local output_dir, else [].
+
+    The one place the backend reaches into the registry wing (lazily, at the job's end): landing is
+    registry/sync.py's copy into an ADE storage root, which the backend must not duplicate.
+    """
+    if not getattr(config, "output_dir", None):
+        return []
+    landing = ModelLanding(config.output_dir, run_id, mlflow_client, console)
+    try:
+        landing.tag_run()
+    except Exception as exc:  # noqa: BLE001 - as any observer's failure: one warning, the job goes on
+        console.write(f"WARNING: model landing: {describe(exc)} (only this follower will land "
+                      "the model, at the job's end)\n")
+    return [Guarded(landing, console, "model landing")]
+
+
 def _region(config: Any, clients: Any) -> str:
     if config.region:
         return config.region
@@ -265,10 +315,11 @@ def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: st
                     console: TextIO | None = None, price_book: PriceBook | None = None,
                     plugin_manager: Any = None, clock: Clock = utcnow) -> list[Any]:
     """The observers for one job (called by project_backend). Local jobs cost nothing and have no
-    CloudWatch: none then."""
-    if config.mode == "local":
-        return []
+    CloudWatch: only the model landing then (when there is an output_dir)."""
     console = console or sys.stderr
+    landing = landing_observer(config, run_id, mlflow_client, console)
+    if config.mode == "local":
+        return landing
     quote = (price_book or cost.default_price_book()).quote(clients, config.instance_type, _region(config, clients))
     budget = None
     if config.max_cost_usd is not None:
@@ -280,4 +331,4 @@ def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: st
                           f"price for {config.instance_type}; watch the job's cost yourself\n")
     ticker = CostTicker(quote, run_id, mlflow_client, console, clock=clock, budget=budget)
     mirror = CloudWatchMirror(clients, run_id, mlflow_client, clock=clock)
-    return [Guarded(ticker, console, "cost"), Guarded(mirror, console, "CloudWatch metrics")]
+    return [Guarded(ticker, console, "cost"), Guarded(mirror, console, "CloudWatch metrics"), *landing]

@@ -2,8 +2,9 @@
 
 What the follower would have done at the job's end, done later and only once: the run status from the
 job's end state (submitted_run.run_end_status: the one table, and a stop reason kept), the sagemaker.*
-end tags, the final cost (SageMaker jobs), the job's logs as run artifacts when the run has none, and the
-relay replay of `sync-run` (what the job kept while the tracking server was out of its reach). A run
+end tags, the final cost (SageMaker jobs), the job's logs as run artifacts when the run has none, the
+relay replay of `sync-run` (what the job kept while the tracking server was out of its reach), and, for a
+run with a local output_dir (tag ``ade.output_dir``), its registered model landed there. A run
 already ended by its job (the launcher ends it when it can reach the tracking server) keeps its status:
 the launcher knows the stop reason better than the job status does.
 """
@@ -35,11 +36,12 @@ class Outcome:
     before: str
     after: str
     replay: str | None = None  # the relay replay's line, when it wrote something
+    landed: str | None = None  # the output_dir landing's line, when it copied something
 
     def line(self) -> str:
         change = f"{self.before} -> {self.after}" if self.before != self.after else f"{self.after} (unchanged)"
-        replayed = f"  ({self.replay})" if self.replay else ""
-        return f"{self.run_id}  {self.job_name}  job {self.job_status}  run {change}{replayed}"
+        extra = "".join(f"  ({text})" for text in (self.replay, self.landed) if text)
+        return f"{self.run_id}  {self.job_name}  job {self.job_status}  run {change}{extra}"
 
 
 def local_root(tags: dict[str, str], job_name: str, job_root: Path | None) -> Path:
@@ -86,11 +88,31 @@ def reconcile_run(client: Any, run: Any, job: Any, description: dict[str, Any], 
         # status is the word for a cloud job, as sync-run has it.
         outcome.replay = _replay(client, run_id, job, description, None if local else end_status, console)
         _end_tags(client, run_id, description)  # last: a reconcile cut short is done again next time
-    outcome.after = client.get_run(run_id).info.status
+    fresh = client.get_run(run_id)
+    outcome.after = fresh.info.status
     if outcome.after in ("RUNNING", "SCHEDULED"):
         client.set_terminated(run_id, end_status)
         outcome.after = end_status
+    if status == "Completed":  # after the replay: a relayed job's model version is registered by it
+        outcome.landed = _land(client, fresh, console)
     return outcome
+
+
+def _land(client: Any, run: Any, console: TextIO) -> str | None:
+    """The run's model into its local output_dir (registry/landing.py), once; its line when it copied
+    something. A failure is one warning line: the next status/reconcile tries again."""
+    from ade_mlflow_plugin.registry.landing import land_run, output_dir_of  # see monitor.landing_observer
+
+    target = output_dir_of(run)
+    if target is None:
+        return None
+    try:
+        landed = land_run(client, run)
+    except Exception as exc:  # noqa: BLE001 - the run is level with its job already
+        console.write(f"WARNING: model landing in {target}: {describe(exc)} "
+                      f"(run `ade-mlflow status {run.info.run_id}` again)\n")
+        return None
+    return landed.line() if landed and landed.landed else None
 
 
 def _end_tags(client: Any, run_id: str, description: dict[str, Any]) -> None:

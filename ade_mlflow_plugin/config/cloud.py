@@ -69,6 +69,19 @@ def id_list(prefix: str) -> Any:
     return parse
 
 
+def local_folder(value: Any) -> str | None:
+    """A local folder, made absolute (~ expanded) so the follower, status and reconcile find the same
+    one; an s3:// URI is refused: the job's S3 home is bucket and prefix."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise Invalid("a local folder path")
+    if str(value).strip().startswith("s3://"):
+        raise Invalid("", detail=f"got {str(value).strip()!r}: it is a local folder (the finished model lands "
+                                 "in <output_dir>/registry/<name>-v<N>/); for S3 output set bucket and prefix")
+    return str(Path(str(value).strip()).expanduser().resolve())
+
+
 def _kms() -> Any:
     return optional(pattern(_KMS, "a KMS key id, alias or ARN"))
 
@@ -147,6 +160,11 @@ class CloudTrainingConfig:
                                 "start of the training job's name")
     job_root: str | None = option(None, optional(text(required=True)),
                                   "local mode: folder the job's files go in (default: ./.ade)")
+    output_dir: str | None = option(None, local_folder,
+                                    "local folder the finished model lands in when the job ends, in ADE "
+                                    "storage's layout (<output_dir>/registry/<name>-v<N>/), in either mode; "
+                                    "landed by whatever sees the job end (the follower, ade-mlflow status or "
+                                    "reconcile)", metavar="DIR")
 
     @classmethod
     def from_backend_config(cls, raw: dict[str, Any] | str | None) -> "CloudTrainingConfig":

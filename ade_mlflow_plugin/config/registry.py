@@ -6,6 +6,7 @@ before any download with a message naming the key and the fix.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +40,16 @@ def default_presigned_fetch() -> bool:
                       "set it to true or false")
 
 
+def default_model_name(codebase: str | os.PathLike[str]) -> str:
+    """``ade-<codebase folder name>``, lower case, runs of other characters as one ``-``.
+
+    One registered model per codebase: each training on a codebase is the next version of that
+    codebase's model, so its aliases (production, ...) never mix models of unrelated codebases.
+    """
+    slug = re.sub(r"[^a-z0-9._]+", "-", Path(codebase).expanduser().resolve().name.lower()).strip("-._")
+    return f"ade-{slug or 'codebase'}"
+
+
 def storage_root(value: Any) -> Path:
     """A folder path, made absolute (~ expanded) so that every later step sees the same root."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
@@ -58,6 +69,10 @@ class ModelRegistryConfig:
     root: Path = option(DEFAULT_ROOT, storage_root, "ADE provider storage root (<root>/registry/<name>-v<N>/ "
                         f"and <root>/providers.json); default ${ROOT_ENV}, else {DEFAULT_ROOT}",
                         default_factory=default_root)
+    registered_model_name: str | None = option(
+        None, optional(text()), "register the trained model under this name; unset: the codebase folder name "
+        "with the prefix ade- (launch API and CLI); empty: do not register", aliases=("model_name",),
+        metavar="NAME")
     keep_versions: int = option(3, whole(1), "synced versions of one model kept on disk (versions that serve "
                                 "an alias or stage are never removed)")
     tracking_uri: str | None = option(None, optional(text(required=True)),

@@ -1,0 +1,124 @@
+"""The ADE Cloud Training API as its specification writes it (issue 17 item 1): the snippet with only the
+imports changed (plus role_arn and bucket), and its command line, against moto; in local mode the model
+lands in output_dir/registry/."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+
+from tests.conftest import FIXTURES, REPO_ROOT
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+BUCKET = "ade-seed-api"
+
+
+@pytest.fixture
+def seed_tree(aws, sqlite_tracking, tmp_path: Path) -> Path:
+    """The snippet's relative paths (path/to/codebase, path/to/output) under the test's cwd, and its bucket."""
+    shutil.copytree(FIXTURES / "backend_project", tmp_path / "path" / "to" / "codebase")
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return tmp_path
+
+
+def _assert_seed_job(job_name: str, output: Path) -> None:
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=job_name)
+    assert described["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert described["ResourceConfig"]["InstanceCount"] == 1
+    assert described["StoppingCondition"]["MaxRuntimeInSeconds"] == 86400
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string=f"tags.`sagemaker.job_name` = '{job_name}'")
+    # ModelRegistryConfig() registers under ade-<codebase folder name>; the local output_dir is on the run.
+    assert run.data.params["registered_model_name"] == "ade-codebase"
+    assert run.data.tags["ade.output_dir"] == str(output.resolve())
+
+
+def test_the_seed_snippet_submits_the_job_it_describes(seed_tree):
+    from ade_mlflow_plugin import launch_training_job
+    from ade_mlflow_plugin.config import CloudTrainingConfig, ModelRegistryConfig
+
+    async def seed() -> str:
+        # ---- the specification's snippet; only the imports (above) changed, role_arn/bucket added ----
+        cloud_config = CloudTrainingConfig(
+            instance_type="ml.g4dn.xlarge",  # GPU instance
+            instance_count=1,
+            max_runtime=86400,  # 24 hours
+            role_arn=ROLE,
+            bucket=BUCKET,
+        )
+        registry_config = ModelRegistryConfig()
+        job_name = await launch_training_job(
+            codebase_path="path/to/codebase",
+            output_dir="path/to/output",
+            base_model="deepseek-ai/deepseek-coder-1.3b-instruct",
+            cloud_config=cloud_config,
+            registry_config=registry_config,
+            num_examples=1000,
+            synthetic_ratio=0.3
+        )
+        return job_name
+
+    _assert_seed_job(asyncio.run(seed()), seed_tree / "path" / "to" / "output")
+
+
+@pytest.mark.slow  # a subprocess launch that follows the job (~8 s)
+def test_the_seed_command_line_submits_the_same_job(seed_tree):
+    result = subprocess.run(
+        [sys.executable, "-m", "ade_mlflow_plugin.launch", "--codebase_path", "path/to/codebase",
+         "--output_dir", "path/to/output", "--base_model", "deepseek-ai/deepseek-coder-1.3b-instruct",
+         "--num_examples", "1000", "--synthetic_ratio", "0.3", "--instance_type", "ml.g4dn.xlarge",
+         "--instance_count", "1", "--max_runtime", "86400", "--role_arn", ROLE, "--bucket", BUCKET],
+        cwd=seed_tree, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+        timeout=300)
+    # moto reports the job Completed at once: followed to its end, with no model version to land
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["status"] == "FINISHED" and printed["registered_model_name"] == "ade-codebase"
+    assert "registered no model version to land" in result.stderr
+    _assert_seed_job(printed["job_name"], seed_tree / "path" / "to" / "output")
+
+
+def test_launch_module_without_arguments_prints_usage_and_exits_2():
+    result = subprocess.run([sys.executable, "-m", "ade_mlflow_plugin.launch"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: python -m ade_mlflow_plugin.launch [OPTIONS]")
+    for flag in ("--codebase_path", "--output_dir", "--base_model", "--num_examples", "--synthetic_ratio",
+                 "--instance_type", "--instance_count", "--max_runtime", "--role_arn", "--bucket", "--local"):
+        assert flag in result.stderr
+
+
+def test_registry_config_names_the_model():
+    from ade_mlflow_plugin.config import ModelRegistryConfig
+    from ade_mlflow_plugin.config.registry import default_model_name
+    from ade_mlflow_plugin.launch import registered_name
+
+    assert default_model_name("/src/My Service!") == "ade-my-service"
+    assert registered_name(ModelRegistryConfig(), "/src/payments") == "ade-payments"
+    assert registered_name(None, "/src/payments") == "ade-payments"
+    assert registered_name(ModelRegistryConfig(model_name="coder"), "/src/payments") == "coder"
+    assert registered_name({"registered_model_name": ""}, "/src/payments") == ""  # empty: not registered
+
+
+def test_output_dir_local_in_sagemaker_mode_and_s3(tmp_path):
+    from ade_mlflow_plugin.config import CloudTrainingConfig
+    from ade_mlflow_plugin.errors import ConfigError
+    from ade_mlflow_plugin.launch import build_launch
+
+    cloud = CloudTrainingConfig(role_arn=ROLE, bucket=BUCKET)
+    _, local = build_launch(str(tmp_path), str(tmp_path / "out"), "m", cloud, None, 10, 0.3, {})
+    assert local["output_dir"] == str((tmp_path / "out").resolve()) and "job_root" not in local
+    _, s3 = build_launch(str(tmp_path), "s3://other-bucket/team", "m", {"role_arn": ROLE}, None, 10, 0.3, {})
+    assert (s3["bucket"], s3["prefix"]) == ("other-bucket", "team") and "output_dir" not in s3
+    _, here = build_launch(str(tmp_path), str(tmp_path / "out"), "m", {"mode": "local"}, None, 10, 0.3, {})
+    assert here["job_root"] == here["output_dir"] == str((tmp_path / "out").resolve())
+    with pytest.raises(ConfigError, match="'output_dir'.*for S3 output set bucket and prefix"):
+        CloudTrainingConfig.from_backend_config({"mode": "local", "output_dir": "s3://b/p"})
