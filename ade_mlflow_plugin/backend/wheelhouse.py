@@ -117,14 +117,47 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
 
 
+def _image_torch_satisfies(requirement: str, image_torch: str | None) -> bool:
+    """Whether the image's torch meets a declared torch requirement. A framework_version like "2.5" names a
+    release series (AWS's 2.5 images carry 2.5.x): any 2.5.x that satisfies it counts."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        specifier = Requirement(requirement).specifier
+    except InvalidRequirement:
+        return True  # pip names what is wrong with it in the job, as without a wheelhouse
+    if image_torch is None:
+        return False
+    release = image_torch.split("+", 1)[0]
+    candidates = [release] if release.count(".") >= 2 else [f"{release}.{patch}" for patch in range(10)]
+    return any(specifier.contains(c, prereleases=True) for c in candidates)
+
+
+def _check_image_torch(config: CloudTrainingConfig, declared: list[str]) -> None:
+    """The wheelhouse never ships torch: a project that needs another torch than the image's is refused
+    here, rather than failing offline in the job."""
+    image_torch = image_torch_version(config)
+    for requirement in declared:
+        if _name(requirement) == "torch" and not _image_torch_satisfies(requirement, image_torch):
+            where = "this interpreter" if config.mode == "local" else "the training image (framework_version)"
+            has = f"torch {image_torch}" if image_torch else "no torch"
+            fix = ("install a matching torch here" if config.mode == "local"
+                   else "set framework_version (or image_uri) to an image with a matching torch")
+            raise ConfigError(f"backend config 'wheelhouse': the project asks for '{requirement}' but {where} "
+                              f"has {has}, and the wheelhouse never ships torch; {fix}, relax the requirement, "
+                              "or set \"wheelhouse\": \"never\"")
+
+
 def requirement_set(config: CloudTrainingConfig, project_dir: Path) -> list[str]:
     """What job/deps.py would install in the job, less the image's own torch family."""
     if config.mode == "local":
         found = deps.missing_requirements(project_dir)  # the job runs this very interpreter
     else:
         found = deps.declared_requirements(project_dir)
-        if any((project_dir / name).is_file() for name in ("conda.yaml", "python_env.yaml")):
+        yaml_env = any((project_dir / name).is_file() for name in ("conda.yaml", "python_env.yaml"))
+        if yaml_env and "pyyaml" not in {_name(r) for r in found}:
             found.append("pyyaml")  # deps.py reads those files with it; a slim image may lack it
+    _check_image_torch(config, found)
     return [r for r in dict.fromkeys(found) if _name(r) not in IMAGE_PACKAGES]
 
 

@@ -106,6 +106,24 @@ def test_requirement_set_is_what_the_job_would_install_less_torch(tmp_path):
     assert wheelhouse.target_for(local).platforms == ()
 
 
+@pytest.mark.parametrize("requirement,framework,refused", [
+    ("torch>=2.0", "2.5", False), ("torch==2.5.1", "2.5", False), ("torch>=2.11.0", "2.5", True),
+    ("torch<2", "2.5.1", True), ("torch", "2.5", False)])
+def test_a_torch_the_image_lacks_is_refused_at_submission(tmp_path, requirement, framework, refused):
+    (tmp_path / "requirements.txt").write_text(f"{requirement}\nadetoy\n")
+    config = CloudTrainingConfig.from_backend_config({**BASE, "wheelhouse": "always",
+                                                      "framework_version": framework})
+    if not refused:
+        assert wheelhouse.requirement_set(config, tmp_path) == ["adetoy"]
+        return
+    with pytest.raises(ConfigError) as caught:
+        wheelhouse.requirement_set(config, tmp_path)
+    assert caught.value.message == (
+        f"backend config 'wheelhouse': the project asks for '{requirement}' but the training image "
+        f"(framework_version) has torch {framework}, and the wheelhouse never ships torch; set framework_version "
+        "(or image_uri) to an image with a matching torch, relax the requirement, or set \"wheelhouse\": \"never\"")
+
+
 @pytest.mark.parametrize("overrides,wanted", [
     ({}, False), ({"enable_network_isolation": True}, True), ({"wheelhouse": "always"}, True),
     ({"enable_network_isolation": True, "wheelhouse": "never"}, False)])
