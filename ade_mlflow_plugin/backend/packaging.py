@@ -273,7 +273,7 @@ def build_project_tarball(project_dir: Path, dest_dir: Path, *, with_bundle: boo
         files = project_files + bundle_files()
         extra[SHIM_NAME] = SHIM_SOURCE.encode()
     artifact = write_tarball(files, extra, Path(dest_dir) / "project.tar.gz")
-    scanned = check_shipped_files([(f.arcname, f.source) for f in project_files], artifact.sha256,
+    scanned = check_shipped_files(artifact.path, {f.arcname for f in project_files}, artifact.sha256,
                                   allow_secret_files, scan_cache)
     return replace(artifact, scanned_files=scanned, outside_links=tuple(rel for rel, _ in outside))
 

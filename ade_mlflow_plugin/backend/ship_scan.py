@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import tarfile
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pathspec
 
@@ -50,26 +52,25 @@ def _is_binary(head: bytes) -> bool:
     return b"\0" in head
 
 
-def _chunks(source: Path) -> Iterator[tuple[int, str]]:
+def _chunks(handle: BinaryIO) -> Iterator[tuple[int, str]]:
     """(first 0-based row, text) pieces of a text file, each ending at a newline; nothing for binaries."""
-    with open(source, "rb") as handle:
-        head = handle.read(_SNIFF_BYTES)
-        if _is_binary(head):
+    head = handle.read(_SNIFF_BYTES)
+    if _is_binary(head):
+        return
+    row, pending = 0, head
+    while True:
+        block = handle.read(_CHUNK_BYTES)
+        pending += block
+        cut = pending.rfind(b"\n") + 1 if block else len(pending)
+        if cut == 0 and block:
+            continue  # one very long line: keep reading until it ends
+        piece, pending = pending[:cut], pending[cut:]
+        if piece:
+            text = piece.decode("utf-8", errors="replace")
+            yield row, text
+            row += text.count("\n")
+        if not block:
             return
-        row, pending = 0, head
-        while True:
-            block = handle.read(_CHUNK_BYTES)
-            pending += block
-            cut = pending.rfind(b"\n") + 1 if block else len(pending)
-            if cut == 0 and block:
-                continue  # one very long line: keep reading until it ends
-            piece, pending = pending[:cut], pending[cut:]
-            if piece:
-                text = piece.decode("utf-8", errors="replace")
-                yield row, text
-                row += text.count("\n")
-            if not block:
-                return
 
 
 def _scanner() -> Callable[[str, list[str], str], set[int]]:
@@ -82,11 +83,11 @@ def _scanner() -> Callable[[str, list[str], str], set[int]]:
     return secret_rows
 
 
-def scan_file(source: Path, arcname: str) -> list[Finding]:
-    """Lines of one file that hold a secret, by the dataset's scanner."""
+def scan_stream(handle: BinaryIO, arcname: str) -> list[Finding]:
+    """Lines of one file's content that hold a secret, by the dataset's scanner."""
     secret_rows = _scanner()
     found: list[Finding] = []
-    for first_row, text in _chunks(source):
+    for first_row, text in _chunks(handle):
         body = text[:-1] if text.endswith("\n") else text
         lines = body.split("\n")
         found += [Finding(arcname, first_row + row + 1) for row in sorted(secret_rows(body, lines, arcname))]
@@ -97,8 +98,24 @@ def scan_files(files: Iterable[tuple[str, Path]]) -> list[Finding]:
     """Findings over (name as shipped, path on disk) pairs, in the given order."""
     found: list[Finding] = []
     for arcname, source in files:
-        found += scan_file(source, arcname)
+        with open(source, "rb") as handle:
+            found += scan_stream(handle, arcname)
     return found
+
+
+def scan_tarball(path: Path, names: Collection[str]) -> tuple[list[Finding], int]:
+    """(findings, members scanned) over the members ``names`` of a tar archive: the scan reads exactly
+    the bytes that ship, not the disk again (a file edited meanwhile cannot slip through)."""
+    found: list[Finding] = []
+    scanned = 0
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isfile() and member.name in names:
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    found += scan_stream(handle, member.name)
+                    scanned += 1
+    return found, scanned
 
 
 class ScanCache:
@@ -161,20 +178,18 @@ def refusal(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def check_shipped_files(files: Iterable[tuple[str, Path]], digest: str, allow_secret_files: Sequence[str] = (),
+def check_shipped_files(tarball: Path, names: Collection[str], digest: str, allow_secret_files: Sequence[str] = (),
                         cache: ScanCache | None = None) -> int:
-    """Refuse (ConfigError) when a file that would ship holds a secret the user did not allow.
+    """Refuse (ConfigError) when a member of ``tarball`` among ``names`` holds a secret the user did not allow.
 
-    ``digest`` is the content hash of what ships (the tarball's sha256): findings are cached under it.
-    Returns how many files were scanned (0 when the cache answered).
+    ``digest`` is the tarball's sha256: findings are cached under it. Returns how many files were
+    scanned (0 when the cache answered).
     """
     cache = cache or ScanCache()
     findings = cache.get(digest)
     scanned = 0
     if findings is None:
-        files = list(files)
-        findings = scan_files(files)
-        scanned = len(files)
+        findings, scanned = scan_tarball(tarball, names)
         cache.put(digest, findings)
     left = allowed(findings, allow_secret_files)
     if left:
