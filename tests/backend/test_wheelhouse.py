@@ -167,6 +167,17 @@ def test_upload_is_content_addressed_and_sends_nothing_the_second_time(tmp_path,
     assert wheelhouse.upload(house, local)[1] == house.size and wheelhouse.upload(house, local)[1] == 0
 
 
+def test_the_wheelhouse_wire_names_stay_what_jobs_read():
+    # Frozen like the other contract names (docs/job-contract.md): a job submitted by this client decodes them.
+    job = contract.JobContract("s3://b/code.tar.gz", "us-east-1", "main", contract.RunInfo("r", "0", "http://m"))
+    with_wheels = dataclasses.replace(job, wheelhouse=True)
+    encoded = contract.encode(with_wheels)
+    assert set(encoded.hyperparameters) - set(contract.encode(job).hyperparameters) == {"ade_wheelhouse"}
+    assert encoded.channel_names == ["ade_wheelhouse"] and contract.SITE_DIR == "ade-site"
+    decoded = contract.decode_hyperparameters({k: json.loads(v) for k, v in encoded.hyperparameters.items()})
+    assert decoded == with_wheels
+
+
 def test_the_job_installs_from_the_wheelhouse_with_no_index(tmp_path, monkeypatch):
     paths = contract.ContainerPaths(tmp_path)
     monkeypatch.setenv(contract.ENV_BASE_DIR, str(tmp_path))
