@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,11 +70,18 @@ def promote_command(name: str, version: str, alias: str | None, stage: str | Non
 
 
 @click.command("sync")
-@click.argument("ref", metavar="NAME@ALIAS|NAME/VERSION")
+@click.argument("ref", metavar="NAME@ALIAS|NAME/VERSION|RUN_ID")
 @_root_option
 @_keep_option
 def sync_command(ref: str, root: Path | None, keep_versions: int) -> None:
-    """Copy a registered model version into ADE provider storage (verified, atomic)."""
+    """Copy a registered model version into ADE provider storage (verified, atomic).
+
+    A RUN_ID (32 hex characters) lands the versions that run registered in its output_dir (the run's
+    ade.output_dir tag, or --root), again even when landed before.
+    """
+    if re.fullmatch(r"[0-9a-f]{32}", ref):
+        _land_run(ref, root)
+        return
     from ade_mlflow_plugin.hooks import get_plugin_manager
     from ade_mlflow_plugin.registry.sync import ModelSyncManager
 
@@ -82,6 +90,27 @@ def sync_command(ref: str, root: Path | None, keep_versions: int) -> None:
     result = manager.sync_ref(ref)
     click.echo(f"{result.name} v{result.version} -> {result.path} "
                f"(downloaded {result.downloaded_bytes} bytes)")
+
+
+def _land_run(run_id: str, root: Path | None) -> None:
+    """`sync RUN_ID`: registry/landing.py on the run's output_dir (or --root), forced."""
+    from mlflow.exceptions import MlflowException
+
+    from ade_mlflow_plugin.errors import ConfigError, is_missing, mlflow_error
+    from ade_mlflow_plugin.registry.landing import land_run
+
+    client = _client()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if is_missing(exc):
+            raise ConfigError(f"run {run_id} not found on the tracking server; check the run id "
+                              "(or pass NAME@ALIAS or NAME/VERSION)") from exc
+        raise mlflow_error(f"reading run {run_id}", exc) from exc
+    landed = land_run(client, run, output_dir=root, force=True)
+    if landed is None:
+        raise ConfigError(f"run {run_id} has no ade.output_dir tag: pass --root DIR")
+    click.echo(landed.line())
 
 
 @click.command("watch")
