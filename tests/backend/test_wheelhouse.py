@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -188,6 +189,26 @@ def test_the_job_installs_from_the_wheelhouse_with_no_index(tmp_path, monkeypatc
     assert command[-6:] == ["--no-index", "--find-links", str(paths.wheelhouse_dir), "--prefix",
                             str(paths.site_dir), "adetoy"]
     assert env is not None and "PIP_TARGET" not in env
+
+
+def test_the_offline_install_lands_under_the_job_base_and_is_importable(tmp_path):
+    paths = contract.ContainerPaths(tmp_path / "base")
+    paths.wheelhouse_dir.mkdir(parents=True)
+    _wheel(paths.wheelhouse_dir, "adetoy")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "requirements.txt").write_text("adetoy==1.0\n")
+    code = ("import os, sys\nfrom pathlib import Path\nfrom ade_mlflow_plugin.job.deps import "
+            f"install_missing_requirements\nprint(install_missing_requirements(Path({str(project)!r})))\n"
+            "import adetoy\nprint(adetoy.__file__)\nprint(os.environ['PYTHONPATH'])")
+    env = {**os.environ, contract.ENV_BASE_DIR: str(paths.base), "PYTHONPATH": "",
+           "PIP_INDEX_URL": f"http://127.0.0.1:{_dead_port()}/simple/", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed, module, pythonpath = result.stdout.strip().splitlines()[-3:]
+    assert listed == "['adetoy==1.0']" and "from the wheelhouse" in result.stdout
+    assert module.startswith(str(paths.site_dir)) and pythonpath.startswith(str(paths.site_dir))
+    assert importlib.util.find_spec("adetoy") is None  # not in this environment
 
 
 def test_a_request_naming_the_wheelhouse_without_its_channel_fails_the_job(tmp_path):
