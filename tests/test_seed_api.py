@@ -16,6 +16,7 @@ import mlflow
 import pytest
 
 from tests.conftest import FIXTURES, REPO_ROOT
+from tests.training.conftest import tiny_model  # noqa: F401 - fixture
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 BUCKET = "ade-seed-api"
@@ -122,3 +123,28 @@ def test_output_dir_local_in_sagemaker_mode_and_s3(tmp_path):
     assert here["job_root"] == here["output_dir"] == str((tmp_path / "out").resolve())
     with pytest.raises(ConfigError, match="'output_dir'.*for S3 output set bucket and prefix"):
         CloudTrainingConfig.from_backend_config({"mode": "local", "output_dir": "s3://b/p"})
+
+
+@pytest.mark.slow  # a whole local-mode job on the tiny model
+def test_in_local_mode_the_finished_model_lands_under_output_dir(sqlite_tracking, tmp_path, tiny_model):
+    from tests.training.conftest import CODEBASE
+
+    shutil.copytree(CODEBASE, tmp_path / "shop")
+    quick = {"max_steps": "3", "batch_size": "2", "grad_accumulation": "1", "max_seq_len": "256",
+             "logging_steps": "1", "eval_samples": "2", "max_new_tokens": "8", "warmup_ratio": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ade_mlflow_plugin.launch", "--codebase_path", "shop", "--output_dir", "out",
+         "--base_model", str(tiny_model), "--num_examples", "40", "--synthetic_ratio", "0.3", "--local",
+         *[arg for key, value in quick.items() for arg in ("-P", f"{key}={value}")]],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True,
+        timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["status"] == "FINISHED" and printed["registered_model_name"] == "ade-shop"
+    version = tmp_path / "out" / "registry" / "ade-shop-v1"
+    assert (version / "model_artifacts" / "MLmodel").is_file()
+    meta = json.loads((version / "metadata.json").read_text())
+    assert (meta["name"], meta["version"], meta["source_run"]) == ("ade-shop", "1", printed["run_id"])
+    assert "eval_loss" in json.loads((version / "performance_metrics.json").read_text())
+    run = mlflow.MlflowClient().get_run(printed["run_id"])
+    assert run.data.tags["ade.output_landed"] == "ade-shop/v1"
