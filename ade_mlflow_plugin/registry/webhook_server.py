@@ -211,8 +211,8 @@ class HttpServer:
             if event is not h11.NEED_DATA:
                 return event
             data = await reader.read(size)
-            if not data and conn.their_state is h11.IDLE:
-                raise ConnectionResetError("closed before a request")
+            if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                raise ConnectionResetError("closed before sending anything")
             conn.receive_data(data)  # b"" tells h11 the peer closed: it raises on a cut-off request
 
     async def _body(self, conn: h11.Connection, reader: asyncio.StreamReader) -> bytes:

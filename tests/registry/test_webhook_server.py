@@ -209,3 +209,42 @@ def test_webhook_server_that_cannot_listen_is_one_line(root, capsys, monkeypatch
         code, _, err = run_cli(["webhook-server", "--secret-env", "ADE_TEST_WEBHOOK_SECRET", "--root", str(root),
                                 "--host", host, "--port", str(port)], capsys)
     assert code == 2 and err.count("\n") == 1 and f"cannot listen on {host}:{port}" in err
+
+
+def _mutations(seed: int, count: int) -> list[bytes]:
+    """Seeded random damage to a well-formed signed delivery: cut, flipped, inserted and doubled bytes."""
+    import random
+
+    rng = random.Random(seed)
+    valid = (b"POST / HTTP/1.1\r\n" + JSON + _signed_headers(BODY) + b"Content-Length: %d\r\n\r\n" % len(BODY)
+             + BODY)
+    found = []
+    for _ in range(count):
+        raw = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(raw))
+            kind = rng.choice(("cut", "flip", "insert", "double"))
+            if kind == "cut":
+                del raw[at:]
+            elif kind == "flip" and at < len(raw):
+                raw[at] = rng.choice(b"\r\n\0 :;,-x9\x7f\xff")
+            elif kind == "insert":
+                raw[at:at] = rng.choice((b"\r\n", b"\n", b"Content-Length: 9\r\n", b"Transfer-Encoding: chunked\r\n",
+                                         b" ", b"\0", b"\r\n\r\n"))
+            else:
+                raw[at:at] = raw[at:at + rng.randint(1, 40)]
+            if not raw:
+                raw = bytearray(b"\r\n")
+        found.append(bytes(raw))
+    return found
+
+
+def test_damaged_requests_get_an_answer_below_500_and_the_server_goes_on(serve):
+    receiver, _ = serve()
+    for raw in _mutations(seed=19, count=300):
+        with _connect(receiver) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)  # nothing more comes: the server must answer what it has
+            status, _ = _status(sock)
+        assert 200 <= status < 500, raw
+    assert _ask(receiver, b"GET / HTTP/1.1\r\nHost: r\r\n\r\n")[0] == 200
