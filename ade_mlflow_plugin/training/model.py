@@ -46,7 +46,11 @@ def quantization_config(quantization: str, dtype: Any) -> Any:
 
 
 def local_model_dir(base_model: str) -> Path | None:
-    """The folder holding the base model: the path itself, or the hub cache snapshot of a hub id."""
+    """The folder holding the base model: the path itself (the weights folder of a registered model's
+    download, see base_model.py), or the hub cache snapshot of a hub id."""
+    from ade_mlflow_plugin.training.base_model import resolve
+
+    base_model = resolve(base_model).model
     path = Path(base_model).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -61,8 +65,10 @@ def local_model_dir(base_model: str) -> Path | None:
 def load_tokenizer(base_model: str) -> Any:
     from transformers import AutoTokenizer
 
+    from ade_mlflow_plugin.training.base_model import resolve
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(base_model).tokenizer)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"base_model '{base_model}' could not be loaded ({type(exc).__name__}): pass a hub id "
                           "such as deepseek-ai/deepseek-coder-1.3b-instruct or a folder with config.json") from None
@@ -87,8 +93,10 @@ def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": target}
+    from ade_mlflow_plugin.training.base_model import resolve
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(config.base_model, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve(config.base_model).model, **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"base_model '{config.base_model}' could not be loaded: {first_line(exc, 200)}; "
                           "pass a hub id or a folder with config.json and weights") from None

@@ -49,8 +49,10 @@ def merged_model(adapter_dir: Path, base_model: str) -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from ade_mlflow_plugin.training.base_model import resolve
+
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(resolve(base_model).model, dtype=dtype)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
@@ -160,8 +162,14 @@ def publishable(model: Any, base_dir: Path | None, *, merge_adapter: bool,
                 base_model: str | None = None) -> Publishable:
     """The trained adapter -> what to publish, merged at most once: when asked, or when the base is in the
     job's inputs (see base_reference) and so gone after the job."""
+    from ade_mlflow_plugin.training.base_model import resolve
+
     name = base_model or model.get_base_model().name_or_path
     if merge_adapter:
+        return Publishable(merged(model, name), None)
+    if resolve(name).temporary:  # a registered adapter merged into its base for this job only
+        logger.info("merging the adapter into the base model: the base is the registered adapter %s applied "
+                    "to its own base in this job, which no logged model can reference", resolve(name).description)
         return Publishable(merged(model, name), None)
     reference = reference_for(model, base_dir, base_model)
     if reference.kind == "path" and base_dir is None:
@@ -255,9 +263,14 @@ def register(model_uri: str, name: str, tags: dict[str, Any]) -> Any:
 
 
 def version_tags(*, base_model: str, digest: str | None, commit: str, metrics: dict[str, float]) -> dict[str, Any]:
-    tags: dict[str, Any] = {"ade.base_model": base_model, "ade.dataset_digest": digest or "unknown",
-                            "ade.git_commit": commit,
-                            "sagemaker.job_name": os.environ.get(contract.ENV_JOB_NAME, "local")}
+    """The new version's tags; a base that is a registered version (base_model=models:/...) is named by
+    its models:/NAME/N URI and as the parent (ade.parent_model, ade.parent_version)."""
+    from ade_mlflow_plugin.training.base_model import parent_tags, resolve
+
+    tags: dict[str, Any] = {"ade.base_model": resolve(base_model).description,
+                            "ade.dataset_digest": digest or "unknown", "ade.git_commit": commit,
+                            "sagemaker.job_name": os.environ.get(contract.ENV_JOB_NAME, "local"),
+                            **parent_tags(base_model)}
     tags.update({key: f"{value:.6g}" for key, value in metrics.items()})
     return tags
 
