@@ -43,7 +43,22 @@ def env_vars(value: Any) -> dict[str, str]:
             raise Invalid("", detail=f"'{name}' looks like a credential; job environments are visible in "
                                      "DescribeTrainingJob, so give the job an IAM role or read it from Secrets "
                                      "Manager")
+    if env:
+        # Values too, by the secret scanner that checks what ships (detect-secrets, loaded only here);
+        # its ConfigError is the one line, naming the variable and never echoing the value.
+        from ade_mlflow_plugin.backend.ship_scan import check_environment_values
+
+        check_environment_values(env)
     return env
+
+
+def path_patterns(value: Any) -> list[str]:
+    """gitignore-style paths relative to the project; unset is empty."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise Invalid('a list of project paths such as ["tests/fixtures/"]')
+    return [v.strip() for v in value]
 
 
 def aws_tags(value: Any) -> dict[str, str]:
@@ -134,6 +149,11 @@ class CloudTrainingConfig:
                              "Python tag of the default training image")
     environment: dict[str, str] = option({}, env_vars, "extra job environment variables (no credentials)",
                                          default_factory=dict)
+    allow_secret_files: list[str] = option([], path_patterns,
+                                           "project files shipped even though the secret scan flags them "
+                                           "(gitignore-style paths relative to the project, e.g. "
+                                           "[\"tests/fixtures/\"]); every other finding refuses the upload",
+                                           default_factory=list)
     tags: dict[str, str] = option({}, aws_tags, "AWS tags on the training job", default_factory=dict)
     subnets: list[str] = option([], id_list("subnet"), "VPC subnets (with security_group_ids)", default_factory=list)
     security_group_ids: list[str] = option([], id_list("sg"), "VPC security groups (with subnets)",
