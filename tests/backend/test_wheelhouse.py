@@ -284,7 +284,7 @@ def test_an_offline_local_job_installs_from_the_wheelhouse_and_the_second_sends_
 
 
 @pytest.mark.slow  # a fresh sqlite tracking store costs ~8 s of migrations
-def test_a_sagemaker_submission_ships_the_wheelhouse_once_and_refuses_a_missing_wheel_before_any_run(
+def test_a_sagemaker_submission_ships_the_wheelhouse_once_its_job_installs_from_s3_and_a_missing_wheel_is_refused(
         tmp_path, links, s3_bucket, sqlite_tracking, monkeypatch):
     from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
 
@@ -292,10 +292,12 @@ def test_a_sagemaker_submission_ships_the_wheelhouse_once_and_refuses_a_missing_
     _wheel(links, "adetoy")
     project = tmp_path / "project"
     project.mkdir()
-    (project / "MLproject").write_text("name: toy\n\nentry_points:\n  main:\n    command: \"python -V\"\n")
+    (project / "MLproject").write_text("name: toy\n\nentry_points:\n  main:\n    command: \"python toy.py\"\n")
+    (project / "toy.py").write_text("import adetoy\nprint('toy:', adetoy.ANSWER, adetoy.__file__, flush=True)\n")
     (project / "requirements.txt").write_text("adetoy==1.0\ntorch>=2.0\n")
     config = {"role_arn": "arn:aws:iam::123456789012:role/SageMakerRole", "bucket": s3_bucket,
               "region": "us-east-1", "wait": False, "SYNCHRONOUS": False, "enable_network_isolation": True,
+              "environment": {"PIP_INDEX_URL": f"http://127.0.0.1:{_dead_port()}/simple/"},
               "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5-gpu-py311"}
     backend = AdeSageMakerBackend(console=io.StringIO())
     sent = []
@@ -310,6 +312,17 @@ def test_a_sagemaker_submission_ships_the_wheelhouse_once_and_refuses_a_missing_
     assert channel["ChannelName"] == contract.WHEELHOUSE_CHANNEL
     assert channel["DataSource"]["S3DataSource"]["S3Uri"] == submission.wheels.uri
     assert "cached; uploaded 0 bytes" in backend.console.getvalue()
+
+    # What SageMaker would run (DescribeTrainingJob's answer, run here): the channel comes from S3, pip no index.
+    from ade_mlflow_plugin.backend.local import LocalJob
+
+    described = boto3.client("sagemaker").describe_training_job(TrainingJobName=submission.job_name)
+    job = LocalJob(described, job_root=tmp_path / "job", stream=None)
+    job.start()
+    final = job.wait(timeout=180)
+    log = job.log_path.read_text()
+    assert final["TrainingJobStatus"] == "Completed", log[-3000:]
+    assert "from the wheelhouse" in log and f"toy: 42 {(tmp_path / 'job').resolve() / contract.SITE_DIR}" in log
 
     (project / "requirements.txt").write_text("adetoy-nowheel==1.0\n")
     (links / "adetoy-nowheel-1.0.tar.gz").write_bytes(b"sdist only")
