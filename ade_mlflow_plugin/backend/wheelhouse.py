@@ -117,15 +117,19 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
 
 
-def _image_torch_satisfies(requirement: str, image_torch: str | None) -> bool:
+def _image_torch_satisfies(requirement: str, image_torch: str | None, python_version: str) -> bool:
     """Whether the image's torch meets a declared torch requirement. A framework_version like "2.5" names a
     release series (AWS's 2.5 images carry 2.5.x): any 2.5.x that satisfies it counts."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
-        specifier = Requirement(requirement).specifier
+        parsed = Requirement(requirement)
     except InvalidRequirement:
         return True  # pip names what is wrong with it in the job, as without a wheelhouse
+    image = {"sys_platform": "linux", "platform_system": "Linux", "python_version": python_version}
+    if parsed.marker is not None and not parsed.marker.evaluate(image):
+        return True  # not for the image's platform: the job skips it
+    specifier = parsed.specifier
     if image_torch is None:
         return False
     release = image_torch.split("+", 1)[0]
@@ -138,7 +142,8 @@ def _check_image_torch(config: CloudTrainingConfig, declared: list[str]) -> None
     here, rather than failing offline in the job."""
     image_torch = image_torch_version(config)
     for requirement in declared:
-        if _name(requirement) == "torch" and not _image_torch_satisfies(requirement, image_torch):
+        if _name(requirement) == "torch" and not _image_torch_satisfies(requirement, image_torch,
+                                                                          image_python_version(config)):
             where = "this interpreter" if config.mode == "local" else "the training image (framework_version)"
             has = f"torch {image_torch}" if image_torch else "no torch"
             fix = ("install a matching torch here" if config.mode == "local"

@@ -109,7 +109,7 @@ def test_requirement_set_is_what_the_job_would_install_less_torch(tmp_path):
 
 @pytest.mark.parametrize("requirement,framework,refused", [
     ("torch>=2.0", "2.5", False), ("torch==2.5.1", "2.5", False), ("torch>=2.11.0", "2.5", True),
-    ("torch<2", "2.5.1", True), ("torch", "2.5", False)])
+    ("torch<2", "2.5.1", True), ("torch", "2.5", False), ("torch<2; sys_platform == 'darwin'", "2.5", False)])
 def test_a_torch_the_image_lacks_is_refused_at_submission(tmp_path, requirement, framework, refused):
     (tmp_path / "requirements.txt").write_text(f"{requirement}\nadetoy\n")
     config = CloudTrainingConfig.from_backend_config({**BASE, "wheelhouse": "always",
