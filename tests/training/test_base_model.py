@@ -130,3 +130,11 @@ def test_a_model_of_another_flavor_is_refused(tmp_path):
     (tmp_path / "MLmodel").write_text(yaml.safe_dump({"flavors": {"sklearn": {}}}))
     with pytest.raises(ConfigError, match="not transformers"):
         base_model.resolve(str(tmp_path))
+
+
+def test_mlflow_still_names_the_registered_version_file_as_base_model_reads_it():
+    """MLflow's models:/ download writes the version's name and version into this file (the parent's source)."""
+    from mlflow.store.artifact import models_artifact_repo
+
+    assert getattr(models_artifact_repo, "REGISTERED_MODEL_META_FILE_NAME", None) == base_model.REGISTERED_MODEL_META, \
+        "mlflow changed the file its models:/ downloads record name and version in: update training/base_model.py"
