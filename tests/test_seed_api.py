@@ -148,3 +148,19 @@ def test_in_local_mode_the_finished_model_lands_under_output_dir(sqlite_tracking
     assert "eval_loss" in json.loads((version / "performance_metrics.json").read_text())
     run = mlflow.MlflowClient().get_run(printed["run_id"])
     assert run.data.tags["ade.output_landed"] == "ade-shop/v1"
+
+
+def test_the_specifications_config_names_are_aliases_of_ours(tmp_path):
+    from ade_mlflow_plugin.config import CloudTrainingConfig, ModelRegistryConfig
+
+    cloud = CloudTrainingConfig(region="us-east-1", bucket="ade-training", role_arn=ROLE, volume_size=100,
+                                max_runtime=86400, training_image="123456789012.dkr.ecr.us-east-1.amazonaws.com/ade:1",
+                                metrics_interval=60)
+    assert (cloud.volume_size_gb, cloud.max_runtime_s, cloud.poll_interval_s) == (100, 86400, 60)
+    assert cloud.image_uri == "123456789012.dkr.ecr.us-east-1.amazonaws.com/ade:1"
+    # registry_path names the registry folder itself: versions land in it, providers.json beside it
+    registry = ModelRegistryConfig(registry_path=str(tmp_path / "models" / "registry"), max_versions=10,
+                                   model_name="ade-coder")
+    assert (registry.root, registry.keep_versions) == ((tmp_path / "models").resolve(), 10)
+    assert registry.registered_model_name == "ade-coder"
+    assert ModelRegistryConfig(root=tmp_path / "ade").root == (tmp_path / "ade").resolve()

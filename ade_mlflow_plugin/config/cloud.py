@@ -127,7 +127,7 @@ class CloudTrainingConfig:
                                                          'a SageMaker instance type such as "ml.g5.2xlarge"'),
                                 "SageMaker instance type")
     instance_count: int = option(1, whole(1, 100), "instances (hosts); more than one trains data-parallel")
-    volume_size_gb: int = option(100, whole(1, 16384), "EBS volume per instance, GB")
+    volume_size_gb: int = option(100, whole(1, 16384), "EBS volume per instance, GB", aliases=("volume_size",))
     max_runtime_s: int = option(24 * 3600, whole(1, MAX_RUNTIME_LIMIT_S),
                                 "longest the job may train before SageMaker stops it, seconds",
                                 aliases=("max_runtime",))
@@ -142,7 +142,8 @@ class CloudTrainingConfig:
     image_uri: str | None = option(None, optional(pattern(
         r"[\w.-]+(:\d+)?(/[\w.-]+)+(:[\w.-]+|@sha256:[0-9a-f]{64})?",
         'a container image URI such as "<account>.dkr.ecr.<region>.amazonaws.com/repo:tag"')),
-        "training image (default: AWS's PyTorch training image for framework_version/py_version)")
+        "training image (default: AWS's PyTorch training image for framework_version/py_version)",
+        aliases=("training_image",))
     framework_version: str = option("2.5", pattern(r"\d+\.\d+(\.\d+)?", 'a PyTorch version such as "2.5"'),
                                     "PyTorch version of the default training image")
     py_version: str = option("py311", pattern(r"py3\d+", 'a Python tag such as "py311"'),
@@ -174,7 +175,8 @@ class CloudTrainingConfig:
     tracking_uri: str | None = option(None, optional(text(required=True)),
                                       "MLflow tracking URI the job logs to (default: the client's)")
     wait: bool = option(True, boolean(strict=True), "follow the job until it ends (false: return once submitted)")
-    poll_interval_s: int = option(15, whole(1, 600), "seconds between status polls (1 in local mode)")
+    poll_interval_s: int = option(15, whole(1, 600), "seconds between status polls (1 in local mode)",
+                                  aliases=("metrics_interval",))
     base_job_name: str = option("ade", pattern(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,39}",
                                                "letters, digits and hyphens, at most 40 characters"),
                                 "start of the training job's name")

@@ -51,10 +51,16 @@ def default_model_name(codebase: str | os.PathLike[str]) -> str:
 
 
 def storage_root(value: Any) -> Path:
-    """A folder path, made absolute (~ expanded) so that every later step sees the same root."""
+    """A folder path, made absolute (~ expanded) so that every later step sees the same root.
+
+    A path ending in ``registry`` names the registry folder itself (the ADE Cloud Training API's
+    ``registry_path="models/registry"``): its parent is the root, so versions land in that very folder
+    (``models/registry/<name>-v<N>/``), not in ``models/registry/registry/``.
+    """
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise Invalid("a folder path")
-    return Path(value).expanduser().resolve()
+    path = Path(value).expanduser().resolve()
+    return path.parent if path.name == "registry" else path
 
 
 @options_class
@@ -67,14 +73,15 @@ class ModelRegistryConfig:
         unknown="unknown registry config key(s) {key}; valid keys are {known}{hint}")
 
     root: Path = option(DEFAULT_ROOT, storage_root, "ADE provider storage root (<root>/registry/<name>-v<N>/ "
-                        f"and <root>/providers.json); default ${ROOT_ENV}, else {DEFAULT_ROOT}",
-                        default_factory=default_root)
+                        f"and <root>/providers.json); default ${ROOT_ENV}, else {DEFAULT_ROOT}; a path "
+                        "ending in registry is that registry folder (its parent is the root)",
+                        default_factory=default_root, aliases=("registry_path",))
     registered_model_name: str | None = option(
         None, optional(text()), "register the trained model under this name; unset: the codebase folder name "
         "with the prefix ade- (launch API and CLI); empty: do not register", aliases=("model_name",),
         metavar="NAME")
     keep_versions: int = option(3, whole(1), "synced versions of one model kept on disk (versions that serve "
-                                "an alias or stage are never removed)")
+                                "an alias or stage are never removed)", aliases=("max_versions",))
     tracking_uri: str | None = option(None, optional(text(required=True)),
                                       "MLflow tracking/registry server (default: MLflow's usual resolution, "
                                       "MLFLOW_TRACKING_URI)")
