@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ade_mlflow_plugin.job import bootstrap, contract
 from ade_mlflow_plugin.job.budget import budget_clock, start_budget_guard
 from ade_mlflow_plugin.job.deps import install_missing_requirements
-from ade_mlflow_plugin.job.procs import group_members, kill_tree, wait_for_group
+from ade_mlflow_plugin.job.procs import group_members, kill_tree, stops_held, wait_for_group
 from ade_mlflow_plugin.job.run_state import end_run, reopen_run, sigterm_reason
 
 EXIT_STOPPED = 143
@@ -110,9 +110,10 @@ def locate_project(paths: contract.ContainerPaths, job: contract.JobContract) ->
 
 # ---------------------------------------------------------------- command
 def build_command(launch: Launch) -> str:
-    from mlflow.projects.utils import load_project
+    with stops_held():  # a stop mid-import would leave a half-imported mlflow that cannot end the run
+        from mlflow.projects.utils import load_project
 
-    from ade_mlflow_plugin.errors import first_line  # needs mlflow, like load_project: not before install
+        from ade_mlflow_plugin.errors import first_line  # needs mlflow, like load_project: not before install
 
     entry_point = launch.job.entry_point
     values = contract.param_values(launch.job, launch.paths)  # a missing channel says so itself
@@ -244,8 +245,10 @@ def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
         print(f"launcher: cannot write {paths.failure_file}: {exc}", file=sys.stderr)
 
 
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived before the entry started (while fetching code or installing)."""
+class Stopped(BaseException):
+    """SIGTERM/SIGINT arrived before the entry started (while fetching code, installing or reopening the
+    run). A BaseException, like KeyboardInterrupt: the preparation's `except Exception` clauses (a failed
+    download, a tracking server that does not answer) must not swallow a stop."""
 
 
 class SignalRouter:
@@ -319,12 +322,6 @@ def _stopped(paths: contract.ContainerPaths, launch: Launch, entry: EntryProcess
     return EXIT_STOPPED
 
 
-def _clear_last_attempt(paths: contract.ContainerPaths) -> None:
-    """A restart on the same job root (local mode) must not read the earlier attempt's words."""
-    for stale in (paths.failure_file, paths.stop_reason_file):
-        stale.unlink(missing_ok=True)
-
-
 def main() -> int:
     router = SignalRouter()
     router.install()
@@ -335,7 +332,6 @@ def main() -> int:
         launch.job = contract.decode(paths)
         launch.resource = contract.read_resource_config(paths)
         paths.make_dirs()
-        _clear_last_attempt(paths)
         prepare(paths, launch)
         reopen_run(launch.env, launch.resource)
     except Stopped as stop:

@@ -6,10 +6,12 @@ must reach, all of them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Iterator
 
 PROC = Path("/proc")
 
@@ -75,3 +77,15 @@ def kill_tree(pid: int, pgids: tuple[int, ...] = ()) -> None:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block is done (then arrive as usual). Around imports of large
+    packages (mlflow): the launcher's handler raises, and a stop landing mid-import would leave a
+    half-imported module that could not end the run afterwards."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)

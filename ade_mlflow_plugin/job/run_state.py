@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job.procs import stops_held
 
 #: A SIGTERM this close to MaxRuntimeInSeconds is SageMaker's MaxRuntime stop.
 MAX_RUNTIME_SLACK_S = 60.0
@@ -85,9 +86,13 @@ def _client(env: Mapping[str, str]) -> Any:
 
     if relay.unreachable_reason(env.get(contract.ENV_TRACKING_URI), env):
         return None
-    import mlflow
+    return _import_mlflow().MlflowClient(tracking_uri=env.get(contract.ENV_TRACKING_URI))
 
-    return mlflow.MlflowClient(tracking_uri=env.get(contract.ENV_TRACKING_URI))
+
+def _import_mlflow() -> Any:
+    with stops_held():  # a stop mid-import would leave a half-imported mlflow that cannot end the run
+        import mlflow
+    return mlflow
 
 
 def _relay(env: Mapping[str, str]) -> Any:

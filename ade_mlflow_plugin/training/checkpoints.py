@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from ade_mlflow_plugin.job import contract
 
@@ -65,6 +66,36 @@ def latest_checkpoint(root: Path) -> Path | None:
         return Path(newest) if newest else None
     found = complete_checkpoints(root)
     return found[-1][1] if found else None
+
+
+def finished_checkpoint(root: Path, max_steps: int) -> tuple[Path, Any] | None:
+    """(folder, TrainerState) of the newest complete checkpoint when it is at the run's last step, else None.
+
+    A restart after that checkpoint (a reclaim while the model was being evaluated or logged) has nothing
+    left to train, and the Trainer, resumed there, would still run one more step. ``max_steps`` <= 0 means
+    epochs: the step count the Trainer worked out for them is in the checkpoint's state.
+    """
+    from transformers import TrainerState
+
+    folder = latest_checkpoint(root)
+    if folder is None:
+        return None
+    state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+    last = max_steps if max_steps > 0 else state.max_steps
+    return (folder, state) if last and state.global_step >= last else None
+
+
+def load_adapter_weights(model: Any, folder: Path) -> None:
+    """Put a checkpoint's adapter weights into the PEFT model (what resuming the Trainer would do)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
+
+    weights = folder / ADAPTER_SAFE_WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {folder} has no {ADAPTER_SAFE_WEIGHTS_NAME}; delete the checkpoint "
+                                "folder (or choose a new checkpoint_s3_uri) to train again")
+    set_peft_model_state_dict(model, load_file(str(weights)))
 
 
 class StopFlag:

@@ -14,7 +14,8 @@ from typing import Any
 
 from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.job import contract
-from ade_mlflow_plugin.training.checkpoints import SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, latest_checkpoint
+from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, finished_checkpoint,
+                                                    latest_checkpoint, load_adapter_weights)
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.job import relay as job_relay
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, RelayLogger, attach_run,
@@ -202,8 +203,16 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     if latest_checkpoint(out_dir) is None and session.main:  # the "before" figures, once per run
         before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
         session.metrics.log(before, step=0)
-    state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
-                           metric_logger=session.metrics, stop=session.stop)
+    finished = finished_checkpoint(out_dir, config.max_steps)
+    if finished is not None:
+        folder, state = finished
+        logger.info("%s is at the last step (%d): nothing left to train; evaluating and publishing it",
+                    folder, state.global_step)
+        load_adapter_weights(model, folder)
+        stopped = False
+    else:
+        state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
+                               metric_logger=session.metrics, stop=session.stop)
     if stopped:
         logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
         raise Stopped()
