@@ -1,7 +1,9 @@
 """`make demo`: the whole flow on this machine, through the real CLIs, with nothing left running.
 
-tiny base model -> `mlflow run -b ade-sagemaker` (local mode) twice (lora_r 8 vs 16) -> both registered
--> the better one (lowest eval_loss) promoted to `production` -> synced into ./ade_models -> a summary.
+tiny base model -> `mlflow run -b ade-sagemaker` (local mode, lora_r 8) -> v1 registered and promoted to
+`production` (synced into ./ade_models) -> a second run (lora_r 16) trains on from
+`models:/ade-coder-demo@production` -> v2, whose metadata names v1 as its parent -> the better version (lowest
+eval_loss) promoted to `production` -> synced -> a summary.
 By default the tracking store is a sqlite file, so no server is started; the command to open the UI is
 printed. `--tracking-uri` points the same flow at a tracking server (the end-to-end test does that).
 """
@@ -34,7 +36,8 @@ SETTINGS = ({"lora_r": "8", "lora_alpha": "16"}, {"lora_r": "16", "lora_alpha": 
 TRAINING = {"num_examples": "120", "synthetic_ratio": "0.3", "eval_fraction": "0.1", "max_steps": "30",
             "batch_size": "4", "grad_accumulation": "1", "max_seq_len": "256", "learning_rate": "0.003",
             "seed": "42", "eval_samples": "8"}
-STEPS = 5
+STEPS = 6
+ALIAS = "production"
 HEARTBEAT_S = 15.0  # a step silent for this long prints how long it has been running
 
 Echo = Callable[[str], None]
@@ -52,6 +55,7 @@ class DemoRow:
     version: str
     alias: str = ""
     landed: Path | None = None
+    parent: str = ""  # the registered version this one trained on from (ade.parent_version), if any
 
 
 @dataclass
@@ -150,7 +154,7 @@ def backend_config(workdir: Path, job_root: Path | None) -> str:
     return str(path)
 
 
-def train_command(setting: dict[str, str], base: Path, codebase: Path, config: str) -> list[str]:
+def train_command(setting: dict[str, str], base: Path | str, codebase: Path, config: str) -> list[str]:
     params = {**TRAINING, **setting, "codebase": str(codebase), "base_model": str(base),
               "registered_model_name": MODEL_NAME}
     args = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
@@ -186,20 +190,42 @@ def run_demo(workdir: Path, models_root: Path, tracking_uri: str | None = None, 
     _step(echo, 1, "build a tiny base model (deepseek-coder layout, scaled down) and a tokenizer from the codebase")
     run_logged([*cli, "make-tiny-model", str(workdir / "base"), "--codebase", str(codebase)], env, echo,
                "tiny model")
-    for number, setting in enumerate(SETTINGS, start=2):
-        knobs = ", ".join(f"{k}={v}" for k, v in setting.items())
-        _step(echo, number, f"fine-tune through `mlflow run -b ade-sagemaker` in local mode with {knobs}")
-        run_logged(train_command(setting, workdir / "base", codebase, config), env, echo, f"training {knobs}")
+    first, second = SETTINGS
+    _train_step(echo, 2, first, workdir / "base", "the tiny base", codebase, config, env)
+    v1 = first_version(tracking, before)
+    _step(echo, 3, f"promote v{v1} to {ALIAS} (the registry hook syncs it into {models_root})")
+    run_logged(_promote(cli, v1, models_root), env, echo, "promote")
+    promoted = f"models:/{MODEL_NAME}@{ALIAS}"
+    _train_step(echo, 4, second, promoted, f"{promoted} (v{v1}: the loop back into training)", codebase, config,
+                env)
     rows, experiment_id = collect_rows(tracking, before)
     best = min(rows, key=lambda row: (row.eval_loss, int(row.version)))
-    _step(echo, 4, f"promote the better version (v{best.version}, lowest eval_loss) to production "
-                   "(the registry hook syncs it)")
-    run_logged([*cli, "promote", MODEL_NAME, best.version, "--alias", "production", "--root", str(models_root)],
-               env, echo, "promote")
-    _step(echo, 5, f"check the ADE provider storage at {models_root} (sync verifies the copy, downloads nothing new)")
-    run_logged([*cli, "sync", f"{MODEL_NAME}@production", "--root", str(models_root)], env, echo, "sync")
-    best.alias, best.landed = "production", models_root / "registry" / f"{MODEL_NAME}-v{best.version}"
+    _step(echo, 5, f"promote the better version (v{best.version}, lowest eval_loss) to {ALIAS}")
+    run_logged(_promote(cli, best.version, models_root), env, echo, "promote")
+    _step(echo, 6, f"check the ADE provider storage at {models_root} (sync verifies the copy, downloads nothing new)")
+    run_logged([*cli, "sync", f"{MODEL_NAME}@{ALIAS}", "--root", str(models_root)], env, echo, "sync")
+    best.alias, best.landed = ALIAS, models_root / "registry" / f"{MODEL_NAME}-v{best.version}"
     return DemoResult(tracking, experiment_id, models_root, best.version, rows, time.monotonic() - started)
+
+
+def _train_step(echo: Echo, number: int, setting: dict[str, str], base: Path | str, base_label: str,
+                codebase: Path, config: str, env: dict[str, str]) -> None:
+    knobs = ", ".join(f"{k}={v}" for k, v in setting.items())
+    _step(echo, number, f"fine-tune {base_label} through `mlflow run -b ade-sagemaker` in local mode with {knobs}")
+    run_logged(train_command(setting, base, codebase, config), env, echo, f"training {knobs}")
+
+
+def _promote(cli: list[str], version: str, models_root: Path) -> list[str]:
+    return [*cli, "promote", MODEL_NAME, version, "--alias", ALIAS, "--root", str(models_root)]
+
+
+def first_version(tracking: str, before: set[str]) -> str:
+    """The version the first run registered (the only one since ``before``)."""
+    new = sorted(registered_versions(tracking) - before, key=int)
+    if len(new) != 1:
+        raise AdeError(f"expected the first run to register one version of {MODEL_NAME}, found {len(new)}; "
+                       "see the training output above")
+    return new[0]
 
 
 def registered_versions(tracking: str) -> set[str]:
@@ -224,7 +250,8 @@ def collect_rows(tracking: str, before: set[str]) -> tuple[list[DemoRow], str]:
         speeds = [m.value for m in client.get_metric_history(run.info.run_id, "tokens_per_second")]
         rows.append(DemoRow(run.info.run_id, run.info.run_name or "", run.data.params.get("lora_r", "?"),
                             run.data.metrics.get("eval_loss", float("inf")),
-                            sum(speeds) / len(speeds) if speeds else 0.0, str(version.version)))
+                            sum(speeds) / len(speeds) if speeds else 0.0, str(version.version),
+                            parent=(version.tags or {}).get("ade.parent_version", "")))
     if len(rows) != len(SETTINGS):
         raise AdeError(f"expected {len(SETTINGS)} registered versions of {MODEL_NAME}, found {len(rows)}; "
                        "see the training output above")
@@ -233,12 +260,14 @@ def collect_rows(tracking: str, before: set[str]) -> tuple[list[DemoRow], str]:
 
 def summary(result: DemoResult) -> str:
     """The table printed at the end, and where to look next."""
-    header = f"{'run':<36}{'lora_r':>7}{'eval_loss':>11}{'tokens/s':>10}{'version':>9}  {'alias':<11}synced to"
+    header = (f"{'run':<36}{'lora_r':>7}{'eval_loss':>11}{'tokens/s':>10}{'version':>9}  {'trained on':<12}"
+              f"{'alias':<11}synced to")
     lines = [header, "-" * (len(header) + 20)]
     for row in result.rows:
         name = f"{row.run_name} ({row.run_id[:8]})"
+        trained_on = f"v{row.parent}" if row.parent else "base"
         lines.append(f"{name:<36}{row.lora_r:>7}{row.eval_loss:>11.4f}{row.tokens_per_second:>10.0f}"
-                     f"{row.version:>9}  {row.alias or '-':<11}{row.landed or '-'}")
+                     f"{row.version:>9}  {trained_on:<12}{row.alias or '-':<11}{row.landed or '-'}")
     runs = json.dumps(result.run_ids, separators=(",", ":"))
     compare = f"#/compare-runs?runs={runs}&experiments=[\"{result.experiment_id}\"]"
     if result.tracking_uri.startswith(("http://", "https://")):

@@ -1,7 +1,9 @@
 """`make demo`'s flow end to end against a real `mlflow server` (sqlite store, artifacts proxied to moto S3).
 
-Two local-mode runs through `mlflow run -b ade-sagemaker`, both registered, the lower eval_loss promoted
-to `production` and synced into ADE provider storage: checked in the registry, on disk and in S3.
+Two local-mode runs through `mlflow run -b ade-sagemaker`, both registered: the first from the tiny base,
+promoted to `production`; the second trains on from `models:/NAME@production` and names the first as its
+parent. The lower eval_loss is then promoted to `production` and synced into ADE provider storage: checked in
+the registry, on disk and in S3.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 
 import pytest
 
-from examples.demo import MODEL_NAME, SETTINGS, TRAINING, run_logged, summary
+from examples.demo import MODEL_NAME, SETTINGS, STEPS, TRAINING, run_logged, summary
 from ade_mlflow_plugin.errors import AdeError
 from tests.conftest import REPO_ROOT
 from tests.e2e.comparison_page import (LOAD_TIMEOUT_S, METRICS, PARAMS, format_metric, metric_row, param_row,
@@ -45,6 +47,11 @@ def test_two_local_mode_runs_are_tracked_and_registered(demo_flow):
         assert row.eval_loss == run.data.metrics["eval_loss"] > 0
         assert client.get_metric_history(row.run_id, "tokens_per_second"), "no throughput was logged"
         assert client.get_model_version(MODEL_NAME, row.version).run_id == row.run_id
+    first, second = result.rows
+    assert (first.parent, second.parent) == ("", first.version)  # the second trained on from the first
+    assert client.get_run(second.run_id).data.params["base_model"] == f"models:/{MODEL_NAME}@production"
+    assert client.get_model_version(MODEL_NAME, second.version).tags["ade.base_model"] == \
+        f"models:/{MODEL_NAME}/{first.version}"
     # Both runs mined the same frozen snapshot of the package, so their data is the same.
     digests = {client.get_run(row.run_id).data.tags["ade.dataset_digest"] for row in result.rows}
     assert len(digests) == 1
@@ -72,7 +79,10 @@ def test_production_version_lands_in_ade_storage(demo_flow):
     on_disk = {p.relative_to(artifacts).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                for p in artifacts.rglob("*") if p.is_file()}
     assert on_disk == {path: info["sha256"] for path, info in meta["files"].items()}
-    assert "MLmodel" in on_disk and any(p.endswith("adapter_config.json") for p in on_disk)
+    assert "MLmodel" in on_disk
+    # The first version is an adapter on the tiny base; the second was merged (its base lived in the job).
+    assert any(p.endswith("adapter_config.json") for p in on_disk) == (not production.parent)
+    assert meta["tags"].get("ade.parent_version", "") == production.parent
     run = _client(result.tracking_uri).get_run(production.run_id)
     performance = json.loads((version_dir / "performance_metrics.json").read_text())
     assert performance["eval_loss"] == run.data.metrics["eval_loss"]
@@ -80,8 +90,8 @@ def test_production_version_lands_in_ade_storage(demo_flow):
     providers = json.loads((result.models_root / "providers.json").read_text())
     served = providers["models"][MODEL_NAME]["aliases"]["production"]
     assert served["version"] == production.version and served["path"] == str(version_dir)
-    others = [row for row in result.rows if row is not production]
-    assert not any((result.models_root / "registry" / f"{MODEL_NAME}-v{row.version}").exists() for row in others)
+    # The first version was synced when it was promoted (step 3); only the production one is served.
+    assert set(providers["models"][MODEL_NAME]["aliases"]) == {"production"}
 
 
 def test_synced_files_are_the_ones_in_s3_behind_the_server(demo_flow):
@@ -106,8 +116,10 @@ def test_summary_names_runs_versions_and_where_the_model_landed(demo_flow):
     production_line = next(line for line in table.splitlines() if "production " in line)
     assert str(result.landed) in production_line
     assert f"{result.tracking_uri}/#/compare-runs?runs=" in table
-    for step in range(1, 6):  # progress was visible all the way
-        assert f"==> {step}/5" in demo_flow.output
+    for step in range(1, STEPS + 1):  # progress was visible all the way
+        assert f"==> {step}/{STEPS}" in demo_flow.output
+    second = table.splitlines()[3]
+    assert f" v{result.rows[0].version} " in second  # the "trained on" column
 
 
 def test_a_silent_step_prints_a_heartbeat_and_a_failed_step_is_one_error(tmp_path):
