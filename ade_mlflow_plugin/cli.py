@@ -75,10 +75,12 @@ def cli() -> None:
     """Fine-tune a code LLM on your codebase on SageMaker, tracked in MLflow."""
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Console entry: AdeError -> one line on stderr, exit 2 (bad input) or 1 (failure)."""
+def main(argv: list[str] | None = None, *, command: click.Command | None = None,
+         prog_name: str | None = None) -> Any:
+    """Console entry: AdeError -> one line on stderr, exit 2 (bad input) or 1 (failure). ``command``
+    runs one verb as a program of its own (`python -m ade_mlflow_plugin.launch`)."""
     try:
-        return cli.main(args=argv, standalone_mode=False)
+        return (command or cli).main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> Any:
         with click.Context(launch_command, info_name="python -m ade_mlflow_plugin.launch") as ctx:
             click.echo(ctx.get_help(), err=True)
         sys.exit(2)
-    return cli_main(["launch", *args])
+    return cli_main(args, command=launch_command, prog_name="python -m ade_mlflow_plugin.launch")
 
 
 if __name__ == "__main__":

@@ -232,7 +232,8 @@ class AdeSageMakerBackend(AbstractBackend):
                 region: str, cost: Any = None,
                 wheels: wheelhouse.Wheelhouse | None = None) -> tuple[Submission, Any]:
         with tempfile.TemporaryDirectory(prefix="ade-pack-") as tmp:
-            tarball = packaging.build_project_tarball(project_dir, Path(tmp))
+            tarball = packaging.build_project_tarball(project_dir, Path(tmp),
+                                                      allow_secret_files=config.allow_secret_files)
             store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
             code = store.put_file(f"code/{tarball.sha256}.tar.gz", tarball.path)
         shipped = None

@@ -256,8 +256,7 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     outcome.model_uri = info.model_uri
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit(session.run.data.tags if session.run else {})
-    run_tags = {"ade.base_model": config.base_model, "ade.git_commit": commit,
-                **({"ade.dataset_digest": digest} if digest else {})}
+    run_tags = _run_tags(config, commit, digest)
     version_tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
                                         metrics=outcome.metrics) if config.registered_model_name else None
     try:
@@ -277,6 +276,15 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
                                  tags={k: str(v) for k, v in version_tags.items()})
 
 
+def _run_tags(config: TrainingConfig, commit: str, digest: str | None) -> dict[str, str]:
+    """The run's provenance tags. With base_model=models:/NAME@ALIAS the job's base_model is the input
+    channel's folder: the tags name the registered version (and the parent) the way the version's do."""
+    from ade_mlflow_plugin.training.base_model import parent_tags, resolve
+
+    return {"ade.base_model": resolve(config.base_model).description, **parent_tags(config.base_model),
+            "ade.git_commit": commit, **({"ade.dataset_digest": digest} if digest else {})}
+
+
 def _relay_publish(config: TrainingConfig, session: Session, chosen: Any, tokenizer: Any, prepared: Any,
                    outcome: Outcome, base_dir: Path | None) -> None:
     """_publish for a job without a tracking server: the model saved into the relay, its tags and the
@@ -291,8 +299,7 @@ def _relay_publish(config: TrainingConfig, session: Session, chosen: Any, tokeni
                  files=str((folder / modelio.MODEL_NAME).relative_to(relay.dir)))
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit({})
-    relay.append(job_relay.TAGS, tags={"ade.base_model": config.base_model, "ade.git_commit": commit,
-                                       **({"ade.dataset_digest": digest} if digest else {})})
+    relay.append(job_relay.TAGS, tags=_run_tags(config, commit, digest))
     if config.registered_model_name:
         tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
                                     metrics=outcome.metrics)

@@ -190,6 +190,10 @@ def test_a_submission_to_moto_uploads_none_of_the_outside_links_or_credentials(p
     with pytest.raises(ConfigError, match=r"^train\.py:\d+: looks like a secret"):
         backend.run(str(project), "main", {"data": str(data_dir)}, None, dict(config), sqlite_tracking, experiment)
     assert {o["Key"] for o in s3.list_objects_v2(Bucket="ade-shipping")["Contents"]} == before
+    # The backend-config key lets the named file through: the submission goes ahead.
+    backend.run(str(project), "main", {"data": str(data_dir)}, None,
+                {**config, "allow_secret_files": ["train.py"]}, sqlite_tracking, experiment)
+    assert backend.last_submission.code.uri != code_uri
 
 
 def test_without_detect_secrets_the_scan_fails_in_one_line(tmp_path, monkeypatch):
