@@ -180,6 +180,9 @@ class CloudTrainingConfig:
     base_job_name: str = option("ade", pattern(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,39}",
                                                "letters, digits and hyphens, at most 40 characters"),
                                 "start of the training job's name")
+    sync_checkpoints: str | None = option(None, local_folder,
+                                          "local folder the follower copies each kept checkpoint into while "
+                                          "it follows the job (atomic, checksummed; issue 18)")
     job_root: str | None = option(None, optional(text(required=True)),
                                   "local mode: folder the job's files go in (default: ./.ade)")
     output_dir: str | None = option(None, local_folder,
