@@ -49,6 +49,16 @@ class ReplaySummary:
                     or self.versions or self.status)
 
     def line(self) -> str:
+        return self._what() + self._skipped()
+
+    def _skipped(self) -> str:
+        # A relay written by a newer job may hold kinds this client cannot replay: say so, never drop silently.
+        if not self.skipped_kinds:
+            return ""
+        return (f"; skipped records of unknown kind {', '.join(sorted(self.skipped_kinds))} "
+                "(written by a newer job: upgrade ade-mlflow-plugin and run sync-run again)")
+
+    def _what(self) -> str:
         if not self.changed:
             return "relay: nothing new (the run already has everything in it)"
         parts = [f"{self.params} params", f"{self.metrics} metric steps", f"{self.tags} tags",

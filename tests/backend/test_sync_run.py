@@ -212,3 +212,17 @@ def test_sync_run_by_local_job_name(sqlite_tracking, tmp_path):
                                 catch_exceptions=False)
     assert "registered version 1" in result.output, result.output
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_records_of_a_kind_this_client_does_not_know_are_named_not_dropped_silently(sqlite_tracking, tmp_path):
+    client = mlflow.MlflowClient()
+    job_root = tmp_path / "jobs" / "ade-job-1"
+    job_root.mkdir(parents=True)
+    run_id = _local_run(client, job_root)
+    relay = job_relay.Relay(local_relay_dir(job_root).parent)
+    relay.append("hologram", payload={"x": 1})  # a kind from a newer job
+    relay.append(job_relay.END, status="FINISHED")
+    summary = replay(client, run_id, relay.dir)
+    assert summary.skipped_kinds == {"hologram"} and summary.status == "FINISHED"
+    assert summary.line().endswith("skipped records of unknown kind hologram (written by a newer job: upgrade "
+                                   "ade-mlflow-plugin and run sync-run again)")
