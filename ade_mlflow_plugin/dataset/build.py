@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,11 +54,27 @@ def _validate(codebase: Path, num_examples: Any, synthetic_ratio: Any, eval_frac
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder the dataset cannot be saved in, before any mining (minutes on a large
+    codebase) is spent on it: one line naming the folder and the fix."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output '{out_dir}' is a file: pass a folder path for the dataset")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "dataset_dict.json").exists():
         raise ConfigError(f"output folder '{out_dir}' is not empty and holds no prepared dataset: "
                           "pass a new or empty folder")
+    _check_writable(out_dir)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Create the folder and write (then remove) a probe file in it: the same calls save_to_disk makes, so
+    a read-only disk, a missing permission or a parent that is a file all fail here, not after mining."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".ade-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"output folder '{out_dir}' cannot be written ({reason}): pass a folder you can "
+                          "write to with --out") from None
 
 
 def _cyclic_gc_paused(func: Callable) -> Callable:
@@ -143,7 +160,8 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
         if note:
             logger.warning(note)
     if out is not None:
-        dataset.save_to_disk(str(out))
+        # One shard per split even when a split is empty: with none, load_from_disk fails (IndexError).
+        dataset.save_to_disk(str(out), num_shards={split: 1 for split in SPLITS})
         timer.lap("save")
     stats["timings_s"] = timer.laps
     stats["worker_cpu_s"] = _worker_timings(files)
@@ -258,8 +276,21 @@ def load_prepared(path: str | Path) -> PreparedDataset:
         raise ConfigError(f"'{path}' is not a prepared dataset (no dataset_dict.json and stats.json): "
                           "run `ade-mlflow prepare-data` first and pass its --out folder")
     try:
-        dataset = datasets.load_from_disk(str(path))
+        dataset = datasets.DatasetDict({split: _load_split(path / split) for split in SPLITS})
         stats = json.loads(stats_file.read_text())
     except (OSError, ValueError) as exc:
         raise AdeError(f"could not read prepared dataset '{path}': {exc}") from exc
     return PreparedDataset(dataset=dataset, stats=stats, digest=stats["digest"], path=path)
+
+
+def _load_split(folder: Path) -> Any:
+    """One saved split. A split saved empty by an older build (a single-file codebase leaves eval empty)
+    has no data file at all, which load_from_disk cannot read: it is rebuilt empty from its features."""
+    import datasets
+
+    state = json.loads((folder / "state.json").read_text())
+    if state.get("_data_files"):
+        return datasets.load_from_disk(str(folder))
+    info = datasets.DatasetInfo.from_directory(str(folder))
+    features = info.features or datasets.Features({c: datasets.Value("string") for c in examples.COLUMNS})
+    return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
