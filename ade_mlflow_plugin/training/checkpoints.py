@@ -85,6 +85,43 @@ def finished_checkpoint(root: Path, max_steps: int) -> tuple[Path, Any] | None:
     return (folder, state) if last and state.global_step >= last else None
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # what PEFT's save_pretrained writes beside the adapter weights
+
+
+def adapter_shape(r: Any, alpha: Any, target_modules: Any) -> str:
+    """The LoRA settings that decide whether saved adapter weights fit a model, as one short phrase."""
+    if isinstance(target_modules, (list, tuple, set)):
+        target_modules = ",".join(sorted(target_modules))
+    return f"r={r}, alpha={float(alpha):g}, target_modules={target_modules}"
+
+
+def check_adapter_matches(folder: Path | None, config: Any) -> None:
+    """Refuse to resume from a checkpoint whose adapter was saved with other LoRA settings: PyTorch would
+    fail deep in the load with a size-mismatch trace, or (another alpha) train on with the wrong scale.
+
+    ``config`` is the run's TrainingConfig. "all-linear" is resolved by PEFT into module names when it
+    saves, so target modules are compared only when the run names them.
+    """
+    import json
+
+    if folder is None or not (folder / ADAPTER_CONFIG).is_file():
+        return
+    saved = json.loads((folder / ADAPTER_CONFIG).read_text())
+    wanted_modules = config.target_module_list
+    same = saved.get("r") == config.lora_r and float(saved.get("lora_alpha", 0)) == float(config.lora_alpha)
+    if same and wanted_modules != "all-linear":
+        same = set(saved.get("target_modules") or []) == set(wanted_modules)
+    if same:
+        return
+    from ade_mlflow_plugin.errors import ConfigError
+
+    have = adapter_shape(saved.get("r"), saved.get("lora_alpha", 0), saved.get("target_modules"))
+    want = adapter_shape(config.lora_r, config.lora_alpha, config.target_modules)
+    raise ConfigError(f"the checkpoint location holds an adapter of LoRA {have} ({folder.name}) but this run "
+                      f"asks for {want}: set a new checkpoint_s3_uri in the backend config to train from the "
+                      "start (or run with the checkpoint's LoRA settings to resume it)")
+
+
 def load_adapter_weights(model: Any, folder: Path) -> None:
     """Put a checkpoint's adapter weights into the PEFT model (what resuming the Trainer would do)."""
     from peft import set_peft_model_state_dict

@@ -14,8 +14,9 @@ from typing import Any
 
 from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.job import contract
-from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag, checkpoint_dir, finished_checkpoint,
-                                                    latest_checkpoint, load_adapter_weights)
+from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag, check_adapter_matches,
+                                                    checkpoint_dir, finished_checkpoint, latest_checkpoint,
+                                                    load_adapter_weights)
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.job import relay as job_relay
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, RelayLogger, attach_run,
@@ -196,10 +197,11 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     from ade_mlflow_plugin.training.model import load_for_training, local_model_dir
     from ade_mlflow_plugin.training.trainer import train
 
+    out_dir = checkpoint_dir()
+    check_adapter_matches(latest_checkpoint(out_dir), config)  # before the model load: one line, not a trace
     set_seed(config.seed)  # LoRA's A matrices are drawn at random: same seed, same start
     model, tokenizer, device = load_for_training(config)
     rows, eval_rows, samples = _rows(config, tokenizer, prepared)
-    out_dir = checkpoint_dir()
     if latest_checkpoint(out_dir) is None and session.main:  # the "before" figures, once per run
         before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
         session.metrics.log(before, step=0)
