@@ -29,6 +29,9 @@ _ENTRY_CONFIGS: dict[str, type] = {"main": TrainingConfig, "train": TrainingConf
 #: `--name value`): the training entries, whose long tail of speed and bookkeeping options the
 #: MLproject does not list.
 _OPEN_ENTRIES = {"main", "train"}
+#: Training options whose value is data to ship: passed undeclared (main's `-P dataset=`) they travel as
+#: input channels like a declared `path` param, not as a string naming a file on this machine.
+_DATA_OPTIONS = ("dataset",)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def resolve_params(project: Any, entry_point: str, params: dict[str, Any], proje
     entry = _entry_point(project, entry_point, project_dir)
     config, training = _entry_config(entry)
     extra = _undeclared(entry, entry_point, params, training)
-    resolved = ResolvedParams(dict(extra), {})
+    resolved = ResolvedParams({k: v for k, v in extra.items() if k not in _DATA_OPTIONS},
+                              {k: _check_path(k, v, project_dir) for k, v in extra.items() if k in _DATA_OPTIONS})
     given: dict[str, str] = dict(extra)
     for name, spec in entry.parameters.items():
         given[name] = value = _declared_value(entry_point, name, spec, params)
@@ -137,4 +141,19 @@ def resolve_params(project: Any, entry_point: str, params: dict[str, Any], proje
         # Every value the entry's script parses, with the job's own parsers and combination checks.
         fields = options_of(config)
         from_mapping(config, {k: v for k, v in given.items() if k in fields})
+    if config is TrainingConfig:
+        _check_datasets(resolved)
     return resolved
+
+
+def _check_datasets(resolved: ResolvedParams) -> None:
+    """A local `dataset` of the user's own (not a folder prepare-data wrote) is read here: wrong columns or
+    no rows is one line before anything is submitted, not a failed job. s3:// and models:/ data is checked
+    in the job, where it lands."""
+    # The dataset wing's reader is the job's own (pyarrow and json only; imported lazily, like ship_scan).
+    from ade_mlflow_plugin.dataset.user import inspect, is_prepared
+
+    for name in _DATA_OPTIONS:
+        path = resolved.paths.get(name)
+        if path and not path.startswith(REMOTE_PATH_SCHEMES) and not is_prepared(path):
+            inspect(path, name)

@@ -67,9 +67,16 @@ class TrainingConfig:
 
     OPTIONS_STYLE: ClassVar[Style] = STYLE
 
-    # data (the `main` entry mines `codebase`; `train` reads a prepared `dataset`)
+    # data (the `main` entry mines `codebase`; `train` reads `dataset`; `main` mixes a `dataset` in)
     codebase: str | None = option(None, optional_path, "codebase to mine (the main entry)")
-    dataset: str | None = option(None, optional_path, "prepared dataset folder (the train entry)")
+    dataset: str | None = option(None, optional_path,
+                                 "your data: a JSON Lines or Parquet file, or a saved Hugging Face dataset, with "
+                                 "prompt/completion columns (or one text column); a local path, s3:// or "
+                                 "models:/ URI; or a folder `prepare-data` wrote. The train entry trains on it; "
+                                 "the main entry mixes it with the mined examples by dataset_ratio")
+    dataset_ratio: float = option(0.5, real(0.0, 1.0),
+                                  "main entry with dataset: share of the training examples taken from your "
+                                  "dataset, the rest mined from the codebase (1: your data only, no mining)")
     num_examples: int = NUM_EXAMPLES.field()
     synthetic_ratio: float = SYNTHETIC_RATIO.field()
     eval_fraction: float = EVAL_FRACTION.field()

@@ -145,7 +145,7 @@ def build_dataset(codebase: str | Path, out_dir: str | Path | None, *, num_examp
         # The tokenizer releases the GIL: token stats are counted beside the (Python-bound) table and digest.
         counted = side.submit(_token_stats, train, evals, tokenizer, seed)
         columns = {"train": _columns(train), "eval": _columns(evals)}
-        dataset = _to_dataset_dict(columns)
+        dataset = to_dataset_dict(columns)
         digest = compute_digest(columns)
         timer.lap("split_build")
         tokens = counted.result()
@@ -203,7 +203,7 @@ def _columns(rows: list) -> dict[str, list[str]]:
     return {c: [getattr(r, c) for r in rows] for c in examples.COLUMNS}
 
 
-def _to_dataset_dict(columns: dict[str, dict[str, list[str]]]):
+def to_dataset_dict(columns: dict[str, dict[str, list[str]]]):
     import datasets
     import pyarrow as pa
 
@@ -276,14 +276,14 @@ def load_prepared(path: str | Path) -> PreparedDataset:
         raise ConfigError(f"'{path}' is not a prepared dataset (no dataset_dict.json and stats.json): "
                           "run `ade-mlflow prepare-data` first and pass its --out folder")
     try:
-        dataset = datasets.DatasetDict({split: _load_split(path / split) for split in SPLITS})
+        dataset = datasets.DatasetDict({split: load_split(path / split) for split in SPLITS})
         stats = json.loads(stats_file.read_text())
     except (OSError, ValueError) as exc:
         raise AdeError(f"could not read prepared dataset '{path}': {exc}") from exc
     return PreparedDataset(dataset=dataset, stats=stats, digest=stats["digest"], path=path)
 
 
-def _load_split(folder: Path) -> Any:
+def load_split(folder: Path) -> Any:
     """One saved split. A split saved empty by an older build (a single-file codebase leaves eval empty)
     has no data file at all, which load_from_disk cannot read: it is rebuilt empty from its features."""
     import datasets

@@ -102,27 +102,66 @@ class Session:
 
 
 def run_main(config: TrainingConfig) -> Outcome:
-    """MLproject `main`: codebase -> dataset -> train -> eval -> log model -> register."""
-    from ade_mlflow_plugin.training.model import check_quantization, load_tokenizer
+    """MLproject `main`: codebase (and your dataset, by dataset_ratio) -> dataset -> train -> eval -> log
+    model -> register."""
+    from ade_mlflow_plugin.training.model import check_quantization
 
-    if not config.codebase:
-        raise ConfigError("parameter 'codebase' is required: pass the folder of code to train on")
+    if not config.codebase and not (config.dataset and config.dataset_ratio >= 1):
+        raise ConfigError("parameter 'codebase' is required: pass the folder of code to train on "
+                          "(or dataset=... with dataset_ratio=1 to train on your data alone)")
     check_quantization(config.quantization)
-    return _run(config, lambda session: _mine(config, load_tokenizer(config.base_model), session))
+    return _run(config, lambda session: _main_data(config, session))
 
 
 def run_train(config: TrainingConfig) -> Outcome:
-    """MLproject `train`: a prepared dataset (from `prepare_data`) -> train -> eval -> log -> register."""
-    from ade_mlflow_plugin.dataset import load_prepared
+    """MLproject `train`: a prepared dataset (from `prepare_data`) or your own data -> train -> eval -> log
+    -> register."""
     from ade_mlflow_plugin.training.model import check_quantization
 
     if not config.dataset:
-        raise ConfigError("parameter 'dataset' is required: pass the folder `ade-mlflow prepare-data` wrote")
+        raise ConfigError("parameter 'dataset' is required: pass the folder `ade-mlflow prepare-data` wrote, or "
+                          "a JSON Lines/Parquet file or saved Hugging Face dataset of prompt/completion rows")
     check_quantization(config.quantization)
-    return _run(config, lambda session: load_prepared(config.dataset))
+    return _run(config, lambda session: _given_data(config, session))
 
 
-def _mine(config: TrainingConfig, tokenizer: Any, session: Session) -> Any:
+def _main_data(config: TrainingConfig, session: "Session") -> Any:
+    """The mined codebase, your dataset, or both mixed by dataset_ratio."""
+    from ade_mlflow_plugin.training.model import load_tokenizer
+
+    user = _given_data(config, session) if config.dataset and config.dataset_ratio > 0 else None
+    if user is not None and config.dataset_ratio >= 1:
+        return user
+    mined = _mine(config, load_tokenizer(config.base_model), session)
+    if user is None:
+        return mined
+    from ade_mlflow_plugin.dataset.user import mix
+
+    mixed = mix(mined, user, config.dataset_ratio, config.seed)
+    logger.info("dataset: %s", mixed.stats["mix"]["line"])
+    return mixed
+
+
+def _given_data(config: TrainingConfig, session: "Session") -> Any:
+    """`dataset=`: a folder prepare-data wrote as it is; your own rows loaded and logged as a run input."""
+    from ade_mlflow_plugin.dataset import load_prepared
+    from ade_mlflow_plugin.dataset.user import DATASET_NAME, is_prepared, load_user_dataset
+
+    if is_prepared(config.dataset):
+        return load_prepared(config.dataset)
+    prepared = load_user_dataset(config.dataset, eval_fraction=config.eval_fraction, seed=config.seed)
+    logger.info("dataset %s: %d train and %d eval examples of yours", config.dataset,
+                len(prepared.dataset["train"]), len(prepared.dataset["eval"]))
+    if session.main and session.offline:
+        _relay_dataset(session.relay, prepared, Path(config.dataset), DATASET_NAME)
+    elif session.main:
+        from ade_mlflow_plugin.dataset.tracking import log_to_active_run
+
+        log_to_active_run(prepared, Path(config.dataset), name=DATASET_NAME)
+    return prepared
+
+
+def _mine(config: TrainingConfig, tokenizer: Any, session: "Session") -> Any:
     from ade_mlflow_plugin.dataset import build_dataset
 
     prepared = build_dataset(config.codebase, None, num_examples=config.num_examples,
@@ -134,7 +173,7 @@ def _mine(config: TrainingConfig, tokenizer: Any, session: Session) -> Any:
     return prepared
 
 
-def _relay_dataset(relay: job_relay.Relay, prepared: Any, codebase: Path) -> None:
+def _relay_dataset(relay: job_relay.Relay, prepared: Any, codebase: Path, name: str | None = None) -> None:
     """What dataset/tracking.py logs to a reachable run (the dataset input with its digest, stats.json and
     the digest tag), kept in the relay."""
     import json
@@ -146,14 +185,15 @@ def _relay_dataset(relay: job_relay.Relay, prepared: Any, codebase: Path) -> Non
 
     from ade_mlflow_plugin.dataset import tracking as dataset_tracking
 
+    name = name or dataset_tracking.DATASET_NAME
     frames = [prepared.dataset[split].to_pandas().assign(split=split) for split in ("train", "eval")]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         data = mlflow.data.from_pandas(pd.concat(frames, ignore_index=True), source=str(codebase.resolve()),
-                                       name=dataset_tracking.DATASET_NAME, digest=prepared.digest)
+                                       name=name, digest=prepared.digest)
     relay.append(job_relay.DATASET, dataset=data.to_dict(), context=dataset_tracking.CONTEXT)
     with tempfile.TemporaryDirectory() as tmp:
-        stats = Path(tmp) / "stats.json"
+        stats = Path(tmp) / dataset_tracking.stats_file_name(name)
         stats.write_text(json.dumps(prepared.stats, indent=2, sort_keys=True, default=str))
         relay.add_files(job_relay.ARTIFACTS, stats, artifact_path="")
     relay.append(job_relay.TAGS, tags={dataset_tracking.DIGEST_TAG: prepared.digest})
