@@ -23,7 +23,7 @@ import tarfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.packaging import S3Store
@@ -44,10 +44,15 @@ ENDED = ("Completed", "Failed", "Stopped")
 #: The stop reasons (ade.stop_reason) a launcher's stop writes first in output/failure ("budget: ...").
 STOP_REASONS = contract.STOP_REASONS
 _TIMES = ("CreationTime", "TrainingStartTime", "TrainingEndTime")
+STOP_DETAIL = "stopped: StopTrainingJob (the local job was stopped on request)"
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _instance_count(request: dict[str, Any]) -> int:
+    return int((request.get("ResourceConfig") or {}).get("InstanceCount", 1) or 1)
 
 
 class Location:
@@ -151,17 +156,35 @@ class Location:
 
 
 class LocalJob:
-    """One training job run on this machine under the SageMaker container contract."""
+    """One training job run on this machine under the SageMaker container contract.
+
+    ``LocalJob(request)`` is the job the request describes: with InstanceCount > 1 it is a LocalCluster
+    (local_hosts.py), one LocalJob per host; every caller (backend, detached runner, tests) gets it alike.
+    The keyword-only ``host`` arguments make one host of such a cluster.
+    """
+
+    def __new__(cls, request: dict[str, Any], **kwargs: Any) -> "LocalJob":
+        if cls is LocalJob and kwargs.get("host") is None and _instance_count(request) > 1:
+            from ade_mlflow_plugin.backend.local_hosts import LocalCluster
+
+            return super().__new__(LocalCluster)
+        return super().__new__(cls)
 
     def __init__(self, request: dict[str, Any], *, job_root: Path | None = None, clients: AwsClients | None = None,
-                 stream: TextIO | None = sys.stdout) -> None:
+                 stream: TextIO | None = sys.stdout, host: str | None = None, log_path: Path | None = None,
+                 upload_model: bool = True, extra_env: dict[str, str] | None = None,
+                 on_end: Callable[["LocalJob"], None] | None = None) -> None:
         self.request = request
         self.name = request["TrainingJobName"]
         self.root = Path(job_root or Path(".ade") / "jobs" / self.name).resolve()
         self.paths = ContainerPaths(self.root)
         self.clients = clients
         self.stream = stream
-        self.log_path = self.root / "job.log"
+        self.log_path = Path(log_path).resolve() if log_path else self.root / "job.log"
+        self.host = host or "algo-1"  # SageMaker's name for this host (resourceconfig.json's current_host)
+        self._upload = upload_model  # only the lead host's model is the job's model
+        self._extra_env = dict(extra_env or {})
+        self._on_end = on_end
         self.proc: subprocess.Popen | None = None
         self._status, self._secondary = "InProgress", "Starting"
         self._transitions: list[dict[str, Any]] = []
@@ -189,7 +212,8 @@ class LocalJob:
         self._transition("Starting", "Preparing the job root")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            write_contract(self.paths, self.request)
+            write_contract(self.paths, self.request, current_host=self.host)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.touch()
             # A restart must see neither the last run's entry group nor its failure.
             for stale in (self.paths.entry_pgid_file, self.paths.failure_file, self.paths.stop_reason_file):
@@ -221,6 +245,7 @@ class LocalJob:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.request.get("Environment", {}))
+        env.update(self._extra_env)
         # What SageMaker sets in a training container; the base dir moves /opt/ml into the job root.
         env.update({contract.ENV_BASE_DIR: str(self.root), contract.ENV_JOB_NAME: self.name,
                     contract.ENV_JOB_ARN: self.arn, "PYTHONUNBUFFERED": "1"})
@@ -322,7 +347,7 @@ class LocalJob:
         self._transition("Uploading", "Uploading generated training model")
         self._sync_checkpoints(everything=True)
         try:
-            self._model_uri = self._upload_model()
+            self._model_uri = self._upload_model() if self._upload else ""
         except Exception as exc:
             self._failure = f"ClientError: uploading the model failed: {describe(exc)}"
             code = code or 1
@@ -336,12 +361,14 @@ class LocalJob:
         self._ended = _now()
         # SageMaker's last SecondaryStatus of a job stopped at MaxRuntimeInSeconds says so.
         secondary = "MaxRuntimeExceeded" if status == "Stopped" and self._max_runtime_hit else status
-        self._transition(secondary, {"Completed": "Training job completed", "Stopped": self._stop_message(),
+        self._transition(secondary, {"Completed": "Training job completed", "Stopped": self.stop_message(),
                                      "Failed": self._failure or ""}[status])
         with self._lock:
             self._status, self._secondary = status, secondary
         self._save_state()
         self._done.set()
+        if self._on_end is not None:
+            self._on_end(self)
 
     def _stopped_itself(self, code: int) -> bool:
         """Whether the launcher stopped on purpose without our stop(): its budget, or a SIGTERM sent to it
@@ -355,7 +382,7 @@ class LocalJob:
             return True
         return self.paths.failure_file.read_text().split(":", 1)[0].strip() in STOP_REASONS
 
-    def _stop_message(self) -> str:
+    def stop_message(self) -> str:
         detail = self.paths.failure_file.read_text().strip() if self.paths.failure_file.is_file() else ""
         return f"Training job stopped{': ' + detail.splitlines()[0] if detail else ''}"
 
@@ -372,8 +399,7 @@ class LocalJob:
                 tar.add(path, arcname=path.relative_to(self.paths.model_dir).as_posix(), recursive=False)
         return Location(output, self.clients).put_file(archive, f"{self.name}/output/model.tar.gz")
 
-    def stop(self, reason: str = "stopped", detail: str = "stopped: StopTrainingJob (the local job was stopped "
-             "on request)", secondary: str = "Stopping") -> None:
+    def stop(self, reason: str = "stopped", detail: str = STOP_DETAIL, secondary: str = "Stopping") -> None:
         """SIGTERM to the launcher's process group, its reason written first (a SIGTERM alone cannot say
         why: the launcher reads it to tag the run); SIGKILL after the grace period."""
         if self.proc is None or self._done.is_set():
@@ -414,6 +440,11 @@ class LocalJob:
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         self._done.wait(timeout)
         return self.describe()
+
+    @property
+    def log_files(self) -> list[Path]:
+        """What the follower uploads to the run's logs/ (a folder: its files)."""
+        return [self.log_path]
 
     # ------------------------------------------------------------ answers
     @property

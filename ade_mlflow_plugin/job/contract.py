@@ -97,6 +97,11 @@ ENV_CHECKPOINT_DIR = "ADE_CHECKPOINT_DIR"
 # Knobs of the launcher itself (tests and odd clusters set them).
 ENV_NPROC_PER_NODE = "ADE_NPROC_PER_NODE"
 ENV_MASTER_PORT = "ADE_MASTER_PORT"
+#: The rendezvous address torchrun's hosts meet at: the first host's name on SageMaker (algo-1 resolves there);
+#: the local runner sets 127.0.0.1, since its hosts are processes of one machine and algo-N resolve nowhere.
+ENV_MASTER_ADDR = "ADE_MASTER_ADDR"
+#: Seconds a host waits for all hosts to join torchrun's rendezvous before it fails (torch's default: 600).
+ENV_RENDEZVOUS_TIMEOUT_S = "ADE_RENDEZVOUS_TIMEOUT_S"
 ENV_SKIP_INSTALL = "ADE_SKIP_INSTALL"
 #: Seconds between the launcher's cost ticks (budget checks; cost_usd is logged when its step moves).
 ENV_BUDGET_INTERVAL_S = "ADE_BUDGET_INTERVAL_S"
@@ -113,6 +118,10 @@ METRIC_LINE_PREFIX = "ade-metrics"
 STOP_REASON_TAG = "ade.stop_reason"
 STOP_DETAIL_TAG = "ade.stop_detail"
 STOP_REASONS = ("budget", "stopped", "spot_interrupted", "max_runtime")
+#: Not a stop reason: the local runner SIGTERMs the other hosts of a multi-host job when one host failed, and
+#: writes this word first in their stop file; the lead host's launcher then ends the run FAILED (not KILLED)
+#: with the failed host's reason, as SageMaker fails a job whose host failed.
+PEER_FAILED = "peer_failed"
 
 #: The constants bootstrap.py gets injected when it travels alone (see the module docstring).
 BOOTSTRAP_NAMES = ("DEFAULT_BASE", "ENV_BASE_DIR", "HYPERPARAMETERS_FILE", "CODE_DIR", "FAILURE_FILE",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -34,6 +35,14 @@ FAILURE_TAIL_LINES = 40
 #: less a margin for the launcher's last words.
 STOP_GRACE_S = 110.0
 STOP_REASON_TAG = contract.STOP_REASON_TAG  # where submitted_run.py reads it from
+#: torch's own default for the static rendezvous: a host whose peers never come fails after this long.
+RENDEZVOUS_TIMEOUT_S = 600
+#: What torchrun prints when its hosts did not all meet: the store timed out waiting for clients (on the
+#: first host) or could not be reached (on the others).
+_RENDEZVOUS_FAILED = re.compile(r"(DistStoreError|DistNetworkError): (.*(waiting for clients|while trying to "
+                                r"connect|Connection refused).*)")
+#: A torchrun worker's exception line, e.g. "[rank1]: ValueError: ...".
+_WORKER_ERROR = re.compile(r"^\[rank\d+\]: (\w+(\.\w+)*(Error|Exception|Interrupt)\b.*)")
 
 
 class LaunchError(Exception):
@@ -137,12 +146,33 @@ def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
         print(f"launcher: entry command does not start with python; running it once per host: {command}")
         return command
     current = resource.get("current_host", hosts[0])
-    master = hosts[0] if len(hosts) > 1 else "127.0.0.1"
-    port = os.environ.get(contract.ENV_MASTER_PORT, "29500")
+    master, port = rendezvous_address(hosts)
+    timeout = int(os.environ.get(contract.ENV_RENDEZVOUS_TIMEOUT_S) or RENDEZVOUS_TIMEOUT_S)
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
                 f"--node_rank={hosts.index(current)}", f"--nproc_per_node={nproc}",
-                f"--master_addr={master}", f"--master_port={port}"]
+                f"--master_addr={master}", f"--master_port={port}",
+                # The static rendezvous waits this long for every host, then fails: never for ever.
+                f"--rdzv_conf=timeout={timeout}"]
     return shlex.join(torchrun + parts[1:])
+
+
+def rendezvous_address(hosts: list[str]) -> tuple[str, str]:
+    """(address, port) where torchrun's hosts meet: ADE_MASTER_ADDR when set (the local runner's loopback),
+    else the first host's name (SageMaker resolves algo-1), or loopback for one host."""
+    master = os.environ.get(contract.ENV_MASTER_ADDR) or (hosts[0] if len(hosts) > 1 else "127.0.0.1")
+    return master, os.environ.get(contract.ENV_MASTER_PORT, "29500")
+
+
+def rendezvous_failure(tail: list[str], resource: dict[str, Any]) -> str | None:
+    """One line for a host whose torchrun could not meet the other hosts (None when that was not the cause)."""
+    hosts = resource.get("hosts") or ["algo-1"]
+    found = next((m for m in map(_RENDEZVOUS_FAILED.search, reversed(tail)) if m), None)
+    if found is None or len(hosts) < 2:
+        return None
+    master, port = rendezvous_address(hosts)
+    return (f"host {resource.get('current_host', hosts[0])} could not rendezvous with the other "
+            f"{len(hosts) - 1} host(s) at {master}:{port} ({found.group(2).strip()}); check that all {len(hosts)} "
+            f"hosts started and reach that port, or raise {contract.ENV_RENDEZVOUS_TIMEOUT_S}")
 
 
 def child_env(launch: Launch, num_gpus: int) -> dict[str, str]:
@@ -234,7 +264,10 @@ def failure_text(tail: list[str], code: int) -> str:
     lines = [line for line in tail if line.strip()]
     if not lines:
         return f"entry exited with code {code}"
-    return lines[-1].strip() + "\n\n" + "\n".join(tail)
+    # Under torchrun the last line is its summary banner; a worker's own exception says what went wrong.
+    worker_errors = [m.group(1) for m in map(_WORKER_ERROR.match, lines) if m]
+    cause = worker_errors[-1] if worker_errors else lines[-1].strip()
+    return cause + "\n\n" + "\n".join(tail)
 
 
 def _write_failure(paths: contract.ContainerPaths, text: str) -> None:
@@ -301,7 +334,9 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
     if entry.terminated:
         return _stopped(paths, launch, entry, code)
     if code != 0:
-        _write_failure(paths, failure_text(list(entry.tail), code))
+        cause = rendezvous_failure(list(entry.tail), launch.resource)
+        text = failure_text(list(entry.tail), code)
+        _write_failure(paths, f"{cause}\n\n{text}" if cause else text)
         end_run(launch.env, "FAILED", launch.resource)
         return code if 0 < code < 256 else 1
     end_run(launch.env, "FINISHED", launch.resource)
@@ -315,11 +350,21 @@ def _stopped(paths: contract.ContainerPaths, launch: Launch, entry: EntryProcess
     reason, detail = entry.stop_reason, entry.stop_detail
     if not reason:
         reason, detail = sigterm_reason(paths, launch.env, launch.job.region)
+    if reason == contract.PEER_FAILED:
+        return _peer_failed(paths, launch, detail)
     print(f"launcher: stopped ({detail}); the entry exited with {code}", flush=True)
     _write_failure(paths, detail)
     end_run(launch.env, "KILLED", launch.resource,
             {contract.STOP_REASON_TAG: reason, contract.STOP_DETAIL_TAG: detail})
     return EXIT_STOPPED
+
+
+def _peer_failed(paths: contract.ContainerPaths, launch: Launch, detail: str) -> int:
+    """Another host of the job failed and the runner stopped this one: the job failed, and so does its run."""
+    print(f"launcher: stopped because {detail}", flush=True)
+    _write_failure(paths, detail)
+    end_run(launch.env or child_env(launch, 0), "FAILED", launch.resource)
+    return 1
 
 
 def main() -> int:
@@ -336,22 +381,23 @@ def main() -> int:
         reopen_run(launch.env, launch.resource)
     except Stopped as stop:
         print(f"launcher: {stop} before the entry started; stopping", file=sys.stderr)
-        _end_stopped_early(paths, launch)
-        return EXIT_STOPPED
+        return _end_stopped_early(paths, launch)
     except Exception as exc:  # any failure before the entry starts ends the job FAILED with a reason
         return _fail(paths, launch, exc)
     try:
         return run_entry(paths, launch, router, clock)
     except Stopped:  # only if the signal beat the entry's start by a hair; nothing ran yet
-        _end_stopped_early(paths, launch)
-        return EXIT_STOPPED
+        return _end_stopped_early(paths, launch)
 
 
-def _end_stopped_early(paths: contract.ContainerPaths, launch: Launch) -> None:
+def _end_stopped_early(paths: contract.ContainerPaths, launch: Launch) -> int:
     reason, detail = sigterm_reason(paths, launch.env or dict(os.environ), launch.job.region)
+    if reason == contract.PEER_FAILED:
+        return _peer_failed(paths, launch, detail)
     _write_failure(paths, detail)
     end_run(launch.env or child_env(launch, 0), "KILLED", launch.resource,
             {contract.STOP_REASON_TAG: reason, contract.STOP_DETAIL_TAG: detail})
+    return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def sigterm_reason(paths: contract.ContainerPaths, env: Mapping[str, str], regio
         reason, _, detail = written.partition("\n")
         if reason in contract.STOP_REASONS:
             return reason, detail.strip() or f"{reason}: the local runner stopped the job"
+        if reason == contract.PEER_FAILED:  # not a stop: the launcher ends the run FAILED
+            return reason, detail.strip() or "another host of the job failed"
     job_name = env.get(contract.ENV_JOB_NAME)
     if job_name and not env.get(contract.ENV_BASE_DIR):  # a real SageMaker container
         try:
