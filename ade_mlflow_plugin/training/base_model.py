@@ -145,12 +145,12 @@ def _merge_adapter(folder: Path, flavor: dict[str, Any], tokenizer: Path, parent
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ade_mlflow_plugin.training.model import device_and_dtype
+    from ade_mlflow_plugin.training.model import NO_HUB_KERNELS, device_and_dtype
 
     base, revision = recorded_base(flavor)
     _, dtype = device_and_dtype()  # the dtype training loads it in: no precision is kept that is not used
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, revision=revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(base, revision=revision, dtype=dtype, **NO_HUB_KERNELS)
         merged = PeftModel.from_pretrained(model, str(folder / flavor["peft_adaptor"])).merge_and_unload()
     except (OSError, ValueError) as exc:
         raise ConfigError(f"the registered adapter in '{folder}' could not be applied to its base '{base}': "

@@ -11,6 +11,10 @@ from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.config.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
+# transformers 5.2x kernelizes a model whenever the `kernels` package is installed (one of its requirements):
+# layers are swapped for code fetched from the hub at load and at train(), which fails offline and on
+# publishers it cannot verify, and replaces layers the measured speed options (speed.py) compile.
+NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False}
 
 
 def device_and_dtype() -> tuple[str, Any]:
@@ -83,7 +87,7 @@ def load_base_model(config: TrainingConfig, device: str, dtype: Any) -> Any:
     check_quantization(config.quantization)
     # Under torchrun each process owns the GPU of its LOCAL_RANK.
     target = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" else "cpu"
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **NO_HUB_KERNELS}
     from ade_mlflow_plugin.training.speed import attention_implementation
 
     attention = attention_implementation(config, device)

@@ -50,9 +50,10 @@ def merged_model(adapter_dir: Path, base_model: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     from ade_mlflow_plugin.training.base_model import resolve
+    from ade_mlflow_plugin.training.model import NO_HUB_KERNELS
 
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(resolve(base_model).model, dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(resolve(base_model).model, dtype=dtype, **NO_HUB_KERNELS)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 

@@ -90,3 +90,11 @@ def test_fp16_base_trains_with_loss_scaling(tiny_model, tiny_tokenizer):
             losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
+
+
+def test_the_training_path_loads_without_hub_kernels(tiny_model):
+    """transformers 5.2x kernelizes from the hub whenever `kernels` is installed; the job must not fetch code."""
+    from ade_mlflow_plugin.training.model import load_base_model
+
+    model = load_base_model(TrainingConfig(base_model=str(tiny_model)), "cpu", torch.float32)
+    assert not getattr(model, "use_kernels", False)
