@@ -96,3 +96,49 @@ def test_run_two_trains_on_the_promoted_version_and_names_it_as_parent(tmp_path,
     model = mlflow.pyfunc.load_model(f"models:/{name}/2")
     out = model.predict(["def add(a, b):"], params={"max_new_tokens": 4})
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_a_sagemaker_request_ships_the_version_as_a_channel_the_job_resolves(tracking_uri, tiny_base, tmp_path):
+    """SageMaker mode against moto: the registered version (merged, so it loads anywhere) goes in as an input
+    channel; the channel's files, as a container would get them, resolve to the model, its tokenizer and its
+    parent version."""
+    import uuid
+
+    import boto3
+    import mlflow
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ade_mlflow_plugin.config.training import TrainingConfig
+    from ade_mlflow_plugin.training import base_model, modelio
+    from ade_mlflow_plugin.training.model import load_for_training
+    from tests.conftest import submit_to_moto
+
+    name = f"ade-channel-{uuid.uuid4().hex[:8]}"
+    model, tokenizer, _ = load_for_training(TrainingConfig(base_model=str(tiny_base)))
+    chosen = modelio.publishable(model, tiny_base, merge_adapter=True, base_model=str(tiny_base))
+    with mlflow.start_run():
+        info = modelio.log_publishable(chosen, tokenizer, base_dir=tiny_base, quantized=False, max_new_tokens=4)
+    version = str(modelio.register(info.model_uri, name, {}).version)
+    mlflow.MlflowClient().set_registered_model_alias(name, "production", version)
+
+    # The fixture project's string param `note` stands for base_model: any models:/ value becomes a channel.
+    bucket = f"ade-channel-{uuid.uuid4().hex[:8]}"
+    _, described = submit_to_moto(bucket, tracking_uri, {"note": f"models:/{name}@production"})
+    channel = next(c for c in described["InputDataConfig"] if c["ChannelName"] == "note")
+    uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+    assert uri.startswith(f"s3://{bucket}/")
+    s3, prefix = boto3.client("s3"), uri.split("/", 3)[3].rstrip("/") + "/"
+    folder = tmp_path / "input" / "data" / "note"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            target = folder / obj["Key"][len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target))
+
+    resolved = base_model.resolve(str(folder))
+    assert resolved.parent == base_model.Parent(name, version) and not resolved.temporary
+    loaded = AutoModelForCausalLM.from_pretrained(resolved.model)
+    ids = torch.tensor([AutoTokenizer.from_pretrained(resolved.tokenizer)("def f():")["input_ids"]])
+    with torch.no_grad():
+        assert loaded(input_ids=ids).logits.shape[-1] == loaded.config.vocab_size
