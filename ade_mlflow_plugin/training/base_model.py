@@ -32,6 +32,9 @@ MLMODEL = "MLmodel"
 #: What MLflow's models:/ download writes beside MLmodel: {model_name, model_version} (YAML).
 REGISTERED_MODEL_META = "registered_model_meta"
 TOKENIZER_DIR = Path("components") / "tokenizer"
+# Keys of MLmodel's transformers flavor read here (mlflow.transformers.flavor_config.FlavorKey's values).
+MODEL_BINARY, PEFT, LOCAL_BASE, SOURCE_NAME, SOURCE_REVISION = (
+    "model_binary", "peft_adaptor", "local_base_model_path", "source_model_name", "source_model_revision")
 PARENT_MODEL_TAG = "ade.parent_model"
 PARENT_VERSION_TAG = "ade.parent_version"
 
@@ -112,9 +115,9 @@ def resolve(base_model: str) -> ResolvedBase:
     if not tokenizer.is_dir():
         raise ConfigError(f"base_model '{base_model}' has no tokenizer in {TOKENIZER_DIR}: register the model "
                           "with its tokenizer (this plugin's jobs do)")
-    if flavor.get("model_binary"):
-        resolved = ResolvedBase(str(folder / flavor["model_binary"]), str(tokenizer), parent=parent)
-    elif flavor.get("peft_adaptor"):
+    if flavor.get(MODEL_BINARY):
+        resolved = ResolvedBase(str(folder / flavor[MODEL_BINARY]), str(tokenizer), parent=parent)
+    elif flavor.get(PEFT):
         resolved = _merge_adapter(folder, flavor, tokenizer, parent)
     else:
         raise ConfigError(f"base_model '{base_model}': the MLflow model holds neither weights nor an adapter "
@@ -126,18 +129,18 @@ def resolve(base_model: str) -> ResolvedBase:
 
 def recorded_base(flavor: dict[str, Any]) -> tuple[str, str | None]:
     """(folder or hub id, revision) of the base an adapter-only MLflow model was logged against."""
-    local = flavor.get("local_base_model_path")
+    local = flavor.get(LOCAL_BASE)
     if local:
         if not Path(local).is_dir():
             raise ConfigError(f"the registered adapter's base folder '{local}' is not on this machine: train on "
                               "it where that folder exists (local mode), or register the parent merged "
                               "(merge_adapter=true), or with a hub base")
         return str(local), None
-    name = flavor.get("source_model_name")
+    name = flavor.get(SOURCE_NAME)
     if not name:
         raise ConfigError("the registered adapter records no base model (MLmodel has neither "
                           "local_base_model_path nor source_model_name): register it merged (merge_adapter=true)")
-    return str(name), flavor.get("source_model_revision")
+    return str(name), flavor.get(SOURCE_REVISION)
 
 
 def _merge_adapter(folder: Path, flavor: dict[str, Any], tokenizer: Path, parent: Parent | None) -> ResolvedBase:
@@ -151,7 +154,7 @@ def _merge_adapter(folder: Path, flavor: dict[str, Any], tokenizer: Path, parent
     _, dtype = device_and_dtype()  # the dtype training loads it in: no precision is kept that is not used
     try:
         model = AutoModelForCausalLM.from_pretrained(base, revision=revision, dtype=dtype, **NO_HUB_KERNELS)
-        merged = PeftModel.from_pretrained(model, str(folder / flavor["peft_adaptor"])).merge_and_unload()
+        merged = PeftModel.from_pretrained(model, str(folder / flavor[PEFT])).merge_and_unload()
     except (OSError, ValueError) as exc:
         raise ConfigError(f"the registered adapter in '{folder}' could not be applied to its base '{base}': "
                           f"{first_line(exc, 200)}; register the parent merged (merge_adapter=true)") from None

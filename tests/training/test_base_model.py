@@ -138,3 +138,13 @@ def test_mlflow_still_names_the_registered_version_file_as_base_model_reads_it()
 
     assert getattr(models_artifact_repo, "REGISTERED_MODEL_META_FILE_NAME", None) == base_model.REGISTERED_MODEL_META, \
         "mlflow changed the file its models:/ downloads record name and version in: update training/base_model.py"
+
+
+def test_mlflow_still_writes_the_flavor_keys_base_model_reads():
+    from mlflow.transformers.flavor_config import FlavorKey
+
+    ours = (base_model.MODEL_BINARY, base_model.PEFT, base_model.LOCAL_BASE, base_model.SOURCE_NAME,
+            base_model.SOURCE_REVISION)
+    theirs = (FlavorKey.MODEL_BINARY, FlavorKey.PEFT, FlavorKey.MODEL_LOCAL_BASE, FlavorKey.MODEL_NAME,
+              FlavorKey.MODEL_REVISION)
+    assert ours == theirs, "mlflow.transformers changed its MLmodel flavor keys: update training/base_model.py"
