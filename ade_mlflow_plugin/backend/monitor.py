@@ -315,9 +315,14 @@ def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: st
                     console: TextIO | None = None, price_book: PriceBook | None = None,
                     plugin_manager: Any = None, clock: Clock = utcnow) -> list[Any]:
     """The observers for one job (called by project_backend). Local jobs cost nothing and have no
-    CloudWatch: only the model landing then (when there is an output_dir)."""
+    CloudWatch: only the checkpoint sync and the model landing then (when the config asks for them)."""
+    from ade_mlflow_plugin.backend.checkpoint_sync import checkpoint_sync_observer
+
     console = console or sys.stderr
-    landing = landing_observer(config, run_id, mlflow_client, console)
+    # Checkpoints before the landing: at the end, the kept checkpoints are copied first (they are small
+    # next to a merged model, and what a user resumes or compares from).
+    landing = [*checkpoint_sync_observer(config, console, clients),
+               *landing_observer(config, run_id, mlflow_client, console)]
     if config.mode == "local":
         return landing
     quote = (price_book or cost.default_price_book()).quote(clients, config.instance_type, _region(config, clients))

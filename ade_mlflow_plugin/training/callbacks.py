@@ -4,15 +4,18 @@ The HF MLflowCallback is not used (report_to="none"): it ignores MLFLOW_RUN_ID a
 """
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from transformers import TrainerCallback
 
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.training.checkpoints import StopFlag, checkpoint_folder, mark_complete
 
+logger = logging.getLogger(__name__)
 # Trainer log key -> metric name users see (DESIGN.md).
 STEP_METRICS = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm", "epoch": "epoch"}
 
@@ -61,6 +64,22 @@ class StopOnSigterm(TrainerCallback):
         return control
 
 
+#: Called (rank 0) with (checkpoint root, TrainerState) after each checkpoint is complete and old ones are
+#: rotated out. A registry here, not a callback argument: trainer.py builds the callbacks, while the one who
+#: listens (the pipeline, which holds the MLflow run) is above it.
+_checkpoint_listeners: list[Callable[[Path, Any], None]] = []
+
+
+@contextmanager
+def checkpoint_listener(listener: Callable[[Path, Any], None]) -> Iterator[None]:
+    """Have ``listener`` called after each complete checkpoint while the block runs."""
+    _checkpoint_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _checkpoint_listeners.remove(listener)
+
+
 class MarkComplete(TrainerCallback):
     """Marks a checkpoint complete once the Trainer has written all of it (and rotated old ones)."""
 
@@ -69,3 +88,14 @@ class MarkComplete(TrainerCallback):
             folder = checkpoint_folder(Path(args.output_dir), state.global_step)
             if folder.is_dir():
                 mark_complete(folder)
+                _tell_listeners(Path(args.output_dir), state)
+
+
+def _tell_listeners(root: Path, state: Any) -> None:
+    for listener in list(_checkpoint_listeners):
+        try:
+            listener(root, state)
+        except Exception as exc:  # noqa: BLE001 - a listing that fails must not stop the training
+            from ade_mlflow_plugin.errors import describe
+
+            logger.warning("checkpoint listing not updated: %s", describe(exc))

@@ -8,6 +8,8 @@ step and the entry exits 143.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import signal
@@ -26,7 +28,59 @@ def checkpoint_dir() -> Path:
 
 
 def mark_complete(folder: Path) -> None:
-    (folder / COMPLETE_MARKER).write_text("ok\n")
+    """Write the marker, holding the folder's manifest (size and sha256 of each file): whoever copies the
+    checkpoint (the sync-checkpoints verb) sees from it alone whether the copy is whole and which files it
+    already has, with no download."""
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"files": manifest(folder)}, indent=1, sort_keys=True))
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """relative path -> {"size", "sha256"} of every file under folder but the marker."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != COMPLETE_MARKER:
+            found[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
+    return found
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(marker_text: str) -> dict[str, dict[str, Any]] | None:
+    """The manifest a marker holds; None for a marker of an older job ("ok"), which holds none."""
+    try:
+        data = json.loads(marker_text)
+    except ValueError:
+        return None
+    return data.get("files") if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
+
+
+#: The run's list of kept checkpoints (an artifact) and its short form (a tag); the location they sync to.
+INDEX_ARTIFACT = "checkpoints.json"
+STEPS_TAG = "ade.checkpoints"
+CHECKPOINT_URI_TAG = "ade.checkpoint_uri"
+
+
+def checkpoint_index(root: Path, location: str | None) -> dict[str, Any]:
+    """The complete checkpoints under root as the run lists them: step, eval_loss (when the Trainer
+    evaluated at that step), whether it is the best, size, and where it lives at the synced location."""
+    entries = []
+    for step, folder in complete_checkpoints(root):
+        state = json.loads((folder / "trainer_state.json").read_text())
+        evals = [e["eval_loss"] for e in state.get("log_history", []) if e.get("step") == step and "eval_loss" in e]
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        entry = {"step": step, "path": folder.name, "eval_loss": evals[-1] if evals else None,
+                 "best": bool(state.get("best_model_checkpoint"))
+                 and Path(state["best_model_checkpoint"]).name == folder.name,
+                 "files": len(files), "bytes": sum(p.stat().st_size for p in files),
+                 "uri": f"{location.rstrip('/')}/{folder.name}" if location else None}
+        entries.append(entry)
+    return {"location": location, "checkpoints": entries}
 
 
 # transformers is imported where used: the launcher side imports this module's constants without it.

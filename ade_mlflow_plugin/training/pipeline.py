@@ -23,6 +23,8 @@ from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, Relay
                                                  is_main_process, log_params_once, logged_steps)
 
 logger = logging.getLogger(__name__)
+# The last checkpoint listing's upload is waited for this long: a SIGTERM leaves 120 s for everything.
+LISTING_FLUSH_S = 30.0
 METRIC_KEYS = ["train_loss", "learning_rate", "grad_norm", "epoch", "tokens_per_second", "eval_loss",
                "perplexity", "exact_match"]
 
@@ -99,6 +101,73 @@ class Session:
                 # The server went away mid-run: the relay's end record carries the status to sync-run.
                 logger.warning("run %s not ended (the tracking server is gone); its relay says %s",
                                self.run_id, status)
+
+
+class CheckpointListing:
+    """Keeps the run's list of kept checkpoints (the checkpoints.json artifact, the ade.checkpoints tag) in
+    step with the checkpoint folder, as checkpoints appear and rotate.
+
+    An artifact, not a tag per checkpoint: the MLflow UI shows a JSON artifact as a readable tree on the
+    run's page, it has room for every field (step, eval_loss, best, size, URI), and a new save replaces
+    it whole; the one short tag ("4,8,12") is what the runs table can show and search. The listing is read
+    at each save (the Trainer has rotated by then); its upload runs on one background thread, the newest
+    listing wins, so a slow or absent tracking server never holds up training.
+    """
+
+    def __init__(self, session: Session) -> None:
+        import threading
+
+        self.session = session
+        self._pending: dict[str, Any] | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._send_loop, name="ade-checkpoint-listing", daemon=True)
+        self._thread.start()
+
+    def update(self, root: Path, state: Any) -> None:  # noqa: ARG002 - the listener signature
+        from ade_mlflow_plugin.training.checkpoints import checkpoint_index
+
+        if self.session.run is None or self.session.offline:
+            return  # no run to list into (the relay carries the model, not the checkpoint listing)
+        with self._cond:
+            self._pending = checkpoint_index(root, None)
+            self._cond.notify()
+
+    def close(self, timeout: float) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                index, self._pending = self._pending, None
+            try:
+                self._send(index)
+            except Exception as exc:  # noqa: BLE001 - the listing is a view: training goes on without it
+                from ade_mlflow_plugin.errors import describe
+
+                logger.warning("checkpoint listing not updated in the run: %s", describe(exc))
+
+    def _send(self, index: dict[str, Any]) -> None:
+        from mlflow import MlflowClient
+
+        from ade_mlflow_plugin.training.checkpoints import CHECKPOINT_URI_TAG, INDEX_ARTIFACT, STEPS_TAG
+
+        client, run_id = MlflowClient(), self.session.run_id
+        # The backend tags the location when it submits the job; the job itself is not told it.
+        location = client.get_run(run_id).data.tags.get(CHECKPOINT_URI_TAG)
+        if location:
+            index["location"] = location
+            for entry in index["checkpoints"]:
+                entry["uri"] = f"{location.rstrip('/')}/{entry['path']}"
+        client.log_dict(run_id, index, INDEX_ARTIFACT)
+        client.set_tag(run_id, STEPS_TAG, ",".join(str(e["step"]) for e in index["checkpoints"]) or "-")
 
 
 def run_main(config: TrainingConfig) -> Outcome:
@@ -253,8 +322,15 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
         load_adapter_weights(model, folder)
         stopped = False
     else:
-        state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
-                               metric_logger=session.metrics, stop=session.stop)
+        from ade_mlflow_plugin.training.callbacks import checkpoint_listener
+
+        listing = CheckpointListing(session)
+        try:
+            with checkpoint_listener(listing.update):
+                state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
+                                       metric_logger=session.metrics, stop=session.stop)
+        finally:
+            listing.close(timeout=LISTING_FLUSH_S)
     if stopped:
         logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
         raise Stopped()
