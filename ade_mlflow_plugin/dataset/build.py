@@ -288,8 +288,7 @@ def load_split(folder: Path) -> Any:
     has no data file at all, which load_from_disk cannot read: it is rebuilt empty from its features."""
     import datasets
 
-    state = json.loads((folder / "state.json").read_text())
-    if state.get("_data_files"):
+    if any(folder.glob("*.arrow")):  # save_to_disk's data files (data-00000-of-00001.arrow, ...)
         return datasets.load_from_disk(str(folder))
     info = datasets.DatasetInfo.from_directory(str(folder))
     features = info.features or datasets.Features({c: datasets.Value("string") for c in examples.COLUMNS})

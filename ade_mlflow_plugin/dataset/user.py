@@ -19,6 +19,7 @@ from ade_mlflow_plugin.errors import ConfigError
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+FOLDER_SUFFIXES = (".jsonl", ".ndjson", *PARQUET_SUFFIXES)
 EVAL_SPLITS = ("eval", "validation", "test")  # a saved DatasetDict's held-out split, first found wins
 DATASET_NAME = "user_dataset"
 SOURCE = "user"
@@ -72,6 +73,9 @@ def _locate(path: Path, name: str) -> tuple[str, dict[str, list[Path]]]:
         return "hf", {split: [path / split] for split in names}
     if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
         return "hf", {"all": [path]}
+    nested = sorted(path.rglob("dataset_dict.json"))
+    if len(nested) == 1:  # a models:/ download or an s3:// prefix holding one saved dataset deeper down
+        return _locate(nested[0].parent, name)
     return _folder_of_files(path, name)
 
 
@@ -86,14 +90,19 @@ def _format_of(file: Path, name: str) -> str:
 
 
 def _folder_of_files(path: Path, name: str) -> tuple[str, dict[str, list[Path]]]:
-    """A folder of data files (an s3:// prefix or a models:/ download lands as one): one format."""
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in JSON_SUFFIXES
-                   + PARQUET_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    """A folder of data files (an s3:// prefix or a models:/ download lands as one): one format. Plain .json
+    files are left out here (a model download holds config.json and the like); files named train and
+    eval (or validation, test) are those splits."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FOLDER_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
     formats = {_format_of(f, name) for f in files}
     if len(formats) != 1:
         what = "no .jsonl or .parquet file" if not formats else "both JSON Lines and Parquet files"
         raise ConfigError(f"parameter '{name}': folder '{path}' holds {what}: pass one file, a folder of one "
                           "format, or a folder saved with datasets' save_to_disk")
+    stems = {f.stem.lower(): f for f in files}
+    if len(stems) == len(files) and "train" in stems and set(stems) <= {"train", *EVAL_SPLITS}:
+        return formats.pop(), {stem: [file] for stem, file in stems.items()}
     return formats.pop(), {"all": files}
 
 
@@ -150,10 +159,9 @@ def _hf_schema(folder: Path) -> tuple[list[str], int]:
     import pyarrow as pa
 
     info = json.loads((folder / "dataset_info.json").read_text())
-    state = json.loads((folder / "state.json").read_text())
     rows = 0
-    for entry in state.get("_data_files") or []:
-        with pa.memory_map(str(folder / entry["filename"])) as source:
+    for file in sorted(folder.glob("*.arrow")):  # save_to_disk's data files, Arrow IPC streams
+        with pa.memory_map(str(file)) as source:
             rows += pa.ipc.open_stream(source).read_all().num_rows
     return list((info.get("features") or {}).keys()), rows
 

@@ -160,3 +160,21 @@ def test_main_ships_an_undeclared_dataset_as_a_channel(project, tmp_path):
                                          "dataset_ratio": "2"}, REPO_ROOT)
     remote = resolve_params(project, "train", {"dataset": "s3://bucket/data/train.jsonl"}, REPO_ROOT)
     assert remote.paths["dataset"] == "s3://bucket/data/train.jsonl"  # read in the job, where it lands
+
+
+def test_a_folder_of_split_files_or_a_model_download_holding_data(tmp_path):
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", PAIRS[:12])
+    write_jsonl(folder / "validation.jsonl", PAIRS[12:])
+    prepared = load_user_dataset(folder, eval_fraction=0.5, seed=0)
+    assert (len(prepared.dataset["train"]), len(prepared.dataset["eval"])) == (12, 8)
+    download = tmp_path / "download"  # what a models:/ URI lands as: model files around the data
+    (download / "artifacts" / "data").mkdir(parents=True)
+    (download / "MLmodel").write_text("flavors: {}\n")
+    (download / "artifacts" / "config.json").write_text('{"not": "rows"}')
+    write_parquet(download / "artifacts" / "data" / "rows.parquet", PAIRS)
+    assert inspect(download).rows == 20
+    saved = tmp_path / "nested"
+    write_hf(saved / "artifacts" / "ds", PAIRS[:15], eval_rows=PAIRS[15:])
+    assert inspect(saved).format == "hf" and inspect(saved).rows == 20
