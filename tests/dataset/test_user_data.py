@@ -178,3 +178,28 @@ def test_a_folder_of_split_files_or_a_model_download_holding_data(tmp_path):
     saved = tmp_path / "nested"
     write_hf(saved / "artifacts" / "ds", PAIRS[:15], eval_rows=PAIRS[15:])
     assert inspect(saved).format == "hf" and inspect(saved).rows == 20
+
+
+def test_mlflow_run_with_wrong_columns_is_one_line_exit_2_and_no_run(tmp_path, monkeypatch):
+    """Through `mlflow run` itself (MLflow's click group, in this process): nothing is created or started."""
+    import mlflow
+    from click.testing import CliRunner
+    from mlflow.cli import cli
+
+    bad = write_parquet(tmp_path / "bad.parquet", [{"question": "q", "answer": "a"}])
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(tracking)
+    try:
+        result = CliRunner().invoke(cli, ["run", str(REPO_ROOT), "-b", "ade-sagemaker", "-e", "train",
+                                          "--backend-config", json.dumps({"mode": "local",
+                                                                          "job_root": str(tmp_path / "jobs")}),
+                                          "-P", f"dataset={bad}"])
+        runs = mlflow.search_runs(search_all_experiments=True)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ade-sagemaker: error:")]
+    assert len(lines) == 1 and "has columns question, answer" in lines[0] and "Traceback" not in result.stderr
+    assert len(runs) == 0 and not (tmp_path / "jobs").exists()
