@@ -132,3 +132,25 @@ def test_a_followed_job_stopped_at_its_budget_keeps_stop_reason_budget(aws, trac
                       {contract.STOP_REASON_TAG: reason, contract.STOP_DETAIL_TAG: detail})
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags[contract.STOP_REASON_TAG]) == ("KILLED", "budget")
+
+
+# ---------------------------------------------------------------- issue 19 item 1: links inside the project
+@pytest.mark.xfail(strict=True, reason="packaging.collect_files checks a link's in-project target against the "
+                                       "credential names only, not .gitignore/.adeignore: a link smuggles a "
+                                       "file or folder that those keep out (docs/shipping.md says it must not)")
+def test_a_link_does_not_ship_what_gitignore_or_adeignore_keep_out(tmp_path):
+    from ade_mlflow_plugin.backend.packaging import collect_files
+
+    project = tmp_path / "project"
+    (project / "secrets").mkdir(parents=True)
+    (project / "private").mkdir()
+    (project / "conf").mkdir()
+    (project / "MLproject").write_text("name: x\nentry_points:\n  main:\n    command: python a.py\n")
+    (project / ".gitignore").write_text("secrets/\n")
+    (project / ".adeignore").write_text("private/\n")
+    (project / "secrets" / "prod.yaml").write_text("db_host: prod-db.internal\n")
+    (project / "private" / "notes.txt").write_text("not for the job\n")
+    (project / "conf" / "current.yaml").symlink_to("../secrets/prod.yaml")
+    (project / "pub").symlink_to("private")
+    shipped = {f.arcname for f in collect_files(project)}
+    assert not shipped & {"conf/current.yaml", "pub/notes.txt"}, shipped
