@@ -103,11 +103,18 @@ def _relay(env: Mapping[str, str]) -> Any:
     return relay.Relay(relay.relay_home(dict(env)))
 
 
+def _lead_run(env: Mapping[str, str], resource: Mapping[str, Any]) -> str | None:
+    """The run id when this host writes the run (node rank 0 of a job that has one), else None: so a
+    multi-host job ends and reopens its run exactly once."""
+    run_id = env.get(contract.ENV_RUN_ID)
+    return run_id if run_id and contract.is_lead_host(dict(resource)) else None
+
+
 def end_run(env: Mapping[str, str], status: str, resource: Mapping[str, Any],
             tags: Mapping[str, str] | None = None) -> None:
-    """Mark the run ended (tags first); only node rank 0 does, so a multi-host job ends its run exactly once."""
-    run_id = env.get(contract.ENV_RUN_ID)
-    if not run_id or not contract.is_lead_host(dict(resource)):
+    """Mark the run ended (tags first); only the lead host does."""
+    run_id = _lead_run(env, resource)
+    if run_id is None:
         return
     try:
         client = _client(env)
@@ -139,8 +146,8 @@ def _relay_end(env: Mapping[str, str], status: str, tags: dict[str, str]) -> Non
 def reopen_run(env: Mapping[str, str], resource: Mapping[str, Any]) -> None:
     """A restart of the same job (same run id): the run that an earlier attempt ended goes on, RUNNING,
     without the earlier stop's tags; ade.attempt counts the attempts. Only the lead host does it."""
-    run_id = env.get(contract.ENV_RUN_ID)
-    if not run_id or not contract.is_lead_host(dict(resource)):
+    run_id = _lead_run(env, resource)
+    if run_id is None:
         return
     try:
         client = _client(env)
