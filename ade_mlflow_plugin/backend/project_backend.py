@@ -315,6 +315,9 @@ class AdeSageMakerBackend(AbstractBackend):
             # MLflow sets this itself only after run() returns, which a failed followed job never does.
             "mlflow.project.backend": BACKEND_NAME,
         }
+        checkpoint_uri = (submission.request.get("CheckpointConfig") or {}).get("S3Uri")
+        if checkpoint_uri:  # where the job's kept checkpoints live (its checkpoints.json listing names them)
+            tags["ade.checkpoint_uri"] = checkpoint_uri
         if config.mode == "sagemaker":
             tags["sagemaker.console_url"] = spec.console_url(region, submission.job_name)
         else:

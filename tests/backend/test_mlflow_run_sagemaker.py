@@ -85,6 +85,7 @@ def test_completed_job_finishes_the_run_with_tags_and_logs(project, data_dir, tm
     assert tags["sagemaker.region"] == "us-east-1" and tags["sagemaker.instance_type"] == "ml.g5.2xlarge"
     assert tags["sagemaker.spot"] == "false" and "console.aws.amazon.com" in tags["sagemaker.console_url"]
     assert tags["mlflow.project.backend"] == "ade-sagemaker"
+    assert tags["ade.checkpoint_uri"] == described["CheckpointConfig"]["S3Uri"]  # the checkpoints listing's home
     assert run.data.params["lr"] == "0.5"
     artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "logs")]
     assert artifacts, "the CloudWatch log was not mirrored into logs/"
