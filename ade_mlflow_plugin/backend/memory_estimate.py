@@ -1,0 +1,214 @@
+"""Per-GPU memory of a LoRA/QLoRA training job, plain (DDP: a whole model copy per GPU) and sharded (FSDP),
+and the sharding decision it drives (issue 21 item 2; pure functions, not wired into the backend yet).
+
+What is counted, in bytes, for the peak of a training step (what torch.cuda.max_memory_allocated reports):
+- base weights: bf16 (2 bytes/param), 8-bit linears (1 byte + a scale per row), 4-bit NF4 linears with double
+  quantisation (0.5 byte + about 0.127 bit of constants per param); embeddings, norms and lm_head stay bf16;
+- LoRA: r x (in + out) per targeted linear, with its gradient and AdamW's two moments, all in the adapter
+  dtype (torch's AdamW keeps its state in the parameter's dtype): 4 x 2 bytes/param in bf16, 4 x 4 in fp32;
+- activations kept for backward, per token and decoder layer (bf16, sdpa/flex attention: no seq^2 term):
+  the inputs of both norms and of every linear, q/k/v and attention output, and the SwiGLU MLP's four
+  intermediate tensors: (6 h + 2 kv + 4 i) x 2 bytes; a recomputed (checkpointed) layer keeps only its input;
+- the loss: logits in bf16, upcast to fp32 and their gradient (10 bytes per token x vocab), unless the fused
+  linear cross-entropy (liger) computes it in chunks.
+Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
+FRAGMENTATION below).
+
+Sharded (FSDP FULL_SHARD over every GPU of every host): weights and LoRA state are split over the GPUs; each
+GPU also holds two unsharded decoder layers while it works (the one it computes, the one it prefetches);
+activations and the loss stay per GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+GIB = float(1 << 30)
+#: CUDA context, cuBLAS workspaces: outside torch's allocator, on every GPU.
+CONTEXT_GIB = 0.75
+#: The caching allocator rounds and fragments: what fits must leave this share of the card free.
+FRAGMENTATION = 0.10
+BYTES_PER_PARAM = {"none": 2.0, "8bit": 1.0 + 4.0 / 4096, "4bit": 0.5 + 0.127 / 8}
+ADAM_COPIES = 4  # the LoRA weight, its gradient, AdamW's exp_avg and exp_avg_sq
+LOSS_BYTES_PER_LOGIT = 10  # bf16 logits + their fp32 upcast + the fp32 gradient
+
+#: instance type -> (GPUs, usable GiB per GPU) of SageMaker's GPU training instances.
+GPU_MEMORY: dict[str, tuple[int, float]] = {
+    **{f"ml.g4dn.{size}": (4 if size == "12xlarge" else 1, 14.6)
+       for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge")},
+    **{f"ml.{family}.{size}": ({"12xlarge": 4, "24xlarge": 4, "48xlarge": 8}.get(size, 1), gib)
+       for family, gib in (("g5", 22.0), ("g6", 22.0), ("g6e", 44.5))
+       for size in ("xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge", "48xlarge")},
+    "ml.p3.2xlarge": (1, 15.8), "ml.p3.8xlarge": (4, 15.8), "ml.p3.16xlarge": (8, 15.8),
+    "ml.p3dn.24xlarge": (8, 31.7), "ml.p4d.24xlarge": (8, 39.4), "ml.p4de.24xlarge": (8, 79.2),
+    "ml.p5.48xlarge": (8, 79.1), "ml.p5e.48xlarge": (8, 139.8), "ml.p5en.48xlarge": (8, 139.8),
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A Llama-style decoder (deepseek-coder's architecture), from its config.json."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied_embeddings: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ModelShape":
+        heads = int(config["num_attention_heads"])
+        return cls(int(config["hidden_size"]), int(config["intermediate_size"]), int(config["num_hidden_layers"]),
+                   heads, int(config.get("num_key_value_heads") or heads), int(config["vocab_size"]),
+                   bool(config.get("tie_word_embeddings", False)))
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * (self.hidden // self.heads)
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear of one decoder layer."""
+        h, kv, i = self.hidden, self.kv_dim, self.intermediate
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters of all decoder layers' linears (what quantisation shrinks)."""
+        return self.layers * sum(a * b for a, b in self.linears().values())
+
+    @property
+    def other_params(self) -> int:
+        """Embeddings, lm_head and norms: kept in bf16 even with a quantised base."""
+        heads = 1 if self.tied_embeddings else 2
+        return heads * self.vocab * self.hidden + (2 * self.layers + 1) * self.hidden
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.other_params
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one GPU trains at a time."""
+
+    batch_size: int
+    seq_len: int
+    lora_r: int = 16
+    target_modules: str = "all-linear"  # or a comma-separated subset of ModelShape.linears()
+    quantization: str = "none"
+    adapter_bytes: int = 2  # bf16 adapters (4: fp32, on a GPU without bf16)
+    checkpointed_layers: int = 0
+    fused_loss: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak bytes per GPU of one training step, by part."""
+
+    weights: float
+    lora: float
+    activations: float
+    loss: float
+    gather: float = 0.0  # FSDP's unsharded layers in flight
+
+    @property
+    def peak(self) -> float:
+        return self.weights + self.lora + self.activations + self.loss + self.gather
+
+    @property
+    def needed_gib(self) -> float:
+        """What a GPU must have free for this: the peak, the allocator's slack and the CUDA context."""
+        return self.peak / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in (
+            ("weights", self.weights), ("LoRA+optimizer", self.lora), ("activations", self.activations),
+            ("loss", self.loss), ("gathered layers", self.gather)) if value)
+        return f"~{self.needed_gib:.1f} GiB per GPU ({parts} GiB)"
+
+
+def lora_params(model: ModelShape, work: Workload) -> int:
+    linears = model.linears()
+    wanted = linears if work.target_modules == "all-linear" else {
+        name: linears[name] for name in (m.strip() for m in work.target_modules.split(",")) if name in linears}
+    return model.layers * sum(work.lora_r * (a + b) for a, b in wanted.values())
+
+
+def weight_bytes(model: ModelShape, quantization: str) -> float:
+    return model.linear_params * BYTES_PER_PARAM[quantization] + model.other_params * 2.0
+
+
+def activation_bytes(model: ModelShape, work: Workload) -> float:
+    h, kv, i = model.hidden, model.kv_dim, model.intermediate
+    kept = min(max(work.checkpointed_layers, 0), model.layers)
+    full_layer = (6 * h + 2 * kv + 4 * i) * 2.0
+    # A checkpointed layer keeps its input; its full activations exist again, once, while it is recomputed.
+    per_token = (model.layers - kept) * full_layer + kept * h * 2.0 + (full_layer if kept else 0.0)
+    return per_token * work.tokens
+
+
+def loss_bytes(model: ModelShape, work: Workload) -> float:
+    return 0.0 if work.fused_loss else float(work.tokens) * model.vocab * LOSS_BYTES_PER_LOGIT
+
+
+def estimate(model: ModelShape, work: Workload, shards: int = 1) -> Estimate:
+    """Per-GPU peak; shards > 1: FSDP over that many GPUs (weights and LoRA state split)."""
+    lora = lora_params(model, work) * work.adapter_bytes * ADAM_COPIES
+    weights = weight_bytes(model, work.quantization)
+    if shards <= 1:
+        return Estimate(weights, lora, activation_bytes(model, work), loss_bytes(model, work))
+    layer = sum(a * b for a, b in model.linears().values()) * BYTES_PER_PARAM[work.quantization]
+    return Estimate(weights / shards, lora / shards, activation_bytes(model, work), loss_bytes(model, work),
+                    gather=2 * layer)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """sharding=auto|none|fsdp resolved for one instance type: FSDP or not, what it costs, or a refusal."""
+
+    fsdp: bool
+    plain: Estimate
+    sharded: Estimate | None
+    gpu_gib: float
+    message: str
+    refused: bool = False
+
+
+def decide(sharding: str, model: ModelShape, work: Workload, instance_type: str, instance_count: int = 1,
+           model_name: str = "the model") -> Decision:
+    """`auto` shards when the plain path does not fit one GPU of the instance and sharding does; a plan that
+    fits neither way (or not the way asked) is refused with one line: by how much, and what to change."""
+    if instance_type not in GPU_MEMORY:
+        raise ValueError(f"unknown GPU memory for instance type {instance_type}")
+    gpus, gib = GPU_MEMORY[instance_type]
+    shards = gpus * max(instance_count, 1)
+    plain = estimate(model, work)
+    sharded = estimate(model, work, shards) if shards > 1 else None
+    where = f"{instance_type} ({gib:g} GiB per GPU, {shards} GPU(s))"
+    if sharding != "fsdp" and plain.needed_gib <= gib:
+        return Decision(False, plain, sharded, gib, f"{model_name}: {plain.line()} on {where}: fits unsharded")
+    if sharding != "none" and sharded is not None and sharded.needed_gib <= gib:
+        return Decision(True, plain, sharded, gib, f"{model_name}: {sharded.line()} sharded (FSDP) over {where}; "
+                                                   f"unsharded it would need {plain.needed_gib:.1f} GiB")
+    best = plain if sharding == "none" or sharded is None else sharded
+    how = "unsharded" if best is plain else "even sharded"
+    shardable = sharded.needed_gib if sharding == "none" and sharded and sharded.needed_gib <= gib else None
+    return Decision(False, plain, sharded, gib, refusal(model_name, work, best, gib, where, how, shardable),
+                    refused=True)
+
+
+def refusal(model_name: str, work: Workload, best: Estimate, gib: float, where: str, how: str,
+            sharded_gib: float | None = None) -> str:
+    fixes = [f"sharding=auto (sharded: ~{sharded_gib:.1f} GiB per GPU)"] if sharded_gib is not None else []
+    fixes += ["quantization=4bit"] if work.quantization != "4bit" else []
+    fixes += [f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})",
+              "gradient_checkpointing=true", "an instance type with more GPU memory or more GPUs"]
+    return (f"{model_name} at batch_size {work.batch_size} x {work.seq_len} tokens needs {best.line()} {how} on "
+            f"{where}: {best.needed_gib - gib:.1f} GiB too much; use " + ", ".join(fixes))

@@ -1,0 +1,89 @@
+"""The per-GPU memory estimate and the sharding decision (issue 21 item 2; pure functions)."""
+from __future__ import annotations
+
+import pytest
+
+from ade_mlflow_plugin.backend.memory_estimate import (GIB, ModelShape, Workload, activation_bytes, decide, estimate,
+                                                       lora_params)
+
+# deepseek-coder's published config.json figures.
+CODER_1_3B = ModelShape.from_config({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
+                                     "num_attention_heads": 16, "num_key_value_heads": 16, "vocab_size": 32256})
+CODER_6_7B = ModelShape(4096, 11008, 32, 32, 32, 32256)
+CODER_33B = ModelShape(7168, 19200, 62, 56, 8, 32256)
+
+
+@pytest.mark.parametrize("shape,billions", [(CODER_1_3B, 1.35), (CODER_6_7B, 6.74), (CODER_33B, 33.3)])
+def test_parameter_counts_match_the_published_sizes(shape, billions):
+    assert shape.params / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def test_lora_counts_r_times_in_plus_out_of_each_targeted_linear():
+    work = Workload(1, 128, lora_r=8, target_modules="q_proj,v_proj")
+    assert lora_params(CODER_1_3B, work) == 24 * 8 * ((2048 + 2048) * 2)
+    assert lora_params(CODER_1_3B, Workload(1, 128, lora_r=8)) > lora_params(CODER_1_3B, work)
+
+
+def test_quantization_and_checkpointing_shrink_what_they_should():
+    plain = estimate(CODER_6_7B, Workload(1, 2048))
+    qlora = estimate(CODER_6_7B, Workload(1, 2048, quantization="4bit"))
+    assert qlora.weights < plain.weights / 3 and qlora.activations == plain.activations
+    recomputed = activation_bytes(CODER_6_7B, Workload(1, 2048, checkpointed_layers=32))
+    assert recomputed < plain.activations / 10
+    assert estimate(CODER_6_7B, Workload(1, 2048, fused_loss=True)).loss == 0
+    # twice the batch: twice the activations, the same weights
+    double = estimate(CODER_6_7B, Workload(2, 2048))
+    assert double.activations == 2 * plain.activations and double.weights == plain.weights
+
+
+def test_sharding_splits_weights_and_lora_state_not_activations():
+    plain, sharded = estimate(CODER_6_7B, Workload(1, 2048)), estimate(CODER_6_7B, Workload(1, 2048), shards=4)
+    assert sharded.weights == plain.weights / 4 and sharded.lora == plain.lora / 4
+    assert sharded.activations == plain.activations and sharded.gather > 0
+
+
+def test_auto_keeps_a_model_that_fits_unsharded():
+    decision = decide("auto", CODER_1_3B, Workload(4, 2048), "ml.g5.2xlarge", model_name="deepseek-coder-1.3b")
+    assert not decision.fsdp and not decision.refused
+    assert decision.message.startswith("deepseek-coder-1.3b: ~") and "fits unsharded" in decision.message
+
+
+def test_auto_shards_a_model_that_fits_only_sharded():
+    decision = decide("auto", CODER_6_7B, Workload(1, 2048), "ml.g5.12xlarge")
+    assert decision.fsdp and not decision.refused
+    assert decision.sharded.needed_gib <= decision.gpu_gib < decision.plain.needed_gib
+    assert "sharded (FSDP) over ml.g5.12xlarge (22 GiB per GPU, 4 GPU(s))" in decision.message
+    # two single-GPU hosts shard as well (FSDP spans the hosts)
+    assert decide("auto", CODER_6_7B, Workload(1, 2048), "ml.g5.2xlarge", instance_count=2).fsdp
+
+
+def test_a_plan_that_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_change():
+    decision = decide("auto", CODER_33B, Workload(1, 2048), "ml.g5.2xlarge", model_name="deepseek-coder-33b")
+    assert decision.refused and not decision.fsdp
+    message = decision.message
+    assert "\n" not in message and "unsharded on ml.g5.2xlarge" in message
+    too_much = decision.plain.needed_gib - decision.gpu_gib
+    assert f"{too_much:.1f} GiB too much" in message
+    for fix in ("quantization=4bit", "smaller batch_size (now 1)", "gradient_checkpointing=true", "more GPU memory"):
+        assert fix in message
+
+
+def test_sharding_none_is_refused_when_only_sharding_fits_and_says_so():
+    decision = decide("none", CODER_6_7B, Workload(1, 2048), "ml.g5.12xlarge")
+    assert decision.refused and "sharding=auto (sharded: ~" in decision.message
+
+
+def test_fsdp_asked_for_shards_even_when_the_plain_path_fits():
+    decision = decide("fsdp", CODER_1_3B, Workload(1, 512), "ml.g5.12xlarge")
+    assert decision.fsdp and decision.sharded.needed_gib < decision.plain.needed_gib
+
+
+def test_an_unknown_instance_type_is_named():
+    with pytest.raises(ValueError, match="ml.x9.huge"):
+        decide("auto", CODER_1_3B, Workload(1, 512), "ml.x9.huge")
+
+
+def test_the_line_reads_in_gib():
+    line = estimate(CODER_1_3B, Workload(1, 512)).line()
+    assert line.startswith("~") and "GiB per GPU (weights 2.5" in line
+    assert GIB == 2 ** 30
