@@ -340,7 +340,7 @@ class AdeSageMakerBackend(AbstractBackend):
             observers.insert(0, Guarded(logs, self.console, "CloudWatch logs"))
             follower.log_files, follower.scratch_dirs = logs.dirs, logs.dirs
         else:
-            follower.log_files = [job.log_path]
+            follower.log_files = list(job.log_files)  # a multi-host local job: the merged log and each host's
         follower.observers = observers
         return follower
 

@@ -37,7 +37,9 @@ _log = logging.getLogger(__name__)
 SERVING_STAGES = ("Production", "Staging")
 LOCK_TIMEOUT_S = 3600
 _TAGS = {"base_model": "ade.base_model", "dataset_digest": "ade.dataset_digest",
-         "git_commit": "ade.git_commit", "job_name": "sagemaker.job_name"}
+         "git_commit": "ade.git_commit", "job_name": "sagemaker.job_name",
+         # the version it was trained from (a models:/ base; null for a plain base)
+         "parent_model": "ade.parent_model", "parent_version": "ade.parent_version"}
 
 
 @dataclass(frozen=True)

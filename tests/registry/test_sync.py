@@ -28,7 +28,8 @@ def _manager(root: Path, keep: int = 3, recorder: Recorder | None = None) -> Mod
 
 
 def test_sync_writes_seed_layout_and_providers(make_version, model_name, root):
-    version = make_version(model_name, tags={"ade.git_commit": "deadbeef"})
+    version = make_version(model_name, tags={"ade.git_commit": "deadbeef", "ade.parent_model": "ade-shop",
+                                             "ade.parent_version": "3"})
     MlflowClient().set_registered_model_alias(model_name, "production", version)
     recorder = Recorder()
 
@@ -40,6 +41,7 @@ def test_sync_writes_seed_layout_and_providers(make_version, model_name, root):
     assert (meta["name"], meta["version"], meta["aliases"]) == (model_name, version, ["production"])
     assert meta["base_model"] == "tiny-llama" and meta["dataset_digest"] == "sha256:abc"
     assert meta["git_commit"] == "deadbeef" and meta["format"] == "transformers" and meta["source_run"]
+    assert (meta["parent_model"], meta["parent_version"]) == ("ade-shop", "3")  # what it was trained on from
     on_disk = sha256_tree(vdir / "model_artifacts")
     assert {k: v["sha256"] for k, v in meta["files"].items()} == on_disk
     assert "adapter/adapter_model.safetensors" in on_disk
