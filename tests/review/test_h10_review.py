@@ -195,3 +195,25 @@ def test_reconcile_completes_a_run_that_its_launcher_already_ended(aws, sqlite_t
     assert run.data.tags.get("sagemaker.status") == "Completed"
     assert run.data.tags.get("sagemaker.billable_seconds") == "1800"
     assert [a.path for a in client.list_artifacts(run_id, "logs")]
+
+
+# ---------------------------------------------------------------- issue 19 item 1 + DESIGN: no run for bad input
+@pytest.mark.xfail(strict=True, reason="project_backend._run creates the MLflow run before _submit packs and scans "
+                                       "the project: a secret-scan refusal (bad input, exit 2) leaves a FAILED run "
+                                       "behind for every refused attempt (DESIGN: refused before any run exists)")
+def test_a_secret_scan_refusal_creates_no_run(sqlite_tracking, tmp_path, monkeypatch):
+    from ade_mlflow_plugin.backend import ship_scan
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+    from ade_mlflow_plugin.errors import ConfigError
+
+    monkeypatch.setenv(ship_scan.CACHE_ENV, str(tmp_path / "cache"))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "MLproject").write_text("name: review\nentry_points:\n  main:\n    command: python train.py\n")
+    (project / "train.py").write_text('TOKEN = "ghp_' + 'a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"\n')
+    experiment = mlflow.get_experiment_by_name("Default").experiment_id
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "wait": False, "SYNCHRONOUS": False}
+    with pytest.raises(ConfigError, match=r"^train\.py:1: looks like a secret"):
+        AdeSageMakerBackend(console=io.StringIO()).run(str(project), "main", {}, None, config, sqlite_tracking,
+                                                       experiment)
+    assert mlflow.MlflowClient().search_runs([experiment]) == []
