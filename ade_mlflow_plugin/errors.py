@@ -63,7 +63,26 @@ def first_line(error: BaseException | str | None, limit: int = FIRST_LINE_CHARS)
             return type(error).__name__
     else:
         text = str(error or "").strip()
-    return re.split(r"[\r\n]", text, maxsplit=1)[0][:limit]
+    return _short_transport(re.split(r"[\r\n]", text, maxsplit=1)[0])[:limit]
+
+
+# MLflow's REST client words an unreachable server as urllib3's whole retry story, which cuts off before
+# the cause at any sensible length: keep the URL and say what happened.
+_MLFLOW_TRANSPORT = re.compile(r"^(API request to \S+) failed with exception .*?(Max retries exceeded|timed out)")
+_TRANSPORT_CAUSES = (("Connection refused", "connection refused"), ("ReadTimeout", "no answer (read timed out)"),
+                     ("ConnectTimeout", "no answer (connect timed out)"), ("timed out", "no answer (timed out)"),
+                     ("NameResolution", "host name not resolved"), ("Name or service not known", "host name not resolved"),
+                     ("SSLError", "TLS handshake failed"), ("ResponseError", "the server kept answering errors"))
+
+
+def _short_transport(line: str) -> str:
+    """"API request to URL failed with exception HTTPConnectionPool(...): Max retries exceeded ... (Caused by
+    NewConnectionError(...Connection refused))" -> "API request to URL failed: connection refused"."""
+    match = _MLFLOW_TRANSPORT.match(line)
+    if not match:
+        return line
+    cause = next((said for found, said in _TRANSPORT_CAUSES if found in line), "the server cannot be reached")
+    return f"{match.group(1)} failed: {cause}"
 
 
 # ---- AWS ------------------------------------------------------------------------------------------

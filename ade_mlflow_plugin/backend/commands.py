@@ -183,7 +183,8 @@ def _run_status(status: str) -> str:
 @click.argument("ref")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
 @click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
-@click.option("--poll-interval", default=5.0, show_default=True, help="Seconds between polls with --follow.")
+@click.option("--poll-interval", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
+              help="Seconds between polls with --follow.")
 def logs_command(ref: str, follow: bool, region: str | None, poll_interval: float) -> None:
     """Print a job's logs (all hosts) by MLflow RUN_ID or SageMaker JOB name."""
     target = resolve_target(ref, region)
@@ -234,11 +235,13 @@ def reconcile_command(experiment: str | None, job_root: Path | None) -> None:
     import mlflow
 
     from ade_mlflow_plugin.backend.reconcile import local_root, open_job, reconcile_run
-    from ade_mlflow_plugin.errors import ConfigError, describe, mlflow_error
+    from ade_mlflow_plugin.errors import AdeError, ConfigError, describe, mlflow_error
 
     client = mlflow.MlflowClient()
     try:
         runs = _unfinished_runs(client, experiment)
+    except AdeError:  # an MlflowException too, already one line (a missing --experiment)
+        raise
     except mlflow.exceptions.MlflowException as exc:
         raise mlflow_error(f"searching runs on {mlflow.get_tracking_uri()}", exc) from exc
     failures = 0

@@ -7,6 +7,7 @@ gets a did-you-mean. Keys are snake_case with units in their names.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,7 +95,23 @@ def local_folder(value: Any) -> str | None:
     if str(value).strip().startswith("s3://"):
         raise Invalid("", detail=f"got {str(value).strip()!r}: it is a local folder (the finished model lands "
                                  "in <output_dir>/registry/<name>-v<N>/); for S3 output set bucket and prefix")
-    return str(Path(str(value).strip()).expanduser().resolve())
+    return writable_folder(value)
+
+
+def writable_folder(value: Any) -> str | None:
+    """A local folder this process can create and write, made absolute (~ expanded): checked when the
+    config is read, so an unwritable one is one line before any run exists, not a traceback mid-job."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise Invalid("a local folder path")
+    path = Path(str(value).strip()).expanduser().resolve()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise Invalid("", detail=f"got '{path}': {existing} is not a folder; give a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise Invalid("", detail=f"got '{path}': {existing} cannot be written here; give a writable folder")
+    return str(path)
 
 
 def _kms() -> Any:
@@ -183,7 +200,7 @@ class CloudTrainingConfig:
     sync_checkpoints: str | None = option(None, local_folder,
                                           "local folder the follower copies each kept checkpoint into while "
                                           "it follows the job (atomic, checksummed; issue 18)")
-    job_root: str | None = option(None, optional(text(required=True)),
+    job_root: str | None = option(None, writable_folder,
                                   "local mode: folder the job's files go in (default: ./.ade)")
     output_dir: str | None = option(None, local_folder,
                                     "local folder the finished model lands in when the job ends, in ADE "
@@ -227,6 +244,10 @@ class CloudTrainingConfig:
                          "code, data, checkpoints and model output")
         if self.instance_type == "local":
             raise _bad("instance_type", "local", "a SageMaker instance type in sagemaker mode")
+        if self.checkpoint_s3_uri and not self.checkpoint_s3_uri.startswith("s3://"):
+            # SageMaker syncs checkpoints to S3 only; found here, before the project is uploaded
+            raise _bad("checkpoint_s3_uri", self.checkpoint_s3_uri, "an s3://bucket/prefix URI in sagemaker "
+                       "mode (a local path works only with \"mode\": \"local\")")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
