@@ -10,6 +10,7 @@ import functools
 import importlib
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Callable
 
 import click
@@ -24,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cost": ("ade_mlflow_plugin.backend.cost_command:cost_command", "Cost of a job, a run or an experiment."),
     "sync-run": ("ade_mlflow_plugin.backend.sync_run:sync_run_command",
                  "Replay a job's relay into its MLflow run by RUN_ID or JOB."),
+    "sync-checkpoints": ("ade_mlflow_plugin.backend.checkpoint_sync:sync_checkpoints_command",
+                         "Copy a job's kept checkpoints into a local folder by RUN_ID or JOB."),
     "reconcile": ("ade_mlflow_plugin.backend.commands:reconcile_command",
                   "End unfinished runs whose jobs ended unfollowed."),
     "prepare-data": ("ade_mlflow_plugin.dataset.cli:prepare_data_command",
@@ -44,8 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: MLflow's retries (its defaults, 7 retries with backoff factor 2 and a 120 s timeout, keep a command
 #: silent for minutes when the server is down). prepare-data, make-tiny-model and webhook-server are
 #: left alone: the first two log only inside a job's run, the server must ride out a tracking restart.
-TRACKING_VERBS = frozenset({"launch", "status", "logs", "cost", "sync-run", "reconcile", "promote", "sync",
-                            "watch", "webhook-register"})
+TRACKING_VERBS = frozenset({"launch", "status", "logs", "cost", "sync-run", "sync-checkpoints", "reconcile",
+                            "promote", "sync", "watch", "webhook-register"})
 #: MLflow's HTTP settings for a reachable server: a few quick retries for a 5xx or a restart, about 10 s.
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 #: ... and for a server the probe could not reach: fail at the first call, within the probe's timeout.
@@ -94,7 +97,7 @@ def _bounded(callback: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def bound_tracking_calls(environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+def bound_tracking_calls(environ: MutableMapping[str, str] = os.environ) -> str | None:
     """Probe an http(s) MLFLOW_TRACKING_URI's /health (5 s) and set MLflow's retry settings the user did
     not set: a few quick retries when it answers, none and a 2 s timeout when it does not (it has just had
     5 s), so that an unreachable server fails the command's first MLflow call within about 7 s with a line
