@@ -38,6 +38,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def visible_gpus(request: dict[str, Any]) -> list[str]:
+    """The GPUs this machine lends its jobs: CUDA_VISIBLE_DEVICES when set (empty: none), else nvidia-smi's."""
+    given = {**os.environ, **(request.get("Environment") or {})}.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip()]
+    return [str(i) for i in range(contract.gpu_count())]
+
+
+def host_devices(count: int, gpus: list[str]) -> list[dict[str, str]]:
+    """Each host's share of this machine's GPUs, as its own instance would have them: without it every
+    host would see, and its rank 0 would train on, the same first GPU. No GPUs (or fewer than hosts): the
+    hosts share what there is, as before."""
+    if not gpus or len(gpus) < count:
+        return [{} for _ in range(count)]
+    each = len(gpus) // count
+    return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * each:(i + 1) * each]), contract.ENV_NUM_GPUS: str(each)}
+            for i in range(count)]
+
+
 class HostStream:
     """One host's output, line by line, prefixed with its name: to the job's merged log and the console."""
 
@@ -71,11 +90,12 @@ class LocalCluster(LocalJob):
         host_request = {key: value for key, value in request.items() if key != "StoppingCondition"}
         names = [f"algo-{i + 1}" for i in range(_instance_count(request))]
         rendezvous = self._rendezvous_env(request)  # one address for all hosts
+        devices = host_devices(len(names), visible_gpus(request))
         self.hosts = [
             LocalJob(host_request, job_root=self.root / name, clients=clients, host=name,
                      stream=HostStream(name, self.log_path, stream, lock),
                      log_path=self.root / LOGS_DIR / f"{name}.log", upload_model=index == 0,
-                     extra_env=rendezvous, on_end=self._host_ended)
+                     extra_env={**rendezvous, **devices[index]}, on_end=self._host_ended)
             for index, name in enumerate(names)]
 
     @staticmethod

@@ -7,8 +7,10 @@ What is counted, in bytes, for the peak of a training step (what torch.cuda.max_
 - LoRA: r x (in + out) per targeted linear, with its gradient and AdamW's two moments, all in the adapter
   dtype (torch's AdamW keeps its state in the parameter's dtype): 4 x 2 bytes/param in bf16, 4 x 4 in fp32;
 - activations kept for backward, per token and decoder layer (bf16, sdpa/flex attention: no seq^2 term):
-  the inputs of both norms and of every linear, q/k/v and attention output, and the SwiGLU MLP's four
-  intermediate tensors: (6 h + 2 kv + 4 i) x 2 bytes; a recomputed (checkpointed) layer keeps only its input;
+  the inputs of both norms (in fp32: transformers' RMSNorm upcasts, so 2 x 2 h) and of every linear, q/k/v and
+  attention output, and the SwiGLU MLP's four intermediate tensors: (8 h + 2 kv + 4 i) x 2 bytes; a recomputed
+  (checkpointed) layer keeps only its input. Measured on an H100 (tests/backend/measure_memory.py): see
+  docs/multi-host.md;
 - the loss: logits in bf16, upcast to fp32 and their gradient (10 bytes per token x vocab), unless the fused
   linear cross-entropy (liger) computes it in chunks.
 Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
@@ -148,7 +150,7 @@ def weight_bytes(model: ModelShape, quantization: str) -> float:
 def activation_bytes(model: ModelShape, work: Workload) -> float:
     h, kv, i = model.hidden, model.kv_dim, model.intermediate
     kept = min(max(work.checkpointed_layers, 0), model.layers)
-    full_layer = (6 * h + 2 * kv + 4 * i) * 2.0
+    full_layer = (8 * h + 2 * kv + 4 * i) * 2.0
     # A checkpointed layer keeps its input; its full activations exist again, once, while it is recomputed.
     per_token = (model.layers - kept) * full_layer + kept * h * 2.0 + (full_layer if kept else 0.0)
     return per_token * work.tokens

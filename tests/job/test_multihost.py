@@ -129,3 +129,34 @@ def test_a_host_whose_peers_never_come_fails_in_bounded_time_with_one_line(sqlit
                             f"127.0.0.1:{env[contract.ENV_MASTER_PORT]}"), cause
     assert "waiting for clients" in cause and contract.ENV_RENDEZVOUS_TIMEOUT_S in cause
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_detached_two_host_job_runs_to_its_end(sqlite_tracking, tmp_path):
+    """`"wait": false`: the submitter prepares both host roots, a runner of its own session runs them."""
+    from ade_mlflow_plugin.backend.local import ENDED, start_detached
+
+    request, run_id = _request(tmp_path, sqlite_tracking)
+    root = tmp_path / "root"
+    job = start_detached(request, root)
+    assert (root / "algo-1" / contract.RESOURCE_CONFIG_FILE).is_file()
+    assert (root / "algo-2" / contract.RESOURCE_CONFIG_FILE).is_file()
+    _wait_for("the detached job's end", lambda: job.describe()["TrainingJobStatus"] in ENDED, timeout_s=300)
+    final = job.describe()
+    assert final["TrainingJobStatus"] == "Completed", (root / "job.log").read_text()[-3000:]
+    assert "[algo-2] rank 1/2 on algo-2: all-reduce 3.0" in job.log_path.read_text()
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("count,gpus,expected", [
+    (2, ["0", "1", "2", "3"], [{"CUDA_VISIBLE_DEVICES": "0,1", "SM_NUM_GPUS": "2"},
+                               {"CUDA_VISIBLE_DEVICES": "2,3", "SM_NUM_GPUS": "2"}]),
+    (2, ["4", "6", "7"], [{"CUDA_VISIBLE_DEVICES": "4", "SM_NUM_GPUS": "1"},
+                          {"CUDA_VISIBLE_DEVICES": "6", "SM_NUM_GPUS": "1"}]),
+    (2, [], [{}, {}]),  # CPU: nothing to split
+    (3, ["0", "1"], [{}, {}, {}]),  # fewer GPUs than hosts: shared, as before
+])
+def test_each_host_gets_its_share_of_the_gpus(count, gpus, expected):
+    from ade_mlflow_plugin.backend.local_hosts import host_devices
+
+    assert host_devices(count, gpus) == expected
