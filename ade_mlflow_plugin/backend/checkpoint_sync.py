@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
+from urllib.parse import unquote, urlparse
 
 import click
 
@@ -71,7 +72,8 @@ class LocalSource:
     """A file:// location (local mode) or plain folder."""
 
     def __init__(self, uri: str) -> None:
-        self.root = Path(uri[7:] if uri.startswith("file://") else uri)
+        # Local mode's location is pathlib's as_uri(): "a b" is "a%20b" there.
+        self.root = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
 
     def checkpoints(self) -> Iterator[Remote]:
         if not self.root.is_dir():

@@ -133,7 +133,7 @@ def test_follow_copies_as_checkpoints_appear_until_the_job_ends(tmp_path):
 
 
 def test_observer_copies_from_the_described_location(tmp_path):
-    source, dest = tmp_path / "at", tmp_path / "mine"
+    source, dest = tmp_path / "job root é" / "at", tmp_path / "mine"  # as_uri() escapes both
     make_checkpoint(source, 5)
     console = io.StringIO()
     sync = CheckpointSync(dest, console)
