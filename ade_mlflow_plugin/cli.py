@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None, *, command: click.Command | None = None,
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"ade-mlflow: error: {_click_line(exc)}", err=True)
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None, *, command: click.Command | None = None,
             raise  # a bug: its traceback is what a report needs
         click.echo(f"ade-mlflow: error: {line}", err=True)
         sys.exit(code)
+
+
+def _click_line(exc: click.ClickException) -> str:
+    """click's message on one line (its own show() prints the usage above it), pointing at --help."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
 
 
 def _one_line(exc: Exception) -> tuple[str | None, int]:

@@ -146,12 +146,12 @@ def status_command(ref: str, region: str | None, job_root: Path | None) -> None:
     The job is read from SageMaker or its local job root, so this works with the tracking server down
     (one warning line). With the server up, a run whose job ended unfollowed gets its end state,
     failure reason, cost and logs, as the follower would have given them."""
-    from ade_mlflow_plugin.backend.reconcile import open_job, reconcile_run
+    from ade_mlflow_plugin.backend.reconcile import describe_job, open_job, reconcile_run
 
     target = _status_target(ref, region, job_root)
     job = open_job(target.mode, target.job_name, target.region,
                    target.local_log.parent if target.local_log else None)
-    description = job.describe()
+    description = describe_job(job, target.job_name, target.region)
     _print_job(description)
     run = _run_for(target, description)
     ended_as = None
@@ -234,7 +234,7 @@ def reconcile_command(experiment: str | None, job_root: Path | None) -> None:
     Looks at each run with a sagemaker.job_name tag that is not terminated; prints one line per run."""
     import mlflow
 
-    from ade_mlflow_plugin.backend.reconcile import local_root, open_job, reconcile_run
+    from ade_mlflow_plugin.backend.reconcile import describe_job, local_root, open_job, reconcile_run
     from ade_mlflow_plugin.errors import AdeError, ConfigError, describe, mlflow_error
 
     client = mlflow.MlflowClient()
@@ -250,7 +250,8 @@ def reconcile_command(experiment: str | None, job_root: Path | None) -> None:
         root = local_root(run.data.tags, target.job_name, job_root) if target.mode == "local" else None
         try:
             job = open_job(target.mode, target.job_name, target.region, root)
-            click.echo(reconcile_run(client, run, job, job.describe(), sys.stderr).line())
+            description = describe_job(job, target.job_name, target.region)
+            click.echo(reconcile_run(client, run, job, description, sys.stderr).line())
         except (ConfigError, mlflow.exceptions.MlflowException, OSError) as exc:
             failures += 1
             click.echo(f"{run.info.run_id}  {target.job_name}  error: {describe(exc)}")

@@ -70,6 +70,27 @@ def open_job(mode: str, job_name: str, region: str | None, root: Path | None) ->
     return SageMakerJob(AwsClients(region=region).sagemaker, job_name)
 
 
+#: DescribeTrainingJob's answer for a name it does not know (a real endpoint: "Requested resource not found.").
+JOB_NOT_FOUND = frozenset({"ValidationException", "ResourceNotFound"})
+
+
+def describe_job(job: Any, job_name: str, region: str | None) -> dict[str, Any]:
+    """``job.describe()``; a job SageMaker does not know is bad input (ConfigError, exit 2) and any other
+    AWS failure one line (status, sync-run and reconcile word it alike, as cost does)."""
+    from ade_mlflow_plugin.backend.aws import AWS_ERRORS
+    from ade_mlflow_plugin.errors import AwsError, ConfigError, aws_error, aws_error_code
+
+    try:
+        return job.describe()
+    except (AwsError, *AWS_ERRORS) as exc:  # SageMakerJob.describe translates already; keep its code
+        code = exc.code if isinstance(exc, AwsError) else aws_error_code(exc)
+        if code in JOB_NOT_FOUND:
+            where = region or "the default region"
+            raise ConfigError(f"no training job '{job_name}' in {where}: check the job name, the run id or "
+                              "--region") from exc
+        raise exc if isinstance(exc, AwsError) else aws_error("DescribeTrainingJob", exc) from exc
+
+
 def reconcile_run(client: Any, run: Any, job: Any, description: dict[str, Any], console: TextIO) -> Outcome:
     """Mirror an ended job into its run (idempotent); a job still going leaves the run as it is."""
     tags, run_id = run.data.tags, run.info.run_id

@@ -50,10 +50,11 @@ def sync_sagemaker(client: Any, clients: Any, job_name: str, run_id: str | None)
     """A SageMaker job: the relay comes from its output archive once the job has ended."""
     from mlflow.entities import RunStatus
 
+    from ade_mlflow_plugin.backend.reconcile import describe_job
     from ade_mlflow_plugin.backend.replay import fetch_sagemaker_relay, replay
     from ade_mlflow_plugin.backend.submitted_run import RUN_STATUS, TERMINAL, SageMakerJob
 
-    description = SageMakerJob(clients.sagemaker, job_name).describe()
+    description = describe_job(SageMakerJob(clients.sagemaker, job_name), job_name, clients.region)
     run_id = run_id or run_id_of(description)
     status = description["TrainingJobStatus"]
     if status not in TERMINAL:

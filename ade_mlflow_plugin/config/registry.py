@@ -63,6 +63,16 @@ def storage_root(value: Any) -> Path:
     return path.parent if path.name == "registry" else path
 
 
+def registered_model_name(value: Any) -> str:
+    """A registered-model name MLflow accepts ("" registers nothing): MLflow refuses '/' and ':' only when
+    the model is registered, at the end of a training job; checked here, before any run exists."""
+    name = text()(value)
+    if "/" in name or ":" in name:
+        raise Invalid("", detail=f"got {name!r}: MLflow model names cannot contain '/' or ':'; "
+                                 "use letters, digits, '-', '_' or '.'")
+    return name
+
+
 @options_class
 @dataclass(frozen=True)
 class ModelRegistryConfig:
@@ -77,7 +87,7 @@ class ModelRegistryConfig:
                         "ending in registry is that registry folder (its parent is the root)",
                         default_factory=default_root, aliases=("registry_path",))
     registered_model_name: str | None = option(
-        None, optional(text()), "register the trained model under this name; unset: the codebase folder name "
+        None, optional(registered_model_name), "register the trained model under this name; unset: the codebase folder name "
         "with the prefix ade- (launch API and CLI); empty: do not register", aliases=("model_name",),
         metavar="NAME")
     keep_versions: int = option(3, whole(1), "synced versions of one model kept on disk (versions that serve "
