@@ -130,54 +130,84 @@ def collect_files(root: Path, prefix: str = "", *, link_roots: tuple[Path, ...] 
     """Files under ``root`` that may be shipped, sorted by archive name.
 
     Nothing outside ``root`` ships: a symbolic link is followed only when its target lies inside ``root``
-    (or one of ``link_roots``), and is then shipped as its target's content, unless that target is
-    itself left out by name (a link named notes.txt to .env ships nothing). A link leading outside is
-    left out and appended to ``outside_links`` as (path inside the root, target) for the caller to
-    report. A cycle of links is cut. Excluded dirs, virtualenvs, credentials, what git ignores (every
-    .gitignore on the way down and .git/info/exclude) and what the root's .adeignore names are left out.
+    (or one of ``link_roots``), and a link into ``root`` ships only what the project itself would ship
+    there: its target must be a file kept by the same rules (so a link named notes.txt to .env, or a
+    link to a folder .gitignore or .adeignore keeps out, ships nothing). A link leading outside is left
+    out and appended to ``outside_links`` as (path inside the root, target) for the caller to report. A
+    cycle of links is cut. Excluded dirs, virtualenvs, credentials, what git ignores (every .gitignore on
+    the way down and .git/info/exclude) and what the root's .adeignore names are left out.
     """
-    root = Path(root)
-    roots = (root.resolve(), *(Path(r).resolve() for r in link_roots))
-    found: list[PackedFile] = []
+    walker = _Walker(Path(root), tuple(Path(r).resolve() for r in link_roots))
+    kept = {packed.source.resolve() for packed in walker.collect("", follow_links=False)}
+    return walker.collect(prefix, follow_links=True, kept=kept, outside_links=outside_links)
 
-    def contained(path: Path, rel_path: str, is_dir: bool) -> bool:
-        target, inside = _link_target(path, roots)
+
+class _Walker:
+    """One walk of a project tree; links are followed (into the project or link_roots) or skipped."""
+
+    def __init__(self, root: Path, link_roots: tuple[Path, ...]) -> None:
+        self.root, self.real_root = root, root.resolve()
+        self.link_roots = link_roots
+        self.roots = (self.real_root, *link_roots)
+
+    def collect(self, prefix: str, *, follow_links: bool, kept: set[Path] | None = None,
+                outside_links: list[tuple[str, Path]] | None = None) -> list[PackedFile]:
+        self.prefix, self.follow, self.kept, self.outside = prefix, follow_links, kept, outside_links
+        self.found: list[PackedFile] = []
+        self._walk(self.root, "", frozenset(), IgnoreRules.at_root(self.root, ship_ignore(self.root)), False)
+        return self.found
+
+    def _linked_ok(self, path: Path, rel_path: str, is_dir: bool) -> bool:
+        """A link (or a path under a followed folder link): inside, and kept by the project's own rules."""
+        target, inside = _link_target(path, self.roots)
         if inside is None:
-            if outside_links is not None:
-                outside_links.append((rel_path, target))
+            if self.outside is not None:
+                self.outside.append((rel_path, target))
             return False
-        return not (inside and _excluded(inside, is_dir))
+        if inside and _excluded(inside, is_dir):
+            return False
+        in_project = target == self.real_root or self.real_root in target.parents
+        if is_dir or not in_project or self.kept is None:
+            return True  # a folder is judged file by file; link_roots hold this package's own files
+        return target in self.kept
 
-    def walk(directory: Path, rel: str, ancestors: frozenset[Path], ignore: IgnoreRules) -> None:
+    def _walk(self, directory: Path, rel: str, ancestors: frozenset[Path], ignore: IgnoreRules,
+              via_link: bool) -> None:
         real = directory.resolve()
         if real in ancestors:
             return  # a symlink back up the tree: a cycle, not content
         ancestors = ancestors | {real}
         ignore = ignore.descend(directory, rel) if rel else ignore
         for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            rel_path = f"{rel}{entry.name}"
-            path = Path(entry.path)
+            rel_path, path = f"{rel}{entry.name}", Path(entry.path)
+            linked = via_link or entry.is_symlink()
+            if entry.is_symlink() and not self.follow:
+                continue  # the first walk: what the project ships without following any link
             if entry.is_dir():
-                dir_rel = rel_path + "/"
-                if (entry.name in EXCLUDED_DIRS or _is_venv(path) or CREDENTIAL_PATTERNS.match_file(dir_rel)
-                        or ignore.ignored(dir_rel, is_dir=True)):
-                    continue
-                if entry.is_symlink() and not contained(path, rel_path, is_dir=True):
-                    continue
-                walk(path, dir_rel, ancestors, ignore)
+                self._dir(entry, path, rel_path, ancestors, ignore, linked)
             elif entry.is_file():
-                if CREDENTIAL_PATTERNS.match_file(rel_path) or ignore.ignored(rel_path, is_dir=False):
-                    continue
-                if entry.is_symlink() and not contained(path, rel_path, is_dir=False):
-                    continue
-                found.append(PackedFile(prefix + rel_path, path))
-            elif entry.is_symlink() and outside_links is not None:
-                _, inside = _link_target(path, roots)
+                self._file(entry, path, rel_path, ignore, linked)
+            elif entry.is_symlink() and self.outside is not None:
+                _, inside = _link_target(path, self.roots)
                 if inside is None:  # dangling, or to a socket/device: ships nothing, but say so
-                    outside_links.append((rel_path, path.resolve()))
+                    self.outside.append((rel_path, path.resolve()))
 
-    walk(root, "", frozenset(), IgnoreRules.at_root(root, ship_ignore(root)))
-    return found
+    def _dir(self, entry: os.DirEntry, path: Path, rel_path: str, ancestors: frozenset[Path],
+             ignore: IgnoreRules, linked: bool) -> None:
+        dir_rel = rel_path + "/"
+        if (entry.name in EXCLUDED_DIRS or _is_venv(path) or CREDENTIAL_PATTERNS.match_file(dir_rel)
+                or ignore.ignored(dir_rel, is_dir=True)):
+            return
+        if entry.is_symlink() and not self._linked_ok(path, rel_path, is_dir=True):
+            return
+        self._walk(path, dir_rel, ancestors, ignore, linked)
+
+    def _file(self, entry: os.DirEntry, path: Path, rel_path: str, ignore: IgnoreRules, linked: bool) -> None:
+        if CREDENTIAL_PATTERNS.match_file(rel_path) or ignore.ignored(rel_path, is_dir=False):
+            return
+        if linked and not self._linked_ok(path, rel_path, is_dir=False):
+            return
+        self.found.append(PackedFile(self.prefix + rel_path, path))
 
 
 def ship_ignore(root: Path) -> list[str]:

@@ -165,19 +165,23 @@ class AdeSageMakerBackend(AbstractBackend):
             warn_unreachable(job_uri, self.console)
         cost = self._plan_cost(config, clients)  # refuses a budget too small for a useful run
         wheels = self._wheelhouse(config, project_dir, resolved)  # a requirement with no wheel is refused here
-        # ---- everything checked: from here on a run exists and AWS is called ----
-        active = get_or_create_run(None, project_uri, experiment_id, str(project_dir), version,
-                                   entry_point, params or {})
-        run_id = active.info.run_id
-        client = mlflow.MlflowClient()
-        try:
-            submission, job = self._submit(config, clients, project_dir, entry_point, resolved, job_name,
-                                           image, spec.RunInfo(run_id, experiment_id, job_uri), region, cost,
-                                           wheels)
-        except BaseException as exc:
-            client.set_tag(run_id, "ade.submit_error", str(getattr(exc, "message", exc))[:5000])
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-            raise
+        with tempfile.TemporaryDirectory(prefix="ade-pack-") as pack_dir:
+            # Packed and secret-scanned before the run exists: a refused file leaves no FAILED run behind.
+            tarball = packaging.build_project_tarball(project_dir, Path(pack_dir),
+                                                      allow_secret_files=config.allow_secret_files)
+            # ---- everything checked: from here on a run exists and AWS is called ----
+            active = get_or_create_run(None, project_uri, experiment_id, str(project_dir), version,
+                                       entry_point, params or {})
+            run_id = active.info.run_id
+            client = mlflow.MlflowClient()
+            try:
+                submission, job = self._submit(config, clients, tarball, entry_point, resolved, job_name,
+                                               image, spec.RunInfo(run_id, experiment_id, job_uri), region, cost,
+                                               wheels)
+            except BaseException as exc:
+                client.set_tag(run_id, "ade.submit_error", str(getattr(exc, "message", exc))[:5000])
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                raise
         self.last_submission = submission
         self._tag_run(client, run_id, submission, config, region, job)
         submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
@@ -227,15 +231,12 @@ class AdeSageMakerBackend(AbstractBackend):
             raise ConfigError("no AWS region: set \"region\" in the backend config or AWS_DEFAULT_REGION")
         return region or "us-east-1"
 
-    def _submit(self, config: CloudTrainingConfig, clients: AwsClients, project_dir: Path, entry_point: str,
-                resolved: ResolvedParams, job_name: str, image: str, run: spec.RunInfo,
+    def _submit(self, config: CloudTrainingConfig, clients: AwsClients, tarball: packaging.Artifact,
+                entry_point: str, resolved: ResolvedParams, job_name: str, image: str, run: spec.RunInfo,
                 region: str, cost: Any = None,
                 wheels: wheelhouse.Wheelhouse | None = None) -> tuple[Submission, Any]:
-        with tempfile.TemporaryDirectory(prefix="ade-pack-") as tmp:
-            tarball = packaging.build_project_tarball(project_dir, Path(tmp),
-                                                      allow_secret_files=config.allow_secret_files)
-            store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
-            code = store.put_file(f"code/{tarball.sha256}.tar.gz", tarball.path)
+        store, output_uri, checkpoint_uri = self._locations(config, clients, job_name)
+        code = store.put_file(f"code/{tarball.sha256}.tar.gz", tarball.path)
         shipped = None
         if wheels is not None:
             ship = wheelhouse.ship if config.mode == "local" else aws_call("Uploading the wheelhouse to S3")(

@@ -129,9 +129,6 @@ def test_a_followed_job_stopped_at_its_budget_keeps_stop_reason_budget(aws, trac
 
 
 # ---------------------------------------------------------------- issue 19 item 1: links inside the project
-@pytest.mark.xfail(strict=True, reason="packaging.collect_files checks a link's in-project target against the "
-                                       "credential names only, not .gitignore/.adeignore: a link smuggles a "
-                                       "file or folder that those keep out (docs/shipping.md says it must not)")
 def test_a_link_does_not_ship_what_gitignore_or_adeignore_keep_out(tmp_path):
     from ade_mlflow_plugin.backend.packaging import collect_files
 
@@ -193,9 +190,6 @@ def test_reconcile_completes_a_run_that_its_launcher_already_ended(aws, sqlite_t
 
 
 # ---------------------------------------------------------------- issue 19 item 1 + DESIGN: no run for bad input
-@pytest.mark.xfail(strict=True, reason="project_backend._run creates the MLflow run before _submit packs and scans "
-                                       "the project: a secret-scan refusal (bad input, exit 2) leaves a FAILED run "
-                                       "behind for every refused attempt (DESIGN: refused before any run exists)")
 def test_a_secret_scan_refusal_creates_no_run(sqlite_tracking, tmp_path, monkeypatch):
     from ade_mlflow_plugin.backend import ship_scan
     from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
