@@ -45,6 +45,8 @@ ENDED = ("Completed", "Failed", "Stopped")
 STOP_REASONS = contract.STOP_REASONS
 _TIMES = ("CreationTime", "TrainingStartTime", "TrainingEndTime")
 STOP_DETAIL = "stopped: StopTrainingJob (the local job was stopped on request)"
+#: In a multi-host job's root: each host's own log, logs/algo-N.log (local_hosts.py).
+HOST_LOGS_DIR = "logs"
 
 
 def _now() -> datetime:
@@ -68,7 +70,7 @@ class Location:
         return self.uri.startswith("s3://")
 
     def local_path(self) -> Path:
-        return Path(self.uri[7:] if self.uri.startswith("file://") else self.uri)
+        return contract.local_path(self.uri)
 
     def _bucket_key(self) -> tuple[str, str]:
         bucket, _, key = self.uri[5:].partition("/")
@@ -550,6 +552,12 @@ class JobRoot:
         self.root = Path(root)
         self.name = self.root.name
         self.log_path = self.root / "job.log"
+
+    @property
+    def log_files(self) -> list[Path]:
+        """As LocalJob.log_files: job.log, and each host's own log of a multi-host job (logs/)."""
+        hosts = self.root / HOST_LOGS_DIR
+        return [self.log_path, hosts] if hosts.is_dir() else [self.log_path]
 
     def runner_pid(self) -> int | None:
         try:

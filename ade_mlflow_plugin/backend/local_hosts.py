@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.local import (RUNNER_PID_FILE, STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count,
-                                             _now)
+from ade_mlflow_plugin.backend.local import (HOST_LOGS_DIR, RUNNER_PID_FILE, STOP_DETAIL, STOP_REASONS,
+                                             LocalJob, _instance_count, _now)
 from ade_mlflow_plugin.errors import AdeError, ConfigError, first_line
 from ade_mlflow_plugin.job import contract
 
 #: Hosts of one machine start together: a peer missing this long is not coming (SageMaker keeps torch's 600 s).
 LOCAL_RENDEZVOUS_TIMEOUT_S = 120
-LOGS_DIR = "logs"
 
 
 def free_port() -> int:
@@ -94,7 +93,7 @@ class LocalCluster(LocalJob):
         self.hosts = [
             LocalJob(host_request, job_root=self.root / name, clients=clients, host=name,
                      stream=HostStream(name, self.log_path, stream, lock),
-                     log_path=self.root / LOGS_DIR / f"{name}.log", upload_model=index == 0,
+                     log_path=self.root / HOST_LOGS_DIR / f"{name}.log", upload_model=index == 0,
                      extra_env={**rendezvous, **devices[index]}, on_end=self._host_ended)
             for index, name in enumerate(names)]
 
@@ -109,7 +108,7 @@ class LocalCluster(LocalJob):
 
     @property
     def log_files(self) -> list[Path]:
-        return [self.log_path, self.root / LOGS_DIR]
+        return [self.log_path, self.root / HOST_LOGS_DIR]
 
     # ------------------------------------------------------------ lifecycle
     def prepare(self) -> None:

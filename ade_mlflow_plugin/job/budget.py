@@ -7,6 +7,7 @@ clock starts from there, so a job reclaimed twice cannot spend its budget three 
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sys
@@ -41,20 +42,30 @@ def budget_clock(env: dict[str, str] | None = None) -> Callable[[], float]:
 
 @dataclass
 class BilledSeconds:
-    """Billed seconds of the earlier attempts of this job, kept in a file beside the checkpoints."""
+    """Billed seconds of the earlier attempts of this job, kept in a file beside the checkpoints with the job's
+    name: a managed-spot restart keeps its name and goes on from them; a new job given an earlier job's
+    checkpoint location (to resume from its checkpoints) has a budget of its own and starts from 0."""
 
     path: Path | None
     earlier_s: float = 0.0
+    job: str = ""
 
     @classmethod
-    def load(cls, checkpoint_dir: Path | None) -> "BilledSeconds":
+    def load(cls, checkpoint_dir: Path | None, job: str = "") -> "BilledSeconds":
         if checkpoint_dir is None:
-            return cls(None)
+            return cls(None, job=job)
         path = checkpoint_dir / BILLED_FILE
         try:
-            return cls(path, max(0.0, float(path.read_text().strip() or 0)))
+            saved = json.loads(path.read_text())
         except (OSError, ValueError):
-            return cls(path)  # a first attempt (or an unreadable file: counting from 0 is all we can do)
+            return cls(path, job=job)  # a first attempt (or an unreadable file: counting from 0 is all we can do)
+        # A bare number comes from a job of an older version: another job, since a job keeps its code.
+        if not isinstance(saved, dict) or saved.get("job") != job:
+            return cls(path, job=job)
+        try:
+            return cls(path, max(0.0, float(saved.get("seconds") or 0)), job)
+        except (TypeError, ValueError):
+            return cls(path, job=job)
 
     def total(self, this_attempt_s: float) -> float:
         return self.earlier_s + max(0.0, this_attempt_s)
@@ -65,7 +76,7 @@ class BilledSeconds:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{BILLED_FILE}.{os.getpid()}")
-            tmp.write_text(f"{total_s:.1f}\n")
+            tmp.write_text(json.dumps({"job": self.job, "seconds": round(total_s, 1)}) + "\n")
             os.replace(tmp, self.path)  # a restart never reads half a number
         except OSError as exc:
             print(f"launcher: cannot keep the billed seconds in {self.path}: {exc}", file=sys.stderr, flush=True)
@@ -219,7 +230,7 @@ def start_budget_guard(job: contract.JobContract, resource: dict[str, Any], env:
     if job.cost is None:
         return None
     writer = RunWriter(env) if contract.is_lead_host(resource) else None
-    billed = BilledSeconds.load(checkpoint_dir)
+    billed = BilledSeconds.load(checkpoint_dir, env.get(contract.ENV_JOB_NAME, ""))
     if billed.earlier_s:
         print(f"launcher: budget: {billed.earlier_s:.0f} s billed by earlier attempts of this job count too",
               flush=True)

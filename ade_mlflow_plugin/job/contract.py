@@ -28,6 +28,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import unquote, urlparse
 
 # ---------------------------------------------------------------- where things are (under the base)
 DEFAULT_BASE = "/opt/ml"
@@ -288,6 +289,12 @@ class Encoded:
 
 class ContractError(ValueError):
     """The job's inputs do not match the contract: one line, for output/failure."""
+
+
+def local_path(uri: str) -> Path:
+    """The path of a file:// URI or a plain path. The client makes its URIs with pathlib's as_uri(), which
+    percent-encodes a space or a non-ASCII character ("a b" -> "a%20b"): they are decoded here, once."""
+    return Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
 
 
 def channel_name(param: str) -> str:

@@ -84,6 +84,8 @@ def _safe_extract(archive: Path, dest: Path) -> None:
 
 
 def _download(uri: str, region: str | None, tmp: str) -> Path:
+    if not uri.startswith("s3://"):  # a local runner's archive, its file:// URI decoded (a space in its path)
+        return contract.local_path(uri)
     try:
         return Path(bootstrap.download_archive(uri, region, tmp))  # the job's one code fetcher (boto3)
     except Exception as exc:  # botocore raises several types; errors.py says which in one line

@@ -119,7 +119,7 @@ def end_run(env: Mapping[str, str], status: str, resource: Mapping[str, Any],
     try:
         client = _client(env)
         if client is not None:
-            for key, value in (tags or {}).items():
+            for key, value in _new_tags(client, run_id, tags or {}).items():
                 client.set_tag(run_id, key, value)
             client.set_terminated(run_id, status)
             return
@@ -129,6 +129,15 @@ def end_run(env: Mapping[str, str], status: str, resource: Mapping[str, Any],
     print(f"launcher: could not mark MLflow run {run_id} {status} ({why}); the relay keeps it for "
           "`ade-mlflow sync-run`", file=sys.stderr)
     _relay_end(env, status, dict(tags or {}))
+
+
+def _new_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> dict[str, str]:
+    """The end's tags, less a stop reason when the run already has one: it was set during this attempt
+    (reopen_run clears earlier ones) by whoever stopped the job knowing why (the follower's budget guard tags
+    ade.stop_reason=budget before its StopTrainingJob, which the launcher can only read as "stopped")."""
+    if contract.STOP_REASON_TAG not in tags or contract.STOP_REASON_TAG not in client.get_run(run_id).data.tags:
+        return dict(tags)
+    return {key: value for key, value in tags.items() if key not in STOP_TAGS}
 
 
 def _relay_end(env: Mapping[str, str], status: str, tags: dict[str, str]) -> None:

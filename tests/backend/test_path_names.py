@@ -30,7 +30,6 @@ def odd_folder(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return folder
 
 
-@NOT_DECODED
 def test_local_channel_uri_reads_back_as_the_folder(odd_folder: Path) -> None:
     """A local-mode path param (packaging.local_channel) as the local runner materialises it."""
     from ade_mlflow_plugin.backend.local import Location

@@ -88,14 +88,16 @@ def test_a_spot_restart_goes_on_from_the_seconds_billed_before(tmp_path, capsys)
     """Billed seconds are kept beside the checkpoints (restored on a restart): a job reclaimed at 800 s
     of a 1000 s budget stops 200 s into its next attempt, not 1000 s."""
     first = budget.BudgetGuard(contract.Cost(1.8, "test", 1.0), 2, Clock(), lambda *_: None,
-                               billed=budget.BilledSeconds.load(tmp_path / "ckpt"))
+                               billed=budget.BilledSeconds.load(tmp_path / "ckpt", "job-a"))
     first.clock.now = 800
     first.tick()
-    assert (tmp_path / "ckpt" / budget.BILLED_FILE).read_text() == "800.0\n"
+    saved = json.loads((tmp_path / "ckpt" / budget.BILLED_FILE).read_text())
+    assert saved == {"job": "job-a", "seconds": 800.0}  # the job's name: another job does not inherit the bill
+    assert budget.BilledSeconds.load(tmp_path / "ckpt", "job-b").earlier_s == 0.0
     stops: list = []
     writer = Writer()
     again = budget.BudgetGuard(contract.Cost(1.8, "test", 1.0), 2, Clock(), lambda *a: stops.append(a), writer,
-                               budget.BilledSeconds.load(tmp_path / "ckpt"))
+                               budget.BilledSeconds.load(tmp_path / "ckpt", "job-a"))
     again.clock.now = 150
     again.tick()
     assert stops == [] and writer.metrics[-1][2] == 950  # cost_usd's step is the job's billed seconds

@@ -160,3 +160,42 @@ def test_each_host_gets_its_share_of_the_gpus(count, gpus, expected):
     from ade_mlflow_plugin.backend.local_hosts import host_devices
 
     assert host_devices(count, gpus) == expected
+
+
+@pytest.mark.slow
+def test_a_budget_stop_stops_every_host_and_the_run_ends_killed_for_budget(sqlite_tracking, tmp_path):
+    from ade_mlflow_plugin.backend import cost
+
+    clock_file = tmp_path / "elapsed_s"
+    config = CloudTrainingConfig.from_backend_config({
+        "mode": "local", "instance_type": "ml.g5.xlarge", "instance_count": 2, "max_cost_usd": 1.0,
+        "environment": {contract.ENV_BUDGET_CLOCK_FILE: str(clock_file), contract.ENV_BUDGET_INTERVAL_S: "0.2"}})
+    plan = cost.plan_cost(config, None)
+    run_id = mlflow.MlflowClient().create_run("0").info.run_id
+    code = packaging.build_project_tarball(PROJECT, tmp_path / "code").path.as_uri()
+    inputs = spec.JobInputs(job_name="budget-hosts", entry_point="main", image_uri="local", code_uri=code,
+                            output_uri=(tmp_path / "out").as_uri(), checkpoint_uri=(tmp_path / "ckpt").as_uri(),
+                            run=spec.RunInfo(run_id, "0", sqlite_tracking), params={"wait_for_stop": "true"},
+                            cost=plan.cost)
+    job = LocalJob(spec.build_training_job_request(config, inputs, "us-east-1"), job_root=tmp_path / "root",
+                   stream=None)
+    job.start()
+    log = tmp_path / "root" / "job.log"
+    _wait_for("both hosts working", lambda: all(f"rank {r} on algo-{r + 1}: step 1" in log.read_text()
+                                                 for r in (0, 1)))
+    clock_file.write_text(str(int(1.1 * plan.cost.affordable_s(2))))  # 2 instances: half the seconds
+    final = job.wait(timeout=300)
+    assert final["TrainingJobStatus"] == "Stopped", log.read_text()[-3000:]
+    assert final["SecondaryStatusTransitions"][-1]["StatusMessage"].startswith("Training job stopped: budget: ")
+    assert [h.describe()["TrainingJobStatus"] for h in job.hosts] == ["Stopped", "Stopped"]
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[contract.STOP_REASON_TAG] == "budget"
+    assert "x 2 (on_budget=stop)" in run.data.tags[contract.STOP_DETAIL_TAG]
+
+
+def test_a_job_root_names_the_logs_the_follower_uploads(tmp_path):
+    root = tmp_path / "job"
+    root.mkdir()
+    assert JobRoot(root).log_files == [root / "job.log"]  # one host
+    (root / "logs").mkdir()
+    assert JobRoot(root).log_files == [root / "job.log", root / "logs"]  # several: each host's own log too
