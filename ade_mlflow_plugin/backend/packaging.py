@@ -108,6 +108,16 @@ def _is_venv(path: Path) -> bool:
     return (path / "pyvenv.cfg").is_file() or (path / "conda-meta").is_dir()
 
 
+def _is_ade_output(path: Path) -> bool:
+    """Our own output, whatever its name: an ADE storage root (an output_dir models land in: providers.json
+    beside registry/) or a local-mode job root (jobs/<job>/job.json). Inside a codebase it would ship every
+    landed model and job with the next submission."""
+    if (path / "providers.json").is_file() and (path / "registry").is_dir():
+        return True
+    jobs = path / "jobs"
+    return jobs.is_dir() and any(jobs.glob("*/job.json"))
+
+
 def _excluded(rel: str, is_dir: bool) -> bool:
     """Left out by name: an excluded folder on the way, or a credential (``rel`` relative to the root)."""
     parts = rel.strip("/").split("/")
@@ -196,7 +206,7 @@ class _Walker:
              ignore: IgnoreRules, linked: bool) -> None:
         dir_rel = rel_path + "/"
         if (entry.name in EXCLUDED_DIRS or _is_venv(path) or CREDENTIAL_PATTERNS.match_file(dir_rel)
-                or ignore.ignored(dir_rel, is_dir=True)):
+                or ignore.ignored(dir_rel, is_dir=True) or _is_ade_output(path)):
             return
         if entry.is_symlink() and not self._linked_ok(path, rel_path, is_dir=True):
             return

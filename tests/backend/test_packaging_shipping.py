@@ -205,3 +205,23 @@ def test_without_detect_secrets_the_scan_fails_in_one_line(tmp_path, monkeypatch
     (tmp_path / "a.py").write_text("x = 1\n")
     with pytest.raises(AdeError, match=r"^the secret scan of what ships needs detect-secrets .*pip install"):
         ship_scan.scan_files([("a.py", tmp_path / "a.py")])
+
+
+def test_our_own_output_inside_the_project_never_ships(project, tmp_path):
+    """A local output_dir (ADE storage) or job_root inside the codebase: the models and jobs it holds stay
+    out of the next submission, whatever the folder is called."""
+    from ade_mlflow_plugin.backend.packaging import collect_files
+
+    landed = project / "models out"
+    (landed / "registry" / "ade-shop-v1").mkdir(parents=True)
+    (landed / "registry" / "ade-shop-v1" / "metadata.json").write_text("{}\n")
+    (landed / "providers.json").write_text("{}\n")
+    job = project / "runs" / "jobs" / "ade-shop-20261206-1"
+    job.mkdir(parents=True)
+    (job / "job.json").write_text("{}\n")
+    (job / "model.bin").write_bytes(b"\0" * 64)
+    (project / "registry").mkdir()  # a folder that merely shares the name ships as usual
+    (project / "registry" / "notes.md").write_text("hello\n")
+    names = {f.arcname for f in collect_files(project)}
+    assert "registry/notes.md" in names
+    assert not [n for n in names if n.startswith(("models out/", "runs/"))]
