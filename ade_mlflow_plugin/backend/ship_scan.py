@@ -3,12 +3,14 @@
 The scanner is the dataset's (dataset/secrets.py: a cheap pre-filter, then detect-secrets on the
 candidate lines), so a file that would be dropped from training is also refused from shipping. A
 project scan costs seconds (detect-secrets is slow), so its findings are cached under the tarball's
-content hash, which packaging computes anyway: an unchanged project is scanned once per machine. The
-findings are cached before ``allow_secret_files`` is applied, so changing the allow list needs no
-rescan.
+content hash, which packaging computes anyway (an unchanged project is scanned once per machine), and
+each file's under its own content hash (an edit to one file rescans that file only). The findings are
+cached before ``allow_secret_files`` is applied, so changing the allow list needs no rescan.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -29,6 +31,8 @@ _SNIFF_BYTES = 8192
 #: Files are scanned in pieces of about this size (cut at a newline), so a large data file in the
 #: project does not have to fit in memory at once.
 _CHUNK_BYTES = 8 << 20
+#: Files up to this size are read whole to look their findings up by content hash; larger ones stream.
+_FILE_CACHE_MAX_BYTES = 64 << 20
 #: Findings listed in the refusal; the rest are counted.
 _SHOWN = 20
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -103,9 +107,11 @@ def scan_files(files: Iterable[tuple[str, Path]]) -> list[Finding]:
     return found
 
 
-def scan_tarball(path: Path, names: Collection[str]) -> tuple[list[Finding], int]:
+def scan_tarball(path: Path, names: Collection[str],
+                 file_cache: "ScanCache | None" = None) -> tuple[list[Finding], int]:
     """(findings, members scanned) over the members ``names`` of a tar archive: the scan reads exactly
-    the bytes that ship, not the disk again (a file edited meanwhile cannot slip through)."""
+    the bytes that ship, not the disk again (a file edited meanwhile cannot slip through). With
+    ``file_cache``, a member whose content was scanned before is not scanned again."""
     found: list[Finding] = []
     scanned = 0
     with tarfile.open(path) as tar:
@@ -113,9 +119,24 @@ def scan_tarball(path: Path, names: Collection[str]) -> tuple[list[Finding], int
             if member.isfile() and member.name in names:
                 handle = tar.extractfile(member)
                 if handle is not None:
-                    found += scan_stream(handle, member.name)
-                    scanned += 1
+                    findings, fresh = _scan_member(handle, member, file_cache)
+                    found += findings
+                    scanned += fresh
     return found, scanned
+
+
+def _scan_member(handle: BinaryIO, member: tarfile.TarInfo, cache: "ScanCache | None") -> tuple[list[Finding], bool]:
+    """(findings, whether it was scanned now) of one member, looked up by its content hash first."""
+    if cache is None or member.size > _FILE_CACHE_MAX_BYTES:
+        return scan_stream(handle, member.name), True
+    data = handle.read()
+    digest = hashlib.sha256(data).hexdigest()
+    known = cache.get(digest)
+    if known is not None:  # the same content under any name: the same lines
+        return [Finding(member.name, f.line) for f in known], False
+    findings = scan_stream(io.BytesIO(data), member.name)
+    cache.put(digest, findings)
+    return findings, True
 
 
 class ScanCache:
@@ -182,14 +203,14 @@ def check_shipped_files(tarball: Path, names: Collection[str], digest: str, allo
                         cache: ScanCache | None = None) -> int:
     """Refuse (ConfigError) when a member of ``tarball`` among ``names`` holds a secret the user did not allow.
 
-    ``digest`` is the tarball's sha256: findings are cached under it. Returns how many files were
-    scanned (0 when the cache answered).
+    ``digest`` is the tarball's sha256: findings are cached under it, and each file's under its own
+    content hash. Returns how many files were scanned now (0 when the caches answered).
     """
     cache = cache or ScanCache()
     findings = cache.get(digest)
     scanned = 0
     if findings is None:
-        findings, scanned = scan_tarball(tarball, names)
+        findings, scanned = scan_tarball(tarball, names, ScanCache(cache.folder / "files"))
         cache.put(digest, findings)
     left = allowed(findings, allow_secret_files)
     if left:

@@ -104,7 +104,11 @@ def test_an_unchanged_project_is_scanned_once(project, tmp_path):
     second = _build(project, tmp_path / "b", tmp_path / "cache")
     assert first.scanned_files == first.file_count and second.scanned_files == 0
     (project / "helper.py").write_text((project / "helper.py").read_text() + "# changed\n")
-    assert _build(project, tmp_path / "c", tmp_path / "cache").scanned_files == first.file_count
+    assert _build(project, tmp_path / "c", tmp_path / "cache").scanned_files == 1  # the edited file only
+    # A secret planted in a file is found even though the rest of the project comes from the cache.
+    (project / "helper.py").write_text((project / "helper.py").read_text() + f"# {GITHUB_TOKEN}\n")
+    with pytest.raises(ConfigError, match=r"^helper\.py:\d+: looks like a secret"):
+        _build(project, tmp_path / "d", tmp_path / "cache")
 
 
 def test_adeignore_leaves_out_what_the_job_never_reads(project, tmp_path):
