@@ -32,11 +32,28 @@ def reason_from_description(description: Mapping[str, Any], now: dt.datetime | N
         return "stopped", "stopped: StopTrainingJob (SageMaker stopped the job on request)"
     if secondary == "MaxRuntimeExceeded" or _past_max_runtime(description, now):
         limit = (description.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
-        return "max_runtime", f"max_runtime: the job reached MaxRuntimeInSeconds={limit}"
+        return _budget_cap(description, limit) or (
+            "max_runtime", f"max_runtime: the job reached MaxRuntimeInSeconds={limit}")
     if secondary == "Interrupted" or (status == "InProgress" and description.get("EnableManagedSpotTraining")):
         # A SIGTERM to a managed-spot job that nobody stopped and that is within its runtime: the reclaim.
         return "spot_interrupted", "spot_interrupted: the spot instance was reclaimed; SageMaker restarts the job"
     return "stopped", f"stopped: SIGTERM while the job was {status or 'running'} ({secondary or 'no detail'})"
+
+
+def _budget_cap(description: Mapping[str, Any], limit: Any) -> tuple[str, str] | None:
+    """("budget", detail) when MaxRuntimeInSeconds is the budget's cap (spec.py caps it at the seconds the
+    budget buys): SageMaker's clock starts before the launcher's, so its MaxRuntime stop beats the guard's."""
+    hyper = {key: contract.decode_value(value) for key, value in (description.get("HyperParameters") or {}).items()}
+    try:
+        cost = contract.decode_hyperparameters(hyper).cost
+    except contract.ContractError:
+        return None
+    count = int((description.get("ResourceConfig") or {}).get("InstanceCount") or 1)
+    affordable = cost.affordable_s(count) if cost is not None and cost.on_budget == "stop" else None
+    if affordable is None or not limit or int(limit) != affordable:
+        return None
+    return "budget", (f"budget: MaxRuntimeInSeconds={limit}, what max_cost_usd ${cost.max_cost_usd:.2f} buys at "
+                      f"${cost.usd_per_hour:g}/h x {count} (on_budget=stop), was reached")
 
 
 def _past_max_runtime(description: Mapping[str, Any], now: dt.datetime | None) -> bool:

@@ -209,9 +209,6 @@ def test_a_secret_scan_refusal_creates_no_run(sqlite_tracking, tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------- issue 16 items 1 + 4: a budget-capped MaxRuntime
-@pytest.mark.xfail(strict=True, reason="in sagemaker mode MaxRuntime is capped at the budget and SageMaker's clock "
-                                       "starts before the launcher's, so SageMaker's MaxRuntime stop comes first; "
-                                       "run_state reads it as max_runtime, never budget")
 def test_a_stop_at_the_budget_capped_max_runtime_reads_budget(aws, tmp_path):
     import boto3
 
