@@ -41,11 +41,13 @@ Handler = Callable[[Mapping[str, str], bytes], tuple[int, dict[str, Any]]]
 class Limits:
     """What one client may cost the server."""
 
-    max_body_bytes: int = 1 << 20
+    # MLflow's registry webhook payloads are a few KB; 256 connections x 128 KiB bounds what bodies in
+    # flight may hold at 32 MiB, while 200 slow clients still leave room for a real delivery.
+    max_body_bytes: int = 128 << 10
     max_header_bytes: int = 16 << 10
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
-    max_connections: int = 512
+    max_connections: int = 256
     read_bytes: int = 64 << 10  # one socket read
     # After a refusal the client may still be sending: what it sends is read and dropped for this long
     # (up to max_body_bytes), so closing does not reset the connection before it has read the answer.

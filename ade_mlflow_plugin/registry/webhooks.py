@@ -10,6 +10,7 @@ before a delivery gets here.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import json
@@ -93,7 +94,7 @@ class ReceiverStats:
     rejected: int = 0
     processed: int = 0
     failed: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=100))  # the latest
 
 
 class WebhookReceiver:
