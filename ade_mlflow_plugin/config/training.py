@@ -19,6 +19,9 @@ SCHEDULER_CHOICES = ("cosine", "linear", "constant_with_warmup")
 # Share of decoder layers a quantized (QLoRA) run checkpoints by default: on an H200 with the 1.3b model,
 # batch 16, it brought peak memory from 0.97x to under 0.8x of LoRA's at ~7% speed (benchmarks/RESULTS.md).
 AUTO_CHECKPOINT_SHARE = 0.6
+DEFAULT_SAVE_STEPS = 100
+EVALS_PER_RUN = 10  # eval_steps=auto
+LOG_POINTS = 100  # logging_steps=auto: at most this many points per curve (every step below it)
 STYLE = Style("parameter", unknown="unknown training parameter '{key}' ({fix})")
 
 
@@ -30,6 +33,16 @@ def auto_or_whole(value: Any) -> str:
         return str(whole(0)(value))
     except Invalid:
         raise Invalid("auto or a whole number >= 0") from None
+
+
+def auto_or_positive(value: Any) -> str:
+    """"auto" or an integer >= 1, kept as text (the MLflow param reads as the user wrote it)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return str(whole(1)(value))
+    except Invalid:
+        raise Invalid("auto or a whole number >= 1") from None
 
 
 def modules(value: Any) -> str:
@@ -113,10 +126,22 @@ class TrainingConfig:
     compile_layers: bool = option(True, boolean(), "torch.compile each decoder layer (GPU)")
     fused_loss: bool = option(True, boolean(), "fused linear cross-entropy loss (GPU, liger)")
     bf16_adapters: bool = option(True, boolean(), "LoRA adapters in bf16 where the GPU has it (fp32 costs 13%)")
-    # bookkeeping
-    logging_steps: int = option(10, whole(1), "log metrics every this many steps")
-    save_steps: int = option(100, whole(1), "checkpoint (and evaluate) every this many steps")
-    keep_checkpoints: int = option(3, whole(1), "most checkpoints kept")
+    # bookkeeping: intervals adapt to the run's length unless given (intervals() below)
+    logging_steps: str = option("auto", auto_or_positive,
+                                "log metrics every this many steps; auto: every step up to 100 steps, about 100 "
+                                "points over a longer run; the last step is always logged")
+    eval_steps: str = option("auto", auto_or_whole,
+                             "evaluate (eval_loss, perplexity) every this many steps on a share of the eval split "
+                             "kept small (eval stays under ~5% of the compute); auto: at each checkpoint when "
+                             "save_steps is given, else about 10 times per run; 0: only before and after training")
+    save_steps: str = option("auto", auto_or_positive,
+                             "checkpoint every this many steps; auto: at each periodic eval (so the best one is "
+                             f"kept), every {DEFAULT_SAVE_STEPS} steps without periodic eval")
+    keep_checkpoints: int = option(3, whole(1), "most checkpoints kept (the best is kept besides)")
+    load_best: bool = option(True, boolean(), "log and register the checkpoint with the lowest periodic eval_loss, "
+                                              "not the last step's (needs periodic eval)")
+    early_stopping_patience: int = option(0, whole(0), "stop after this many periodic evals without a lower "
+                                                       "eval_loss (needs load_best); 0: never")
     eval_samples: int = option(32, whole(0), "eval examples generated from for exact_match; 0: none")
     max_new_tokens: int = MAX_NEW_TOKENS.field()
     registered_model_name: str = option("", text(), "register the model under this name (empty: do not)")
@@ -132,9 +157,31 @@ class TrainingConfig:
         if self.max_steps == 0 and self.epochs <= 0:
             raise STYLE.bad_value("epochs", self.epochs, Invalid(
                 "", detail="must be > 0 when max_steps is 0: pass e.g. epochs=2 or max_steps=500"))
+        if self.early_stopping_patience > 0 and (self.eval_steps == "0" or not self.load_best):
+            raise STYLE.bad_value("early_stopping_patience", self.early_stopping_patience, Invalid("", detail=(
+                "needs periodic eval and load_best: leave eval_steps auto (or > 0) and load_best true")))
+        if self.load_best and self.eval_steps not in ("auto", "0") and self.save_steps != "auto" \
+                and int(self.save_steps) % int(self.eval_steps):
+            raise STYLE.bad_value("save_steps", self.save_steps, Invalid("", detail=(
+                f"must be a multiple of eval_steps={self.eval_steps} with load_best (each checkpoint must have "
+                "an eval_loss): pass save_steps=auto, or load_best=false")))
         if self.eval_samples > 0 and self.max_new_tokens < 1:
             raise STYLE.bad_value("max_new_tokens", self.max_new_tokens,
                                   Invalid("an integer >= 1 when eval_samples > 0"))
+
+    def intervals(self, total_steps: int) -> tuple[int, int, int]:
+        """(logging_steps, eval_steps, save_steps) for a run of total_steps optimizer steps; eval_steps 0
+        means no periodic eval. Given values win; auto ones adapt to the run's length."""
+        total = max(1, total_steps)
+        logging = int(self.logging_steps) if self.logging_steps != "auto" else -(-total // LOG_POINTS)
+        if self.eval_steps != "auto":
+            evals = int(self.eval_steps)
+        elif self.save_steps != "auto":
+            evals = int(self.save_steps)  # each checkpoint evaluated: what load_best chooses among
+        else:
+            evals = -(-total // EVALS_PER_RUN)
+        save = int(self.save_steps) if self.save_steps != "auto" else (evals or DEFAULT_SAVE_STEPS)
+        return logging, evals, save
 
     def checkpointed_layers(self, num_layers: int) -> int:
         """How many of the model's decoder layers recompute their activations in backward."""

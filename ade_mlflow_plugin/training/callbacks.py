@@ -5,6 +5,7 @@ The HF MLflowCallback is not used (report_to="none"): it ignores MLFLOW_RUN_ID a
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from transformers import TrainerCallback
 
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.training.checkpoints import StopFlag, checkpoint_folder, mark_complete
+from ade_mlflow_plugin.training.evaluation import MAX_LOG_PERPLEXITY
 
 logger = logging.getLogger(__name__)
 # Trainer log key -> metric name users see (DESIGN.md).
@@ -32,6 +34,10 @@ class MetricsCallback(TrainerCallback):
         self._last_time, self._last_tokens = time.perf_counter(), state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        # The last step's periodic eval (on a share of the eval split) is not logged: the pipeline scores the
+        # published model (the best checkpoint's, with load_best) on the whole split at that step.
+        if logs and "eval_loss" in logs and state.is_world_process_zero and state.global_step < state.max_steps:
+            self._log_eval(logs["eval_loss"], state.global_step)
         # The end-of-training summary also carries "train_loss" (a mean) but no "loss": skip it.
         if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
@@ -42,6 +48,44 @@ class MetricsCallback(TrainerCallback):
         self._last_time, self._last_tokens = now, tokens
         self.metric_logger.log(metrics, step=state.global_step)
         print(metric_line(metrics, state.global_step), flush=True)
+
+
+    def _log_eval(self, loss: float, step: int) -> None:
+        metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, MAX_LOG_PERPLEXITY))}
+        self.metric_logger.log(metrics, step=step)
+        print(metric_line(metrics, step), flush=True)
+
+
+class LogLastStep(TrainerCallback):
+    """The last step is always logged, whatever logging_steps is: every curve ends where training did."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+class EvalTiming(TrainerCallback):
+    """Periodic eval's share of the training time (eval_runtime of each eval over train_runtime)."""
+
+    def __init__(self) -> None:
+        self.evals, self.eval_s, self.train_s = 0, 0.0, 0.0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_runtime" in logs:
+            self.evals, self.eval_s = self.evals + 1, self.eval_s + float(logs["eval_runtime"])
+        if logs and "train_runtime" in logs:
+            self.train_s = float(logs["train_runtime"])
+
+    @property
+    def share(self) -> float | None:
+        return self.eval_s / self.train_s if self.evals and self.train_s else None
+
+    def line(self) -> str:
+        if self.share is None:
+            return ""
+        return (f"periodic eval: {self.evals} evals, {self.eval_s:.2f} s, {self.share:.1%} of the training "
+                f"time ({self.train_s:.2f} s)")
 
 
 def metric_line(metrics: dict[str, float], step: int) -> str:

@@ -70,13 +70,16 @@ def checkpoint_index(root: Path, location: str | None) -> dict[str, Any]:
     """The complete checkpoints under root as the run lists them: step, eval_loss (when the Trainer
     evaluated at that step), whether it is the best, size, and where it lives at the synced location."""
     entries = []
-    for step, folder in complete_checkpoints(root):
+    found = complete_checkpoints(root)
+    # The newest state knows the best so far (each checkpoint's own state only knew the best up to it).
+    newest = json.loads((found[-1][1] / "trainer_state.json").read_text()) if found else {}
+    best = Path(newest["best_model_checkpoint"]).name if newest.get("best_model_checkpoint") else None
+    for step, folder in found:
         state = json.loads((folder / "trainer_state.json").read_text())
         evals = [e["eval_loss"] for e in state.get("log_history", []) if e.get("step") == step and "eval_loss" in e]
         files = [p for p in folder.rglob("*") if p.is_file()]
         entry = {"step": step, "path": folder.name, "eval_loss": evals[-1] if evals else None,
-                 "best": bool(state.get("best_model_checkpoint"))
-                 and Path(state["best_model_checkpoint"]).name == folder.name,
+                 "best": folder.name == best,
                  "files": len(files), "bytes": sum(p.stat().st_size for p in files),
                  "uri": f"{location.rstrip('/')}/{folder.name}" if location else None}
         entries.append(entry)
@@ -174,6 +177,16 @@ def check_adapter_matches(folder: Path | None, config: Any) -> None:
     raise ConfigError(f"the checkpoint location holds an adapter of LoRA {have} ({folder.name}) but this run "
                       f"asks for {want}: set a new checkpoint_s3_uri in the backend config to train from the "
                       "start (or run with the checkpoint's LoRA settings to resume it)")
+
+
+def best_checkpoint(root: Path, state: Any) -> Path | None:
+    """The checkpoint load_best chose (the state's best_model_checkpoint), found under root: the state
+    names it by the path it had when saved, which a restart may see elsewhere."""
+    named = getattr(state, "best_model_checkpoint", None)
+    if not named:
+        return None
+    folder = root / Path(named).name
+    return folder if is_complete(folder) else None
 
 
 def load_adapter_weights(model: Any, folder: Path) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 from ade_mlflow_plugin.errors import ConfigError, first_line
 from ade_mlflow_plugin.job import contract
-from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag, check_adapter_matches,
-                                                    checkpoint_dir, finished_checkpoint, latest_checkpoint,
-                                                    load_adapter_weights)
+from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag, best_checkpoint,
+                                                    check_adapter_matches, checkpoint_dir, finished_checkpoint,
+                                                    latest_checkpoint, load_adapter_weights)
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.job import relay as job_relay
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, RelayLogger, attach_run,
@@ -43,6 +43,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     model_uri: str | None = None
     version: str | None = None
+    best_step: int | None = None  # the checkpoint load_best chose, when it chose one
 
 
 class Session:
@@ -317,9 +318,10 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     finished = finished_checkpoint(out_dir, config.max_steps)
     if finished is not None:
         folder, state = finished
-        logger.info("%s is at the last step (%d): nothing left to train; evaluating and publishing it",
-                    folder, state.global_step)
-        load_adapter_weights(model, folder)
+        best = best_checkpoint(out_dir, state) if config.load_best else None
+        logger.info("%s is at the last step (%d): nothing left to train; evaluating and publishing %s",
+                    folder, state.global_step, best or folder)
+        load_adapter_weights(model, best or folder)
         stopped = False
     else:
         from ade_mlflow_plugin.training.callbacks import checkpoint_listener
@@ -328,13 +330,13 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
         try:
             with checkpoint_listener(listing.update):
                 state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
-                                       metric_logger=session.metrics, stop=session.stop)
+                                       metric_logger=session.metrics, stop=session.stop, eval_rows=eval_rows)
         finally:
             listing.close(timeout=LISTING_FLUSH_S)
     if stopped:
         logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
         raise Stopped()
-    outcome = Outcome(session.run_id, state.global_step)
+    outcome = Outcome(session.run_id, state.global_step, best_step=_best_step(config, state))
     if not session.main:
         return outcome
     outcome.metrics = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
@@ -343,6 +345,17 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     session.metrics.flush(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300")))
     _publish(config, session, model, tokenizer, prepared, outcome, local_model_dir(config.base_model))
     return outcome
+
+
+def _best_step(config: TrainingConfig, state: Any) -> int | None:
+    """The step whose checkpoint the model now is (load_best), said in the job log."""
+    folder = state.best_model_checkpoint if config.load_best else None
+    if not folder:
+        return None
+    step = int(Path(folder).name.rsplit("-", 1)[-1])
+    logger.info("load_best: the model is step %d's (eval_loss %.6g, the lowest of the periodic evals), of %d "
+                "steps trained", step, state.best_metric, state.global_step)
+    return step
 
 
 def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: Any, prepared: Any,
@@ -374,7 +387,7 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     outcome.model_uri = info.model_uri
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit(session.run.data.tags if session.run else {})
-    run_tags = _run_tags(config, commit, digest)
+    run_tags = {**_run_tags(config, commit, digest), **_best_tags(outcome)}
     version_tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
                                         metrics=outcome.metrics) if config.registered_model_name else None
     try:
@@ -392,6 +405,13 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
         if version_tags is not None:
             session.relay.append(job_relay.REGISTER, name=config.registered_model_name, model_id=info.model_id,
                                  tags={k: str(v) for k, v in version_tags.items()})
+
+
+BEST_STEP_TAG = "ade.best_step"
+
+
+def _best_tags(outcome: Outcome) -> dict[str, str]:
+    return {BEST_STEP_TAG: str(outcome.best_step)} if outcome.best_step is not None else {}
 
 
 def _run_tags(config: TrainingConfig, commit: str, digest: str | None) -> dict[str, str]:
@@ -417,7 +437,7 @@ def _relay_publish(config: TrainingConfig, session: Session, chosen: Any, tokeni
                  files=str((folder / modelio.MODEL_NAME).relative_to(relay.dir)))
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit({})
-    relay.append(job_relay.TAGS, tags=_run_tags(config, commit, digest))
+    relay.append(job_relay.TAGS, tags={**_run_tags(config, commit, digest), **_best_tags(outcome)})
     if config.registered_model_name:
         tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
                                     metrics=outcome.metrics)

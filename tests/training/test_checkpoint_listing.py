@@ -20,7 +20,7 @@ def test_index_lists_complete_checkpoints_with_eval_loss_and_where_they_live(tmp
         folder.mkdir()
         (folder / "adapter_model.safetensors").write_bytes(b"x" * step)
         state = {"global_step": step, "log_history": [{"step": step, "loss": 2.0}, *evals],
-                 "best_model_checkpoint": str(tmp_path / "checkpoint-4")}
+                 "best_model_checkpoint": str(tmp_path / "checkpoint-4") if step == 8 else None}
         (folder / "trainer_state.json").write_text(json.dumps(state))
         mark_complete(folder)
     (tmp_path / "checkpoint-12").mkdir()  # being saved: not listed
@@ -49,12 +49,17 @@ def test_local_run_with_sync_checkpoints_copies_and_lists_every_kept_checkpoint(
     assert submitted.get_status() == "FINISHED"
     client = MlflowClient(tracking_uri)
     run = client.get_run(submitted.run_id)
-    assert run.data.tags[STEPS_TAG] == "4,6"  # keep_checkpoints=2: step 2 rotated out
+    # keep_checkpoints=2: the last one and (load_best) the best one by eval_loss, or the last two
+    steps = [int(step) for step in run.data.tags[STEPS_TAG].split(",")]
+    assert 6 in steps and len(steps) == 2, steps
     listing = json.loads(Path(client.download_artifacts(submitted.run_id, INDEX_ARTIFACT, str(tmp_path)))
                          .read_text())
-    assert [(e["step"], e["path"]) for e in listing["checkpoints"]] == [(4, "checkpoint-4"), (6, "checkpoint-6")]
+    assert [(e["step"], e["path"]) for e in listing["checkpoints"]] == [(s, f"checkpoint-{s}") for s in steps]
+    assert all(e["eval_loss"] is not None for e in listing["checkpoints"])  # each checkpoint was evaluated
+    best = run.data.tags["ade.best_step"]
+    assert [e["step"] for e in listing["checkpoints"] if e["best"]] == [int(best)]
     assert listing["location"] == run.data.tags.get(CHECKPOINT_URI_TAG)
-    kept = {"checkpoint-4", "checkpoint-6"}
+    kept = {f"checkpoint-{s}" for s in steps}
     assert kept <= {p.name for p in local_root.iterdir()}  # checkpoint-2 too when a poll saw it before rotation
     for name in kept:
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=local_root / name, capture_output=True,

@@ -39,8 +39,9 @@ def test_main_trains_logs_and_registers(tiny_model, tracking_uri, tmp_path):
         assert sorted(steps) == list(range(1, STEPS + 1)), key
     assert any(k.startswith("system/") for k in run.data.metrics)
     eval_loss = {m.step: m.value for m in client.get_metric_history(run_id, "eval_loss")}
-    assert set(eval_loss) == {0, STEPS} and eval_loss[STEPS] < eval_loss[0]
-    assert {m.step for m in client.get_metric_history(run_id, "perplexity")} == {0, STEPS}
+    # before training, the periodic eval at each checkpoint (save_steps=4), the published model at the end
+    assert set(eval_loss) == {0, 4, STEPS} and eval_loss[STEPS] < eval_loss[0]
+    assert {m.step for m in client.get_metric_history(run_id, "perplexity")} == {0, 4, STEPS}
     assert 0.0 <= run.data.metrics["exact_match"] <= 1.0
     assert run.data.tags["ade.dataset_digest"] and run.data.tags["ade.base_model"] == str(tiny_model)
     assert (tmp_path / "ckpt" / f"checkpoint-{STEPS}").is_dir()
