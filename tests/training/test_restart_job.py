@@ -104,7 +104,9 @@ def test_spot_reclaim_then_restarts_continue_the_run_and_stop_at_max_steps(tiny_
         assert _steps(client, run_id, key) == list(range(1, STEPS + 1)), key
     log = third.log_path.read_text()
     assert f"{contract.METRIC_LINE_PREFIX} step={STEPS + 1} " not in log and "nothing left to train" in log
-    _published_adapter_is_the_final_checkpoint(held[1] / "model", tmp_path / "ckpt" / f"checkpoint-{STEPS}")
+    # load_best: the published adapter is the best checkpoint's (the final one's when the last eval was best)
+    best = int(run.data.tags.get("ade.best_step", STEPS))
+    _published_adapter_is_the_final_checkpoint(held[1] / "model", tmp_path / "ckpt" / f"checkpoint-{best}")
 
 
 def _published_adapter_is_the_final_checkpoint(model_dir, checkpoint) -> None:
