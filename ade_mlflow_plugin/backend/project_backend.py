@@ -53,7 +53,7 @@ def _fetch_project(project_uri: str, version: str | None, entry_point: str, para
     """A local project directory as it is; a git or zip URI fetched by MLflow's public
     ``fetch_and_validate_project``, which also checks the entry point and required params as MLflow
     does for its own backends (local directories get params.py's finer one-line checks instead)."""
-    local = Path(project_uri[7:] if project_uri.startswith("file://") else project_uri)
+    local = contract.local_path(project_uri)  # a file:// URI percent-decoded
     if local.is_dir():
         return local.resolve()
     try:

@@ -22,6 +22,7 @@ import os
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 
 from ade_mlflow_plugin.job import contract  # ade:contract (replaced by the constants when traveling)
 
@@ -58,9 +59,10 @@ def _fail(base: str, message: str) -> None:
 
 
 def download_archive(uri: str, region: str | None, tmp: str) -> str:
-    """The local path of the code archive: s3:// is downloaded into tmp, file:// and paths are used as is."""
+    """The local path of the code archive: s3:// is downloaded into tmp, file:// and paths are used in place
+    (a file:// URI percent-decoded: pathlib's as_uri() writes a space or a non-ASCII character escaped)."""
     if not uri.startswith("s3://"):
-        return uri[7:] if uri.startswith("file://") else uri
+        return urllib.parse.unquote(urllib.parse.urlparse(uri).path) if uri.startswith("file://") else uri
     import boto3
 
     bucket, key = uri[5:].split("/", 1)

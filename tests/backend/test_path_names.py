@@ -16,10 +16,6 @@ from ade_mlflow_plugin.config.cloud import CloudTrainingConfig
 
 NAMES = ["with space", "näïve-ü", "日本語 dir"]
 
-# The readers still take file:// URIs literally (uri[7:]): /work/notes/requests-for-H8.md (backend/local.py
-# Location.local_path) and requests-for-lead.md (job/bootstrap.py download_archive). strict: once fixed,
-# these pass and the marker must go.
-NOT_DECODED = pytest.mark.xfail(strict=True, reason="file:// URIs are not percent-decoded yet (issue 19 item 4)")
 
 
 @pytest.fixture(params=NAMES)
@@ -38,7 +34,6 @@ def test_local_channel_uri_reads_back_as_the_folder(odd_folder: Path) -> None:
     assert Location(channel.uri, None).local_path() == odd_folder
 
 
-@NOT_DECODED
 def test_code_archive_uri_reads_back_as_the_file(odd_folder: Path, tmp_path: Path) -> None:
     """The code archive under a job_root with such a name: the job's bootstrap finds it."""
     from ade_mlflow_plugin.job import bootstrap
