@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,24 @@ BACKEND = "ade-sagemaker"
 
 
 def _as_dict(config: Any) -> dict[str, Any]:
+    """The backend config as a dict. A config object gives the values set on it, not its defaults, so that
+    output_dir can tell a bucket or prefix the caller chose from one nobody chose."""
     if config is None:
         return {}
     if is_dataclass(config):
-        return {k: v for k, v in asdict(config).items() if v is not None}
+        return {f.name: getattr(config, f.name) for f in fields(config)
+                if getattr(config, f.name) is not None and getattr(config, f.name) != _default(f)}
     if isinstance(config, dict):
         return dict(config)
     from ade_mlflow_plugin.errors import ConfigError
 
     raise ConfigError(f"cloud_config must be a CloudTrainingConfig or a dict, got {type(config).__name__}")
+
+
+def _default(field: Any) -> Any:
+    if field.default is not MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not MISSING else MISSING
 
 
 def _apply_output_dir(backend_config: dict[str, Any], output_dir: str | None) -> None:
@@ -50,8 +59,14 @@ def _apply_output_dir(backend_config: dict[str, Any], output_dir: str | None) ->
         return
     if str(output_dir).startswith("s3://"):
         bucket, _, prefix = str(output_dir)[5:].partition("/")
-        backend_config.setdefault("bucket", bucket)
-        backend_config.setdefault("prefix", prefix.strip("/") or "ade-mlflow")
+        for key, value in (("bucket", bucket), ("prefix", prefix.strip("/"))):
+            given = backend_config.get(key)
+            if value and given is not None and str(given).strip("/") != value:
+                from ade_mlflow_plugin.errors import ConfigError
+
+                raise ConfigError(f"output_dir '{output_dir}' and cloud_config {key} '{given}' differ: keep one")
+            if value:
+                backend_config[key] = value
         return
     folder = str(Path(output_dir).expanduser().resolve())
     given = backend_config.get("output_dir")

@@ -214,7 +214,7 @@ def strict_problems(value: Any, shape: Any, where: str = "") -> list[str]:
     elif shape.type_name == "string":
         if "max" in meta and len(value) > meta["max"]:
             problems.append(f"{where}: {len(value)} chars > {meta['max']}")
-        if "pattern" in meta and not regex.search(meta["pattern"], value):
+        if "pattern" in meta and not regex.fullmatch(meta["pattern"], value):  # Java matches(): the whole string
             problems.append(f"{where}: {value[:80]!r} does not match {meta['pattern']}")
     elif shape.type_name in ("integer", "long") and "max" in meta and value > meta["max"]:
         problems.append(f"{where}: {value} > {meta['max']}")

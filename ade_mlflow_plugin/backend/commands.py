@@ -185,9 +185,13 @@ def _run_status(status: str) -> str:
 @click.option("--region", default=None, help="AWS region (default: the run's sagemaker.region tag).")
 @click.option("--poll-interval", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True,
               help="Seconds between polls with --follow.")
-def logs_command(ref: str, follow: bool, region: str | None, poll_interval: float) -> None:
-    """Print a job's logs (all hosts) by MLflow RUN_ID or SageMaker JOB name."""
-    target = resolve_target(ref, region)
+@_JOB_ROOT
+def logs_command(ref: str, follow: bool, region: str | None, poll_interval: float, job_root: Path | None) -> None:
+    """Print a job's logs (all hosts) by MLflow RUN_ID or SageMaker JOB name (or a local job's name)."""
+    from ade_mlflow_plugin.backend.reconcile import find_local_root
+
+    root = None if _RUN_ID.fullmatch(ref) else find_local_root(ref, job_root)
+    target = Target(ref, region, "local", local_log=root / "job.log") if root else resolve_target(ref, region)
     if target.mode == "local":
         _local_logs(target, follow, poll_interval)
         return

@@ -19,9 +19,13 @@ from ade_mlflow_plugin.options import (Invalid, Style, boolean, choice, from_map
 #: Keys MLflow adds to every backend config; they mean nothing to this backend.
 MLFLOW_KEYS = frozenset({"ENV_MANAGER", "SYNCHRONOUS", "DOCKER_ARGS", "STORAGE_DIR", "build_image", "docker_auth"})
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600  # SageMaker's cap on MaxRuntimeInSeconds
-_SECRETISH = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|API_KEY)", re.I)
+# A credential word as a whole part of the name (parts split by _): GITHUB_TOKEN, DB_PASSWORD, AWS_SECRET_ACCESS_KEY,
+# but not TOKENIZERS_PARALLELISM or MAX_TOKENS. Values are scanned too (ship_scan), whatever the name.
+_SECRETISH = re.compile(r"(^|_)(SECRETS?|TOKEN|PASSWORDS?|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY|API_?KEY)(_|$)",
+                        re.I)
+# Patterns carry (?a): Python's \d and \w match any Unicode digit or letter ("role/ª", "١٢"), which AWS refuses.
 _BUCKET = r"(?!xn--)(?!.*-s3alias$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
-_KMS = r"(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+|[0-9a-f-]{36}|alias/[A-Za-z0-9/_-]+)"
+_KMS = r"(?a)(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+|[0-9a-f-]{36}|alias/[A-Za-z0-9/_-]+)"
 
 
 def string_map(value: Any) -> dict[str, str]:
@@ -127,11 +131,11 @@ class CloudTrainingConfig:
 
     mode: str = option("sagemaker", choice("sagemaker", "local"),
                        "sagemaker: a SageMaker training job; local: the same job on this machine, no AWS")
-    region: str | None = option(None, optional(pattern(r"[a-z]{2}(-gov)?-[a-z]+-\d",
+    region: str | None = option(None, optional(pattern(r"(?a)[a-z]{2}(-gov)?-[a-z]+-\d",
                                                        'an AWS region such as "us-east-1"')),
                                 "AWS region (default: the profile's or AWS_DEFAULT_REGION)")
     aws_profile: str | None = option(None, optional(text(required=True)), "AWS profile for the client's calls")
-    role_arn: str | None = option(None, optional(pattern(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+",
+    role_arn: str | None = option(None, optional(pattern(r"(?a)arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+",
                                                          'an IAM role ARN such as '
                                                          '"arn:aws:iam::123456789012:role/SageMakerRole"')),
                                   "IAM role the job runs as (required in sagemaker mode)")
@@ -157,13 +161,13 @@ class CloudTrainingConfig:
         "an s3://bucket/prefix URI (or a local path in local mode)")),
         "where checkpoints sync to (default: under the bucket and prefix)")
     image_uri: str | None = option(None, optional(pattern(
-        r"[\w.-]+(:\d+)?(/[\w.-]+)+(:[\w.-]+|@sha256:[0-9a-f]{64})?",
+        r"(?a)[\w.-]+(:\d+)?(/[\w.-]+)+(:[\w.-]+|@sha256:[0-9a-f]{64})?",
         'a container image URI such as "<account>.dkr.ecr.<region>.amazonaws.com/repo:tag"')),
         "training image (default: AWS's PyTorch training image for framework_version/py_version)",
         aliases=("training_image",))
-    framework_version: str = option("2.5", pattern(r"\d+\.\d+(\.\d+)?", 'a PyTorch version such as "2.5"'),
+    framework_version: str = option("2.5", pattern(r"(?a)\d+\.\d+(\.\d+)?", 'a PyTorch version such as "2.5"'),
                                     "PyTorch version of the default training image")
-    py_version: str = option("py311", pattern(r"py3\d+", 'a Python tag such as "py311"'),
+    py_version: str = option("py311", pattern(r"(?a)py3\d+", 'a Python tag such as "py311"'),
                              "Python tag of the default training image")
     environment: dict[str, str] = option({}, env_vars, "extra job environment variables (no credentials)",
                                          default_factory=dict)
