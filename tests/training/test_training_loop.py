@@ -169,3 +169,36 @@ def test_eval_share_of_the_demo_run(tiny_model, tmp_path, caplog):
     print(f"\n{plan_line}\n{line}")
     share = float(line.split("s, ")[1].split("%")[0]) / 100
     assert 0 < share < 1  # measured and printed; the share itself depends on the machine's load
+
+
+@pytest.mark.slow
+def test_the_published_and_registered_model_is_the_best_checkpoint(tiny_model, prepared_dataset, tracking_uri,
+                                                                    tmp_path):
+    """The train entry end to end: the run names the chosen step (ade.best_step, the lowest periodic
+    eval_loss), the model in SM_MODEL_DIR (what the run logs and registers) is that checkpoint's adapter."""
+    import json
+
+    import torch
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file
+
+    from tests.training.conftest import FAST_ARGS, Entry, entry_env, new_run
+
+    run_id = new_run(tracking_uri, "load-best")
+    name = f"best-{run_id[:8]}"
+    entry = Entry("train.py", ["--dataset", str(prepared_dataset), "--base_model", str(tiny_model), "--max_steps",
+                               "12", "--registered_model_name", name, *FAST_ARGS],
+                  entry_env(tracking_uri, run_id, tmp_path / "ckpt", tmp_path / "model"))
+    assert entry.wait(timeout=300) == 0, entry.output[-3000:]
+    client = MlflowClient(tracking_uri)
+    best = int(client.get_run(run_id).data.tags["ade.best_step"])
+    last = max((tmp_path / "ckpt").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    evals = {e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}
+    assert len(evals) >= 3 and best == min(evals, key=evals.get)
+    assert f"load_best: the model is step {best}'s" in entry.output
+    published = load_file(str(tmp_path / "model" / "adapter_model.safetensors"))
+    chosen = load_file(str(tmp_path / "ckpt" / f"checkpoint-{best}" / "adapter_model.safetensors"))
+    assert published.keys() == chosen.keys()
+    assert all(torch.equal(published[k].float(), chosen[k].float()) for k in chosen)
+    assert client.get_model_version(name, "1").run_id == run_id
