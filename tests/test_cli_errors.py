@@ -57,6 +57,8 @@ ROWS = [
     ("config-not-json", ["launch", "--codebase_path", "{codebase}", "--backend-config", "{"], 2, ["not valid JSON"]),
     ("config-file-missing", ["launch", "--codebase_path", "{codebase}", "--backend-config", "/nonexistent.json"], 2,
      ["/nonexistent.json", "not found"]),
+    ("config-file-binary", ["launch", "--codebase_path", "{codebase}", "--backend-config", "{binary}"], 2,
+     ["{binary}", "cannot be read"]),
     ("checkpoint-not-s3", ["launch", "--codebase_path", "{codebase}", "--backend-config",
                            SAGEMAKER + ', "checkpoint_s3_uri": "/tmp/ck"}'], 2, ["checkpoint_s3_uri", "s3://"]),
     # ---- unwritable paths
@@ -117,7 +119,9 @@ def places(tmp_path: Path, sqlite_tracking: str, aws: str, monkeypatch: pytest.M
     monkeypatch.delenv("ADE_H7_UNSET", raising=False)
     for name in {**BOUNDED_HTTP, **UNREACHABLE_HTTP}:  # main sets them: restored after the test
         monkeypatch.setenv(name, os.environ[name]) if name in os.environ else monkeypatch.delenv(name, raising=False)
-    return {"file": str(file), "codebase": str(codebase), "uri": sqlite_tracking}
+    binary = tmp_path / "config.json"
+    binary.write_bytes(b"\xff\xfe{\x00")
+    return {"file": str(file), "codebase": str(codebase), "uri": sqlite_tracking, "binary": str(binary)}
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -278,7 +278,11 @@ def read_backend_config(raw: dict[str, Any] | str | None) -> dict[str, Any]:
         path = Path(content)
         if not path.is_file():
             raise _error(f"backend config file '{raw}' not found: pass inline JSON or a path to a .json file")
-        content = path.read_text()
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise _error(f"backend config file '{raw}' cannot be read ({reason}): pass a JSON file") from None
     try:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
