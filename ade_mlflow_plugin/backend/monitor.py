@@ -101,7 +101,7 @@ class BudgetGuard:
         reason = (f"budget: estimated cost ${cost_usd:.2f} reached max_cost_usd ${self.budget_usd:.2f} "
                   "(on_budget=stop)")
         # The reason's name is what users compare runs by (DESIGN); the figures go in the detail.
-        self.mlflow_client.set_tag(self.run_id, "ade.stop_reason", "budget")
+        self.mlflow_client.set_tag(self.run_id, contract.STOP_REASON_TAG, "budget")
         self.mlflow_client.set_tag(self.run_id, "ade.stop_detail", reason)
         self.console.write(f"{job_name}: StopTrainingJob sent: {reason}\n")
 

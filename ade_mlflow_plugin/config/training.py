@@ -8,7 +8,10 @@ creates the run; the entries' command lines (and --help) are built from these fi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
+
+from ade_mlflow_plugin.config.registry import registered_model_name
 
 from ade_mlflow_plugin.options import (Invalid, Option, Style, boolean, choice, from_mapping, option,
                                        options_class, real, text, whole)
@@ -67,7 +70,17 @@ NUM_EXAMPLES = Option(1000, whole(1), "most examples to make from the codebase (
 SYNTHETIC_RATIO = Option(0.3, real(0.0, 1.0), "share of synthetic examples, 0 to 1")
 EVAL_FRACTION = Option(0.1, real(0.0, 1.0, hi_open=True), "share of examples (whole files) held out for eval")
 SEED = Option(42, whole(0, 2**32 - 1), "random seed for data selection, splits and training")
-BASE_MODEL = Option(DEFAULT_BASE_MODEL, text(required=True),
+def base_model_name(value: Any) -> str:
+    """A hub name, models:/NAME@ALIAS, or a local folder; a value written as a local path (/, ./, ../, ~)
+    must exist, or the job would fail only after it started."""
+    name = text(required=True)(value)
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise Invalid("", detail=f"'{name}': no such folder; pass a hub name, an existing folder or "
+                                 "models:/NAME@ALIAS")
+    return name
+
+
+BASE_MODEL = Option(DEFAULT_BASE_MODEL, base_model_name,
                     "base model: hub name, local folder, or models:/NAME@ALIAS of a registered version")
 MAX_SEQ_LEN = Option(2048, whole(16), "longest sequence, tokens")
 MAX_NEW_TOKENS = Option(64, whole(0), "most tokens generated per eval example")
@@ -144,7 +157,8 @@ class TrainingConfig:
                                                        "eval_loss (needs load_best); 0: never")
     eval_samples: int = option(32, whole(0), "eval examples generated from for exact_match; 0: none")
     max_new_tokens: int = MAX_NEW_TOKENS.field()
-    registered_model_name: str = option("", text(), "register the model under this name (empty: do not)")
+    registered_model_name: str = option("", registered_model_name,
+                                        "register the model under this name (empty: do not)")
     merge_adapter: bool = option(False, boolean(), "merge the adapter into the base weights when logging")
 
     @classmethod

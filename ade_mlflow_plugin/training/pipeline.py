@@ -393,7 +393,8 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     try:
         mlflow.set_tags(run_tags)
         if version_tags is not None:
-            outcome.version = str(modelio.register(info.model_uri, config.registered_model_name, version_tags).version)
+            outcome.version = registered_version(mlflow.MlflowClient(), config.registered_model_name, session.run_id) \
+                or str(modelio.register(info.model_uri, config.registered_model_name, version_tags).version)
     except mlflow.exceptions.MlflowException:
         if job_relay.unreachable_reason(mlflow.get_tracking_uri()) is None:
             raise
@@ -405,6 +406,20 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
         if version_tags is not None:
             session.relay.append(job_relay.REGISTER, name=config.registered_model_name, model_id=info.model_id,
                                  tags={k: str(v) for k, v in version_tags.items()})
+
+
+def registered_version(client: Any, name: str, run_id: str | None) -> str | None:
+    """The version of ``name`` this run registered already, if any: a job restarted after it registered
+    (reclaimed while it logged or exited) must not add a second version of the same training."""
+    if not run_id:
+        return None
+    found = [v for v in client.search_model_versions(f"run_id = '{run_id}'") if v.name == name]
+    if not found:
+        return None
+    version = str(min(int(v.version) for v in found))
+    logger.info("'%s' version %s was registered by this run before a restart: kept, no second version", name,
+                version)
+    return version
 
 
 BEST_STEP_TAG = "ade.best_step"
