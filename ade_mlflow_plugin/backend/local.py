@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
@@ -218,7 +219,8 @@ class LocalJob:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.touch()
             # A restart must see neither the last run's entry group nor its failure.
-            for stale in (self.paths.entry_pgid_file, self.paths.failure_file, self.paths.stop_reason_file):
+            for stale in (self.paths.entry_pgid_file, self.paths.failure_file, self.paths.stop_reason_file,
+                          self.paths.launcher_ready_file):
                 stale.unlink(missing_ok=True)
         except OSError as exc:
             raise ConfigError(f"job root {self.root} is not writable ({exc.strerror}): set \"job_root\" in the "
@@ -414,10 +416,18 @@ class LocalJob:
         with self._lock:
             self._status, self._secondary = "Stopping", secondary
         self._save_state()
-        self._signal(signal.SIGTERM)
+        threading.Thread(target=self._terminate_when_ready, daemon=True).start()
         killer = threading.Timer(STOP_GRACE_S, self._kill)
         killer.daemon = True  # must not keep `mlflow run` alive once the job has stopped
         killer.start()
+
+    def _terminate_when_ready(self) -> None:
+        """SIGTERM once the launcher can handle it: sent while its interpreter starts, it would kill the
+        launcher before it could end the run. Bounded: the launcher's end, or the SIGKILL after the grace."""
+        assert self.proc is not None
+        while not self.paths.launcher_ready_file.is_file() and self.proc.poll() is None:
+            time.sleep(0.05)
+        self._signal(signal.SIGTERM)
 
     def _signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -200,6 +200,13 @@ class ContainerPaths:
         return self.base / "ade-entry.pgid"
 
     @property
+    def launcher_ready_file(self) -> Path:
+        # Not part of SageMaker's contract: the launcher writes it once its SIGTERM handler is installed; the
+        # local runner holds a stop's SIGTERM until then (one sent during the interpreter's start would kill the
+        # launcher before it could end the run).
+        return self.base / "ade-launcher.ready"
+
+    @property
     def stop_reason_file(self) -> Path:
         # Not part of SageMaker's contract: the local runner writes why it stops the job (stopped,
         # max_runtime, spot_interrupted) before its SIGTERM, which alone cannot say.

@@ -374,6 +374,7 @@ def main() -> int:
     router.install()
     clock = budget_clock()  # the job is billed from about now
     paths = contract.ContainerPaths.from_env()
+    _say_ready(paths)
     launch = Launch(paths, contract.decode_hyperparameters({}), {})
     try:
         launch.job = contract.decode(paths)
@@ -390,6 +391,14 @@ def main() -> int:
         return run_entry(paths, launch, router, clock)
     except Stopped:  # only if the signal beat the entry's start by a hair; nothing ran yet
         return _end_stopped_early(paths, launch)
+
+
+def _say_ready(paths: contract.ContainerPaths) -> None:
+    """A stop can be handled from now on (the local runner waits for this before its SIGTERM)."""
+    try:
+        paths.launcher_ready_file.write_text(f"{os.getpid()}\n")
+    except OSError:
+        pass  # a read-only base: the runner's SIGTERM then comes when it comes, as on SageMaker
 
 
 def _end_stopped_early(paths: contract.ContainerPaths, launch: Launch) -> int:
