@@ -40,9 +40,11 @@ class Plan:
     load_best: bool
 
     def line(self) -> str:
-        evals = f"eval every {self.eval_steps} steps on {self.eval_rows} rows" if self.eval_steps else "no periodic eval"
+        evals = f"eval every {self.eval_steps} steps on {self.eval_rows} rows" if self.eval_steps \
+            else "no periodic eval"
+        best = "; the best checkpoint by eval_loss is kept and loaded" if self.load_best else ""
         return (f"plan: ~{self.total_steps} steps; log every {self.logging_steps}, {evals}, checkpoint every "
-                f"{self.save_steps}" + ("; the best checkpoint by eval_loss is kept and loaded" if self.load_best else ""))
+                f"{self.save_steps}{best}")
 
 
 def world_size() -> int:
@@ -69,7 +71,8 @@ def plan(config: TrainingConfig, rows: int, eval_rows: int) -> Plan:
     return Plan(total, logging, evals, save, eval_rows if evals else 0, bool(evals) and config.load_best)
 
 
-def training_arguments(config: TrainingConfig, output_dir: Path, device: str, cadence: Plan | None = None) -> TrainingArguments:
+def training_arguments(config: TrainingConfig, output_dir: Path, device: str,
+                       cadence: Plan | None = None) -> TrainingArguments:
     mixed = device_precision(config, device).mixed  # fp16: autocast + GradScaler over float32 LoRA weights
     cadence = cadence or plan(config, 0, 0)
     return TrainingArguments(
