@@ -159,3 +159,22 @@ def test_command_on_a_job_name_copies_and_says_so(tmp_path, monkeypatch):
     assert "1 copied" in result.output and (dest / "checkpoint-2" / SUMS_FILE).is_file()
     digest = hashlib.sha256((dest / "checkpoint-2" / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert digest in (dest / "checkpoint-2" / SUMS_FILE).read_text()
+
+
+def test_the_ade_mlflow_verb_runs_it(tmp_path, capsys, monkeypatch):
+    """`ade-mlflow sync-checkpoints JOB --root DIR --job-root ROOT` (the CLI's registered verb)."""
+    from ade_mlflow_plugin.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    source, dest = tmp_path / "at", tmp_path / "mine"
+    make_checkpoint(source, 3)
+    root = tmp_path / "jobs" / "jobs" / "ade-y-1"
+    root.mkdir(parents=True)
+    (root / "job.json").write_text(json.dumps({"TrainingJobName": "ade-y-1", "TrainingJobStatus": "InProgress",
+                                               "CheckpointConfig": {"S3Uri": source.as_uri()}}))
+    main(["sync-checkpoints", "ade-y-1", "--root", str(dest), "--job-root", str(tmp_path / "jobs")])
+    assert "1 copied" in capsys.readouterr().out and (dest / "checkpoint-3" / SUMS_FILE).is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sync-checkpoints", "0" * 32, "--root", str(dest), "--job-root", str(tmp_path / "jobs")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ade-mlflow: error:")]
+    assert exit_info.value.code == 2 and len(err) == 1 and f"run '{'0' * 32}' not found" in err[0], err
