@@ -279,13 +279,18 @@ def _unfinished_runs(client: Any, experiment: str | None) -> list[Any]:
         ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     if not ids:
         return []
-    query = ("tags.`sagemaker.job_name` LIKE '%' AND attributes.status != 'FINISHED' "
-             "AND attributes.status != 'FAILED' AND attributes.status != 'KILLED'")
+    from ade_mlflow_plugin.backend.reconcile import END_TAG
+    from ade_mlflow_plugin.backend.submitted_run import TERMINAL
+
+    # By the end tag, not only the run's status: a job's launcher ends its own run whenever it reaches the
+    # server, and such a job still needs what only the follower or reconcile gives (logs, billable seconds,
+    # final cost, sagemaker.status, the output_dir landing). MLflow's filter cannot ask "tag missing".
     runs: list[Any] = []
     token = None
     while True:
-        page = client.search_runs(ids, query, max_results=1000, page_token=token)
-        runs += list(page)
+        page = client.search_runs(ids, "tags.`sagemaker.job_name` LIKE '%'", max_results=1000, page_token=token)
+        runs += [run for run in page if run.data.tags.get(END_TAG) not in TERMINAL
+                 or run.info.status not in ("FINISHED", "FAILED", "KILLED")]
         token = page.token
         if not token:
             return runs

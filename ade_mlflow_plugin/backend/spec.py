@@ -75,7 +75,8 @@ def check_tracking_uri(uri: str) -> None:
     if parts.password or (parts.username and parts.scheme in {"http", "https"}):
         raise ConfigError(
             "the MLflow tracking URI carries a user name or password, which would be visible in the job "
-            "description: drop it from the URI and set MLFLOW_TRACKING_USERNAME/PASSWORD or use an ARN"
+            "description: drop it from the URI: use a SageMaker managed MLflow server (tracking_uri = its ARN; "
+            "the job role authenticates) or a URI the job reaches without a password (the README explains the relay)"
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +24,9 @@ MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600  # SageMaker's cap on MaxRuntimeInSeconds
 # but not TOKENIZERS_PARALLELISM or MAX_TOKENS. Values are scanned too (ship_scan), whatever the name.
 _SECRETISH = re.compile(r"(^|_)(SECRETS?|TOKEN|PASSWORDS?|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY|API_?KEY)(_|$)",
                         re.I)
+#: Job environment names the contract owns (job/contract.py ENV_*: SageMaker's, the launcher's, the budget
+#: guard's, the run's): refused in sagemaker mode (local-mode tests tune the budget guard through them).
+_RESERVED_ENV = re.compile(r"(SM_|SAGEMAKER_|TRAINING_JOB_|ADE_BUDGET_).*|MLFLOW_(RUN_ID|EXPERIMENT_ID|TRACKING_URI)")
 # Patterns carry (?a): Python's \d and \w match any Unicode digit or letter ("role/ª", "١٢"), which AWS refuses.
 _BUCKET = r"(?!xn--)(?!.*-s3alias$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 _KMS = r"(?a)(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+|[0-9a-f-]{36}|alias/[A-Za-z0-9/_-]+)"
@@ -113,8 +117,11 @@ def writable_folder(value: Any) -> str | None:
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         raise Invalid("", detail=f"got '{path}': {existing} is not a folder; give a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise Invalid("", detail=f"got '{path}': {existing} cannot be written here; give a writable folder")
+    try:  # a real write (os.access says yes to root, even on a read-only file system), left behind by nothing
+        os.rmdir(tempfile.mkdtemp(prefix=".ade-write-check-", dir=existing))
+    except OSError as exc:
+        raise Invalid("", detail=f"got '{path}': {existing} cannot be written here ({exc.strerror}); give a "
+                                 "writable folder") from None
     return str(path)
 
 
@@ -248,6 +255,11 @@ class CloudTrainingConfig:
                          "code, data, checkpoints and model output")
         if self.instance_type == "local":
             raise _bad("instance_type", "local", "a SageMaker instance type in sagemaker mode")
+        reserved = sorted(name for name in self.environment if _RESERVED_ENV.match(name))
+        if reserved:
+            raise _error(f"backend config 'environment': {', '.join(reserved)} belong to the job's contract (SageMaker "
+                         "and the launcher set them; a value here would override the run, paths or the budget "
+                         "guard): remove them")
         if self.checkpoint_s3_uri and not self.checkpoint_s3_uri.startswith("s3://"):
             # SageMaker syncs checkpoints to S3 only; found here, before the project is uploaded
             raise _bad("checkpoint_s3_uri", self.checkpoint_s3_uri, "an s3://bucket/prefix URI in sagemaker "

@@ -152,10 +152,6 @@ def test_everyday_training_variables_are_not_refused_as_credentials(name, value)
 
 # ---------------------------------------------------------------- issue 16 item 3: reconcile
 @pytest.mark.slow  # a whole reconcile against moto (~6 s: the Price List API retries)
-@pytest.mark.xfail(strict=True, reason="reconcile selects runs by MLflow status (not FINISHED/FAILED/KILLED), but "
-                                       "the job's launcher ends its run itself whenever it reaches the server: "
-                                       "such an unfollowed job never gets its logs, billable seconds, final cost, "
-                                       "sagemaker.status or output_dir landing from `ade-mlflow reconcile`")
 def test_reconcile_completes_a_run_that_its_launcher_already_ended(aws, sqlite_tracking, tmp_path, monkeypatch):
     import uuid
 
