@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,8 @@ ROWS = [
      ["/nonexistent.json", "not found"]),
     ("config-file-binary", ["launch", "--codebase_path", "{codebase}", "--backend-config", "{binary}"], 2,
      ["{binary}", "cannot be read"]),
+    ("contract-env", ["launch", "--codebase_path", "{codebase}", "--backend-config",
+                      SAGEMAKER + ', "environment": {"MLFLOW_RUN_ID": "x"}}'], 2, ["environment", "MLFLOW_RUN_ID"]),
     ("checkpoint-not-s3", ["launch", "--codebase_path", "{codebase}", "--backend-config",
                            SAGEMAKER + ', "checkpoint_s3_uri": "/tmp/ck"}'], 2, ["checkpoint_s3_uri", "s3://"]),
     # ---- unwritable paths
@@ -108,8 +111,19 @@ def closed_port() -> int:
         return sock.getsockname()[1]  # closed again on return: connecting is refused
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite store for the table (a fresh one costs ~2 s of migrations); no row writes to it."""
+    return f"sqlite:///{tmp_path_factory.mktemp('cli-errors')}/mlflow.db"
+
+
 @pytest.fixture
-def places(tmp_path: Path, sqlite_tracking: str, aws: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def places(tmp_path: Path, store: str, aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
     file = tmp_path / "a-file"
     file.write_text("not a folder\n")
     codebase = tmp_path / "code base ü"
@@ -121,7 +135,8 @@ def places(tmp_path: Path, sqlite_tracking: str, aws: str, monkeypatch: pytest.M
         monkeypatch.setenv(name, os.environ[name]) if name in os.environ else monkeypatch.delenv(name, raising=False)
     binary = tmp_path / "config.json"
     binary.write_bytes(b"\xff\xfe{\x00")
-    return {"file": str(file), "codebase": str(codebase), "uri": sqlite_tracking, "binary": str(binary)}
+    yield {"file": str(file), "codebase": str(codebase), "uri": store, "binary": str(binary)}
+    mlflow.set_tracking_uri(None)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -176,11 +191,34 @@ def test_the_launch_program_is_the_same_command(places: dict[str, str], capsys: 
     assert_one_line(capsys.readouterr().err, 2, 2, ["-P 'foo'"])
 
 
-def test_a_reachable_server_gets_bounded_retries(monkeypatch: pytest.MonkeyPatch, mlflow_server: str) -> None:
+@pytest.fixture
+def health_server() -> Iterator[str]:
+    """A server answering /health as MLflow's does (200 "OK"), in a thread."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_reachable_server_gets_bounded_retries(health_server: str) -> None:
     """The probe passes; MLflow's retries the user did not set are bounded (its defaults: 7, factor 2)."""
     from ade_mlflow_plugin.cli import bound_tracking_calls
 
-    environ = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "3"}
+    environ = {"MLFLOW_TRACKING_URI": health_server, "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "3"}
     assert bound_tracking_calls(environ) is None
     assert environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == BOUNDED_HTTP["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     assert environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"  # the user's own setting stays
