@@ -58,7 +58,8 @@ def test_local_run_with_sync_checkpoints_copies_and_lists_every_kept_checkpoint(
     assert all(e["eval_loss"] is not None for e in listing["checkpoints"])  # each checkpoint was evaluated
     best = run.data.tags["ade.best_step"]
     assert [e["step"] for e in listing["checkpoints"] if e["best"]] == [int(best)]
-    assert listing["location"] == run.data.tags.get(CHECKPOINT_URI_TAG)
+    assert listing["location"] == run.data.tags[CHECKPOINT_URI_TAG] and listing["location"].startswith("file://")
+    assert [e["uri"] for e in listing["checkpoints"]] == [f"{listing['location']}/checkpoint-{s}" for s in steps]
     kept = {f"checkpoint-{s}" for s in steps}
     assert kept <= {p.name for p in local_root.iterdir()}  # checkpoint-2 too when a poll saw it before rotation
     for name in kept:
