@@ -128,11 +128,28 @@ class CheckpointListing:
     def update(self, root: Path, state: Any) -> None:  # noqa: ARG002 - the listener signature
         from ade_mlflow_plugin.training.checkpoints import checkpoint_index
 
-        if self.session.run is None or self.session.offline:
-            return  # no run to list into (the relay carries the model, not the checkpoint listing)
+        if self.session.main and self.session.offline:
+            self._relay(checkpoint_index(root, None))
+            return
+        if self.session.run is None:
+            return  # not rank 0: nothing to list
         with self._cond:
             self._pending = checkpoint_index(root, None)
             self._cond.notify()
+
+    def _relay(self, index: dict[str, Any]) -> None:
+        """No tracking server: the listing goes to the relay (sync-run replays them in order: the last wins)."""
+        import json
+        import tempfile
+
+        from ade_mlflow_plugin.training.checkpoints import INDEX_ARTIFACT, STEPS_TAG
+
+        relay = self.session.relay
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / INDEX_ARTIFACT
+            path.write_text(json.dumps(index, indent=2))
+            relay.add_files(job_relay.ARTIFACTS, path, artifact_path="")
+        relay.append(job_relay.TAGS, tags={STEPS_TAG: ",".join(str(e["step"]) for e in index["checkpoints"]) or "-"})
 
     def close(self, timeout: float) -> None:
         with self._cond:

@@ -201,6 +201,9 @@ def test_job_without_a_server_relays_and_sync_run_replays_it_once(tiny_model, pr
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == list(range(1, STEPS // 2 + 1))
     assert {m.step for m in client.get_metric_history(run_id, "eval_loss")} == {0, STEPS // 2}
+    # the checkpoint listing went to the relay too (issue 18 item 3)
+    assert "checkpoints.json" in {a.path for a in client.list_artifacts(run_id)}
+    assert str(STEPS // 2) in run.data.tags["ade.checkpoints"].split(",")
     models = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
     assert [m.name for m in models] == ["model"]
     version = client.get_model_version("relay-coder", "1")
