@@ -314,8 +314,9 @@ def text(*, required: bool = False) -> Parser:
 
 
 def pattern(regex: str, expected: str) -> Parser:
-    """A string matching ``regex`` in full."""
-    compiled = re.compile(regex)
+    """A string matching ``regex`` in full. ASCII: \\d and \\w would match any Unicode digit or letter, which AWS
+    refuses (an account id in Arabic-Indic digits passes Python's \\d)."""
+    compiled = re.compile(regex, re.ASCII)
 
     def parse(value: Any) -> str:
         if not isinstance(value, str) or not compiled.fullmatch(value):
