@@ -71,6 +71,17 @@ def download_archive(uri: str, region: str | None, tmp: str) -> str:
     return path
 
 
+def describe_training_job(job_name: str, region: str | None, timeout_s: float) -> dict:
+    """The job's own DescribeTrainingJob (run_state asks it why a SIGTERM came): one attempt, short
+    timeouts, inside SageMaker's 120 s grace period. Here because the job's boto3 calls live in this file."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 1, "mode": "standard"})
+    return boto3.client("sagemaker", region_name=region, config=config).describe_training_job(
+        TrainingJobName=job_name)
+
+
 def _escapes(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/")
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job import bootstrap, contract
 from ade_mlflow_plugin.job.procs import stops_held
 
 #: A SIGTERM this close to MaxRuntimeInSeconds is SageMaker's MaxRuntime stop.
@@ -80,21 +80,11 @@ def sigterm_reason(paths: contract.ContainerPaths, env: Mapping[str, str], regio
     job_name = env.get(contract.ENV_JOB_NAME)
     if job_name and not env.get(contract.ENV_BASE_DIR):  # a real SageMaker container
         try:
-            return reason_from_description(_describe(job_name, region))
+            return reason_from_description(bootstrap.describe_training_job(job_name, region, DESCRIBE_TIMEOUT_S))
         except Exception as exc:  # noqa: BLE001 - no permission, no network: the stop is still a stop
             return "stopped", (f"stopped: SIGTERM; DescribeTrainingJob could not say why ({type(exc).__name__}); "
                                "give the job role sagemaker:DescribeTrainingJob to tell spot reclaims apart")
     return "stopped", "stopped: SIGTERM to the launcher"
-
-
-def _describe(job_name: str, region: str | None) -> dict[str, Any]:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=DESCRIBE_TIMEOUT_S, read_timeout=DESCRIBE_TIMEOUT_S,
-                    retries={"max_attempts": 1, "mode": "standard"})  # inside the 120 s grace period
-    return boto3.client("sagemaker", region_name=region, config=config).describe_training_job(
-        TrainingJobName=job_name)
 
 
 # ---------------------------------------------------------------- the run

@@ -100,7 +100,7 @@ def test_the_traveling_bootstrap_needs_nothing_of_the_package():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"__future__", "base64", "json", "os", "sys", "tarfile", "tempfile", "types", "urllib", "boto3"}
+    assert imported <= {"__future__", "base64", "json", "os", "sys", "tarfile", "tempfile", "types", "urllib", "boto3", "botocore"}
     namespace: dict = {"__name__": "ade_bootstrap_under_test", "__file__": bootstrap.__file__}
     exec(compile(travels, "ade-bootstrap", "exec"), namespace)  # defines, does not run main()
     assert {name: getattr(namespace["contract"], name) for name in contract.BOOTSTRAP_NAMES} == \
