@@ -14,7 +14,6 @@ A checkpoint still uploading (files missing or short) is left for the next pass.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -24,12 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
-from urllib.parse import unquote, urlparse
 
 import click
 
-# Kept in step with training/checkpoints.py (the job side, which the client does not import).
-COMPLETE_MARKER = ".ade_complete"
+from ade_mlflow_plugin.job import contract
+
+COMPLETE_MARKER = contract.CHECKPOINT_MARKER  # the job writes it (training/checkpoints.py), with its manifest
 SUMS_FILE = "SHA256SUMS"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _RUNNING = ("InProgress", "Stopping")
@@ -73,7 +72,7 @@ class LocalSource:
 
     def __init__(self, uri: str) -> None:
         # Local mode's location is pathlib's as_uri(): "a b" is "a%20b" there.
-        self.root = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
+        self.root = contract.local_path(uri)
 
     def checkpoints(self) -> Iterator[Remote]:
         if not self.root.is_dir():
@@ -82,7 +81,7 @@ class LocalSource:
             marker = folder / COMPLETE_MARKER
             if _CHECKPOINT.fullmatch(folder.name) and marker.is_file():
                 sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
-                yield Remote(folder.name, sizes, _manifest(marker.read_text()))
+                yield Remote(folder.name, sizes, contract.checkpoint_manifest(marker.read_text()))
 
     def fetch(self, name: str, rel: str, target: Path) -> None:
         shutil.copyfile(self.root / name / rel, target)
@@ -110,18 +109,10 @@ class S3Source:
         for name, sizes in sorted(found.items()):
             if COMPLETE_MARKER in sizes:
                 body = self.s3.get_object(Bucket=self.bucket, Key=self._key(name, COMPLETE_MARKER))["Body"].read()
-                yield Remote(name, sizes, _manifest(body.decode("utf-8", "replace")))
+                yield Remote(name, sizes, contract.checkpoint_manifest(body.decode("utf-8", "replace")))
 
     def fetch(self, name: str, rel: str, target: Path) -> None:
         self.s3.download_file(self.bucket, self._key(name, rel), str(target))
-
-
-def _manifest(text: str) -> dict[str, dict[str, Any]] | None:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data.get("files") if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
 
 
 def open_source(uri: str, clients: Any = None) -> LocalSource | S3Source:
@@ -188,7 +179,7 @@ def _have(target: Path, rel: str, size: int, remote: Remote, sums: dict[str, str
     if not path.is_file() or path.stat().st_size != size:
         return False
     if rel == COMPLETE_MARKER:
-        return remote.manifest is None or _manifest(path.read_text()) == remote.manifest
+        return remote.manifest is None or contract.checkpoint_manifest(path.read_text()) == remote.manifest
     expected = _expected(remote, rel)
     if expected is None:
         return True

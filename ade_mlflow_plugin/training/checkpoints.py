@@ -19,7 +19,7 @@ from typing import Any
 
 from ade_mlflow_plugin.job import contract
 
-COMPLETE_MARKER = ".ade_complete"
+COMPLETE_MARKER = contract.CHECKPOINT_MARKER  # the job writes it; sync-checkpoints reads it
 SIGTERM_EXIT_CODE = 143
 
 
@@ -49,15 +49,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_manifest(marker_text: str) -> dict[str, dict[str, Any]] | None:
-    """The manifest a marker holds; None for a marker of an older job ("ok"), which holds none."""
-    try:
-        data = json.loads(marker_text)
-    except ValueError:
-        return None
-    return data.get("files") if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
 
 
 #: The run's list of kept checkpoints (an artifact) and its short form (a tag); the location they sync to.
