@@ -13,7 +13,6 @@ A checkpoint still uploading (files missing or short) is left for the next pass.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -26,9 +25,9 @@ from typing import Any, Callable, Iterator, TextIO
 
 import click
 
-from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job import contract, manifest
 
-COMPLETE_MARKER = contract.CHECKPOINT_MARKER  # the job writes it (training/checkpoints.py), with its manifest
+COMPLETE_MARKER = manifest.MARKER  # the job writes it (training/checkpoints.py), with its manifest
 SUMS_FILE = "SHA256SUMS"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _RUNNING = ("InProgress", "Stopping")
@@ -81,7 +80,7 @@ class LocalSource:
             marker = folder / COMPLETE_MARKER
             if _CHECKPOINT.fullmatch(folder.name) and marker.is_file():
                 sizes = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
-                yield Remote(folder.name, sizes, contract.checkpoint_manifest(marker.read_text()))
+                yield Remote(folder.name, sizes, manifest.read(marker.read_text()))
 
     def fetch(self, name: str, rel: str, target: Path) -> None:
         shutil.copyfile(self.root / name / rel, target)
@@ -109,7 +108,7 @@ class S3Source:
         for name, sizes in sorted(found.items()):
             if COMPLETE_MARKER in sizes:
                 body = self.s3.get_object(Bucket=self.bucket, Key=self._key(name, COMPLETE_MARKER))["Body"].read()
-                yield Remote(name, sizes, contract.checkpoint_manifest(body.decode("utf-8", "replace")))
+                yield Remote(name, sizes, manifest.read(body.decode("utf-8", "replace")))
 
     def fetch(self, name: str, rel: str, target: Path) -> None:
         self.s3.download_file(self.bucket, self._key(name, rel), str(target))
@@ -124,14 +123,6 @@ def open_source(uri: str, clients: Any = None) -> LocalSource | S3Source:
 
 
 # ---------------------------------------------------------------- copying
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_sums(folder: Path) -> dict[str, str]:
     sums: dict[str, str] = {}
     path = folder / SUMS_FILE
@@ -179,13 +170,13 @@ def _have(target: Path, rel: str, size: int, remote: Remote, sums: dict[str, str
     if not path.is_file() or path.stat().st_size != size:
         return False
     if rel == COMPLETE_MARKER:
-        return remote.manifest is None or contract.checkpoint_manifest(path.read_text()) == remote.manifest
+        return remote.manifest is None or manifest.read(path.read_text()) == remote.manifest
     expected = _expected(remote, rel)
     if expected is None:
         return True
     if rel in sums:
         return sums[rel] == expected
-    return sha256_of(path) == expected
+    return manifest.sha256_of(path) == expected
 
 
 def _sync_checkpoint(source: LocalSource | S3Source, remote: Remote, dest: Path) -> int | None:
@@ -218,7 +209,7 @@ def _fetch(source: LocalSource | S3Source, remote: Remote, todo: list[str], stag
         path = staging / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         source.fetch(remote.name, rel, path)
-        digests[rel] = sha256_of(path)
+        digests[rel] = manifest.sha256_of(path)
         expected = _expected(remote, rel)
         if expected is not None and digests[rel] != expected:
             return None

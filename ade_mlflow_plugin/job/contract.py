@@ -114,21 +114,6 @@ ENV_METRICS_RETRY_S = "ADE_METRICS_RETRY_S"
 #: The one stable, matchable line per metric log (SageMaker's MetricDefinitions read the job's output).
 METRIC_LINE_PREFIX = "ade-metrics"
 
-# A checkpoint folder counts only once this marker is in it, written after the save: JSON {"files": {rel:
-# {"size", "sha256"}}}, or "ok" from jobs before the manifest. The job writes it; the client's
-# sync-checkpoints reads it (backend/checkpoint_sync.py).
-CHECKPOINT_MARKER = ".ade_complete"
-
-
-def checkpoint_manifest(marker_text: str) -> dict[str, dict[str, Any]] | None:
-    """The manifest a checkpoint marker holds; None for an older job's marker ("ok"), which holds none."""
-    try:
-        data = json.loads(marker_text)
-    except ValueError:
-        return None
-    return data.get("files") if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
-
-
 # A stopped job's run ends KILLED (never FAILED) with one of these reasons: the launcher's own budget stop, a
 # StopTrainingJob, a managed-spot reclaim, or MaxRuntimeInSeconds. Every reader of the run keeps that end.
 STOP_REASON_TAG = "ade.stop_reason"

@@ -8,7 +8,6 @@ step and the entry exits 143.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,9 +16,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job import contract, manifest
 
-COMPLETE_MARKER = contract.CHECKPOINT_MARKER  # the job writes it; sync-checkpoints reads it
+COMPLETE_MARKER = manifest.MARKER  # the job writes it; sync-checkpoints reads it
 SIGTERM_EXIT_CODE = 143
 
 
@@ -28,27 +27,9 @@ def checkpoint_dir() -> Path:
 
 
 def mark_complete(folder: Path) -> None:
-    """Write the marker, holding the folder's manifest (size and sha256 of each file): whoever copies the
-    checkpoint (the sync-checkpoints verb) sees from it alone whether the copy is whole and which files it
-    already has, with no download."""
-    (folder / COMPLETE_MARKER).write_text(json.dumps({"files": manifest(folder)}, indent=1, sort_keys=True))
-
-
-def manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """relative path -> {"size", "sha256"} of every file under folder but the marker."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != COMPLETE_MARKER:
-            found[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": sha256_of(path)}
-    return found
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Write the marker with the folder's manifest (job/manifest.py): whoever copies the checkpoint (the
+    sync-checkpoints verb) sees from it alone whether the copy is whole and which files it has."""
+    manifest.write(folder)
 
 
 #: The run's list of kept checkpoints (an artifact) and its short form (a tag); the location they sync to.
