@@ -19,6 +19,7 @@ from ade_mlflow_plugin.options import (Invalid, Option, Style, boolean, choice, 
 DEFAULT_BASE_MODEL = "deepseek-ai/deepseek-coder-1.3b-instruct"
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 SCHEDULER_CHOICES = ("cosine", "linear", "constant_with_warmup")
+SHARDING_CHOICES = ("auto", "none", "fsdp")
 # Share of decoder layers a quantized (QLoRA) run checkpoints by default: on an H200 with the 1.3b model,
 # batch 16, it brought peak memory from 0.97x to under 0.8x of LoRA's at ~7% speed (benchmarks/RESULTS.md).
 AUTO_CHECKPOINT_SHARE = 0.6
@@ -116,6 +117,11 @@ class TrainingConfig:
                                  "modules to adapt: all-linear, or names separated by commas (q_proj,v_proj)")
     quantization: str = option("none", choice(*QUANTIZATION_CHOICES),
                                "quantize the base model: none (LoRA), 8bit or 4bit (QLoRA)")
+    # scale-out (training/sharding.py): how the model is spread over the job's GPUs
+    sharding: str = option("auto", choice(*SHARDING_CHOICES),
+                           "shard the base weights and LoRA state over every GPU of the job (FSDP): fsdp always, "
+                           "none never (a whole model copy per GPU, DDP), auto when the memory estimate says one "
+                           "GPU cannot hold the unsharded run (one process: never)")
     # optimisation: effective batch 4 x 4 = 16 sequences of up to 2048 tokens per step
     learning_rate: float = option(2e-4, real(0.0, 1.0, lo_open=True), "peak learning rate")
     epochs: float = option(2.0, real(0.0), "passes over the training split (max_steps, when set, wins)")
