@@ -1,5 +1,5 @@
 """Measure the peak GPU memory of LoRA training steps on the deepseek-coder-1.3b layout (random weights) and
-print it next to backend/memory_estimate.py's figure: `python tests/backend/measure_memory.py [--qlora] [out.json]`
+print it next to ade_mlflow_plugin/memory_estimate.py's figure: `python tests/measure_memory.py [--qlora] [out.json]`
 (--qlora also measures a 4-bit NF4 base: needs bitsandbytes).
 
 Plain path as the estimate models it: bf16 base, bf16 LoRA (all linear layers, r=16) with AdamW, sdpa
@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ade_mlflow_plugin.backend.memory_estimate import GIB, ModelShape, Workload, estimate  # noqa: E402
+from ade_mlflow_plugin.memory_estimate import GIB, ModelShape, Workload, estimate  # noqa: E402
 
 LAYOUT = {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24, "num_attention_heads": 16,
           "num_key_value_heads": 16, "vocab_size": 32256, "max_position_embeddings": 4096}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ade_mlflow_plugin.backend.memory_estimate import (GIB, ModelShape, Workload, activation_bytes, decide, estimate,
+from ade_mlflow_plugin.memory_estimate import (GIB, ModelShape, Workload, activation_bytes, decide, estimate,
                                                        lora_params)
 
 # deepseek-coder's published config.json figures.

@@ -1,5 +1,6 @@
 """Per-GPU memory of a LoRA/QLoRA training job, plain (DDP: a whole model copy per GPU) and sharded (FSDP),
-and the sharding decision it drives (issue 21 item 2; pure functions, not wired into the backend yet).
+and the sharding decision it drives (issue 21). Stdlib only, in the core: the backend checks the fit at
+submission (backend/fit.py) and the job resolves `sharding=auto` with it when run directly.
 
 What is counted, in bytes, for the peak of a training step (what torch.cuda.max_memory_allocated reports):
 - base weights: bf16 (2 bytes/param), 8-bit linears (1 byte + a scale per row), 4-bit NF4 linears with double
@@ -9,8 +10,8 @@ What is counted, in bytes, for the peak of a training step (what torch.cuda.max_
 - activations kept for backward, per token and decoder layer (bf16, sdpa/flex attention: no seq^2 term):
   the inputs of both norms (in fp32: transformers' RMSNorm upcasts, so 2 x 2 h) and of every linear, q/k/v and
   attention output, and the SwiGLU MLP's four intermediate tensors: (8 h + 2 kv + 4 i) x 2 bytes; a recomputed
-  (checkpointed) layer keeps only its input. Measured on an H100 (tests/backend/measure_memory.py): see
-  docs/multi-host.md;
+  (checkpointed) layer keeps only its input. Measured on an H100 (tests/measure_memory.py): see
+  docs/memory-estimate.md;
 - the loss: logits in bf16, upcast to fp32 and their gradient (10 bytes per token x vocab), unless the fused
   linear cross-entropy (liger) computes it in chunks.
 Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
