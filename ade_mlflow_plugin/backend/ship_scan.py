@@ -1,7 +1,7 @@
 """What ships is scanned for secrets: project files before their upload, job environment values.
 
-The scanner is the dataset's (dataset/secrets.py: a cheap pre-filter, then detect-secrets on the
-candidate lines), so a file that would be dropped from training is also refused from shipping. A
+The scanner is the core's (secret_scan.py: a cheap pre-filter, then detect-secrets on the candidate
+lines), the one the dataset uses, so a file that would be dropped from training is also refused from shipping. A
 project scan costs seconds (detect-secrets is slow), so its findings are cached under the tarball's
 content hash, which packaging computes anyway (an unchanged project is scanned once per machine), and
 each file's under its own content hash (an edit to one file rescans that file only). The findings are
@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +23,8 @@ from typing import BinaryIO
 import pathspec
 
 from ade_mlflow_plugin.errors import AdeError, ConfigError
+# Environment values are checked by the core scanner (config/cloud.py calls it); the name stays here too.
+from ade_mlflow_plugin.secret_scan import check_environment_values
 
 #: Where scan results are cached (``secret-scans/`` below it); default $XDG_CACHE_HOME/ade-mlflow.
 CACHE_ENV = "ADE_CACHE_DIR"
@@ -35,7 +37,6 @@ _CHUNK_BYTES = 8 << 20
 _FILE_CACHE_MAX_BYTES = 64 << 20
 #: Findings listed in the refusal; the rest are counted.
 _SHOWN = 20
-_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -216,30 +217,3 @@ def check_shipped_files(tarball: Path, names: Collection[str], digest: str, allo
     if left:
         raise ConfigError(refusal(left))
     return scanned
-
-
-def _value_lines(value: str) -> list[str]:
-    """How a value is shown to the scanner: as it is (token formats: AWS key ids, GitHub, Slack, JWT, URLs
-    with a password) and quoted, which lets detect-secrets' entropy plugins judge it too. A value of hex
-    digits only is not quoted: commit ids and content hashes are everyday environment values, and the
-    hex-entropy limit (3 bits) flags them all."""
-    lines = value.splitlines() or [""]
-    return lines + [f'"{line}"' for line in lines if line and not _HEX.fullmatch(line)]
-
-
-def check_environment_values(env: Mapping[str, str]) -> None:
-    """Refuse job environment values that look like credentials, whatever the variable is called.
-
-    DescribeTrainingJob shows the environment to anyone who may describe the job, so a credential
-    there is published; the job should get it from its IAM role or a secrets manager.
-    """
-    secret_rows = _scanner()
-    for name, value in env.items():
-        lines = _value_lines(str(value))
-        text = "\n".join(lines)
-        if secret_rows(text, lines, "environment"):
-            raise ConfigError(
-                f"backend-config key 'environment': the value of {name} looks like a credential; job "
-                "environments are visible to anyone who may describe the job (DescribeTrainingJob), so give "
-                "the job an IAM role (role_arn) with the access it needs, or have it read the secret from "
-                "AWS Secrets Manager")

@@ -21,7 +21,7 @@ from ade_mlflow_plugin.options import (Invalid, Style, boolean, choice, from_map
 MLFLOW_KEYS = frozenset({"ENV_MANAGER", "SYNCHRONOUS", "DOCKER_ARGS", "STORAGE_DIR", "build_image", "docker_auth"})
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600  # SageMaker's cap on MaxRuntimeInSeconds
 # A credential word as a whole part of the name (parts split by _): GITHUB_TOKEN, DB_PASSWORD, AWS_SECRET_ACCESS_KEY,
-# but not TOKENIZERS_PARALLELISM or MAX_TOKENS. Values are scanned too (ship_scan), whatever the name.
+# but not TOKENIZERS_PARALLELISM or MAX_TOKENS. Values are scanned too (secret_scan), whatever the name.
 _SECRETISH = re.compile(r"(^|_)(SECRETS?|TOKEN|PASSWORDS?|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY|API_?KEY)(_|$)",
                         re.I)
 #: Job environment names the contract owns (job/contract.py ENV_*: SageMaker's, the launcher's, the budget
@@ -53,9 +53,9 @@ def env_vars(value: Any) -> dict[str, str]:
                                      "DescribeTrainingJob, so give the job an IAM role or read it from Secrets "
                                      "Manager")
     if env:
-        # Values too, by the secret scanner that checks what ships (detect-secrets, loaded only here);
-        # its ConfigError is the one line, naming the variable and never echoing the value.
-        from ade_mlflow_plugin.backend.ship_scan import check_environment_values
+        # Values too, by the core's secret scanner, the one that checks what ships (detect-secrets loads
+        # at the first scan); its ConfigError is the one line, naming the variable, never echoing the value.
+        from ade_mlflow_plugin.secret_scan import check_environment_values
 
         check_environment_values(env)
     return env

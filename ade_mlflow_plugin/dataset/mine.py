@@ -17,9 +17,9 @@ import numpy as np
 from ade_mlflow_plugin.dataset.languages import DISPLAY_NAME, SPECS, parser_for
 from ade_mlflow_plugin.dataset.licence import strip_licence_header
 from ade_mlflow_plugin.dataset.minhash import CompactText
-from ade_mlflow_plugin.dataset.secrets import secret_rows
 from ade_mlflow_plugin.dataset.units import CodeUnit, extract_units
 from ade_mlflow_plugin.dataset.walk import SourceFile, content_skip_reason
+from ade_mlflow_plugin.secret_scan import secret_rows
 
 logger = logging.getLogger(__name__)
 

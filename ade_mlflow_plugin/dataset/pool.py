@@ -30,12 +30,13 @@ def default_workers() -> int:
 
 def warm(languages: set[str]) -> None:
     """Load grammars and the secret scanner's plugins once, before workers fork, so each starts ready."""
-    from ade_mlflow_plugin.dataset import languages as langs, secrets
+    from ade_mlflow_plugin import secret_scan
+    from ade_mlflow_plugin.dataset import languages as langs
 
     for name in languages:
         langs.parser_for(name)
         langs.unit_query(name)
-    secrets.configure()
+    secret_scan.configure()
 
 
 def _iter_mined(files: list[SourceFile], options: MineOptions, workers: int) -> Iterator[MinedFile]:

@@ -32,7 +32,7 @@ MAX_CORPUS_BYTES = 20_000_000  # a BPE of a few thousand merges needs far less t
 
 def corpus(codebase: Path) -> Iterator[str]:
     """Text of the codebase's source files (the dataset walker's choice), lines holding secrets dropped."""
-    from ade_mlflow_plugin.dataset.secrets import drop_secret_lines
+    from ade_mlflow_plugin.secret_scan import drop_secret_lines
     from ade_mlflow_plugin.dataset.walk import walk_codebase
 
     budget = MAX_CORPUS_BYTES
