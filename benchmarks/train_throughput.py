@@ -7,6 +7,10 @@ all seven projections, LoRA dropout the training path's default (0, as PEFT's). 
 but the first), bf16.
 
   hf-default   baseline: transformers Trainer + peft, every example padded to max length, no packing, batch 4
+  hf-tuned     second baseline: transformers' own switches, no code of ours in the step: padding-free batches
+               (DataCollatorWithFlattening, position ids), FlexAttention, use_liger_kernel, torch_compile;
+               about the tokens of the project path's batch per step (--tuned-batch); `hf-tuned+compile=false`,
+               `+liger=false`, `+attn=sdpa` turn one off (the ratio line takes the fastest hf-tuned*)
   ade          the project's path, the very code `main` runs after data prep: training.model.load_for_training,
                training.packing.pack, training.trainer.train (speed options on: training/speed.py), batch --batch-size
 Then the same two for QLoRA (NF4 4-bit base). A config name may carry TrainingConfig overrides after '+',
@@ -83,7 +87,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="the project path's batch (rows)")
     parser.add_argument("--baseline-batch", type=int, default=4)
     parser.add_argument("--max-seq-len", type=int, default=None)
-    parser.add_argument("--configs", default="hf-default,ade,hf-default-qlora,ade-qlora")
+    parser.add_argument("--tuned-batch", type=int, default=None,
+                        help="hf-tuned's examples per step (default: about the tokens of --batch-size full rows)")
+    parser.add_argument("--configs", default="hf-default,hf-tuned,ade,hf-default-qlora,ade-qlora")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--token-pool", type=int, default=None,
                         help="draw example tokens from this many ids (a learnable distribution: the loss must "
@@ -183,6 +189,65 @@ def hf_default(base: Path, args, examples, quantized: bool, workdir: Path) -> Ca
     return capture
 
 
+TUNED_DEFAULTS = {"attn": "flex_attention", "liger": "true", "compile": "true"}
+
+
+def tuned_settings(args, overrides: list[str]) -> dict[str, str]:
+    """hf-tuned's switches: the best of transformers' own that run here, each one overridable by name."""
+    settings = dict(TUNED_DEFAULTS)
+    if args.device == "cpu":  # liger is Triton (GPU only); flex and compile add minutes on a CPU for nothing
+        settings.update(attn="sdpa", liger="false", compile="false")
+    settings.update(o.split("=", 1) for o in overrides)
+    return settings
+
+
+def tuned_batch(args, examples) -> int:
+    """Examples per hf-tuned step: about the tokens of the project path's batch of full rows."""
+    if args.tuned_batch:
+        return args.tuned_batch
+    mean = sum(len(e[0]) for e in examples) / len(examples)
+    return max(1, round(args.batch_size * args.max_seq_len / mean))
+
+
+def hf_tuned(base: Path, args, examples, workdir: Path, overrides: list[str]) -> tuple[Capture, dict]:
+    """The second baseline: what a user gets from transformers' own switches, no code of ours in the step.
+
+    Padding-free batches (DataCollatorWithFlattening: the batch's examples in one row, position ids restarting
+    per example, so the attention is block-diagonal), FlexAttention (the best varlen attention that runs here
+    without flash-attn), Liger's kernels (use_liger_kernel: RMSNorm, RoPE, SwiGLU, fused linear cross-entropy)
+    and torch_compile of the whole model. The LoRA adapter is PEFT's default (float32 weights under bf16 autocast).
+    """
+    import datasets
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, Trainer, TrainingArguments
+
+    from ade_mlflow_plugin.config.training import TrainingConfig
+    from ade_mlflow_plugin.training.callbacks import MetricsCallback
+    from ade_mlflow_plugin.training.model import NO_HUB_KERNELS
+
+    cuda = args.device == "cuda"
+    settings = tuned_settings(args, overrides)
+    on = {k: v.lower() in ("1", "true", "yes") for k, v in settings.items() if k != "attn"}
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 attn_implementation=settings["attn"], **NO_HUB_KERNELS)
+    model.to(args.device)
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=TrainingConfig().lora_dropout,
+                                             target_modules=PROJECTIONS, task_type="CAUSAL_LM"))
+    batch = tuned_batch(args, examples)
+    rows = [{"input_ids": ids, "labels": labels} for ids, labels in examples[:batch * (args.steps + args.warmup + 2)]]
+    capture = Capture()
+    targs = TrainingArguments(output_dir=str(workdir / "hf-tuned"), per_device_train_batch_size=batch,
+                              max_steps=args.steps + args.warmup + 1, learning_rate=2e-4, logging_steps=1,
+                              save_strategy="no", report_to="none", bf16=cuda, use_cpu=not cuda, disable_tqdm=True,
+                              include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+                              remove_unused_columns=False, use_liger_kernel=on["liger"], torch_compile=on["compile"])
+    Trainer(model=model, args=targs, train_dataset=datasets.Dataset.from_list(rows),
+            data_collator=DataCollatorWithFlattening(), callbacks=[MetricsCallback(capture)]).train()
+    return capture, {"batch": batch, "tuned": settings}
+
+
 def ade(base: Path, args, examples, quantized: bool, workdir: Path, overrides: list[str]) -> tuple[Capture, dict]:
     """The project's path: load_for_training -> pack -> trainer.train, as pipeline._train_and_log runs them."""
     from transformers import set_seed
@@ -245,6 +310,8 @@ def measure(name: str, base: Path, args, examples, workdir: Path) -> dict:
     extra: dict = {"batch": args.baseline_batch}
     if kind.startswith("hf-default"):
         capture = hf_default(base, args, examples, quantized, workdir)
+    elif kind == "hf-tuned":
+        capture, extra = hf_tuned(base, args, examples, workdir, overrides)
     else:
         capture, extra = ade(base, args, examples, quantized, workdir, overrides)
     result = {"config": name, **capture.summary(args.warmup), **extra, "wall_s": time.perf_counter() - started,
@@ -256,6 +323,7 @@ def measure(name: str, base: Path, args, examples, workdir: Path) -> dict:
 
 
 def report(results: dict[str, dict], flops_per_token: float, args) -> list[str]:
+    lora, qlora = results.get("ade", {}), results.get("ade-qlora", {})
     lines = [f"{'config':30s} {'batch':>5s} {'tokens/s':>10s} {'step s':>8s} {'peak GB':>8s} {'MFU %':>6s}"]
     for r in results.values():
         if "error" in r:
@@ -268,7 +336,10 @@ def report(results: dict[str, dict], flops_per_token: float, args) -> list[str]:
         if "tokens_per_s" in results.get(a, {}) and "tokens_per_s" in results.get(b, {}):
             ratio = results[b]["tokens_per_s"] / results[a]["tokens_per_s"]
             lines.append(f"{label}: speedup vs HF default: {ratio:.2f}x, MFU {results[b]['mfu_pct']:.1f}%")
-    lora, qlora = results.get("ade", {}), results.get("ade-qlora", {})
+    tuned = [r for name, r in results.items() if name.split("+")[0] == "hf-tuned" and "tokens_per_s" in r]
+    if tuned and "tokens_per_s" in lora:
+        best = max(tuned, key=lambda r: r["tokens_per_s"])
+        lines.append(f"LoRA: vs HF tuned: {lora['tokens_per_s'] / best['tokens_per_s']:.2f}x ({best['config']})")
     if "tokens_per_s" in lora and "tokens_per_s" in qlora:
         lines.append(f"QLoRA / LoRA at batch {args.batch_size}: tokens/s {qlora['tokens_per_s'] / lora['tokens_per_s']:.2f}x, "
                      f"peak memory {qlora['peak_mem_gb'] / lora['peak_mem_gb']:.2f}x")
