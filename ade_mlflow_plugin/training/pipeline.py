@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag,
                                                     latest_checkpoint, load_adapter_weights)
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.job import relay as job_relay
+from ade_mlflow_plugin.training import phases
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, RelayLogger, attach_run,
                                                  is_main_process, log_params_once, logged_steps)
 
@@ -287,9 +289,15 @@ def _relay_dataset(relay: job_relay.Relay, prepared: Any, codebase: Path, name: 
 
 
 def _run(config: TrainingConfig, get_data) -> Outcome:
-    session = Session(config)
+    clock = phases.PhaseClock()
+    with clock.phase("setup"):
+        session = Session(config)
     try:
-        outcome = _train_and_log(config, session, get_data(session))
+        with clock.phase("dataset"):
+            data = get_data(session)
+        outcome = _train_and_log(config, session, data, clock)
+        if session.main:
+            _log_phases(session, clock, outcome.global_step)
     except SystemExit as exc:  # SIGTERM (Stopped, or the handler itself before training began)
         session.close("KILLED" if exc.code == SIGTERM_EXIT_CODE else "FAILED")
         raise
@@ -317,7 +325,7 @@ def _rows(config: TrainingConfig, tokenizer: Any, prepared: Any) -> tuple[list, 
     return rows, eval_rows, samples
 
 
-def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> Outcome:
+def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, clock: phases.PhaseClock) -> Outcome:
     from transformers import set_seed
 
     from ade_mlflow_plugin.training import evaluation
@@ -327,10 +335,13 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     out_dir = checkpoint_dir()
     check_adapter_matches(latest_checkpoint(out_dir), config)  # before the model load: one line, not a trace
     set_seed(config.seed)  # LoRA's A matrices are drawn at random: same seed, same start
-    model, tokenizer, device = load_for_training(config)
-    rows, eval_rows, samples = _rows(config, tokenizer, prepared)
+    with clock.phase("model_load"):
+        model, tokenizer, device = load_for_training(config)
+    with clock.phase("dataset"):
+        rows, eval_rows, samples = _rows(config, tokenizer, prepared)
     if latest_checkpoint(out_dir) is None and session.main:  # the "before" figures, once per run
-        before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
+        with clock.phase("eval"):
+            before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
         session.metrics.log(before, step=0)
     finished = finished_checkpoint(out_dir, config.max_steps)
     if finished is not None:
@@ -343,25 +354,54 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any) -> O
     else:
         from ade_mlflow_plugin.training.callbacks import checkpoint_listener
 
-        listing = CheckpointListing(session)
+        listing, steps = CheckpointListing(session), phases.StepClock()
+        started = time.perf_counter()
         try:
             with checkpoint_listener(listing.update):
                 state, stopped = train(config, model, tokenizer, rows, output_dir=out_dir, device=device,
-                                       metric_logger=session.metrics, stop=session.stop, eval_rows=eval_rows)
+                                       metric_logger=session.metrics, stop=session.stop, eval_rows=eval_rows,
+                                       callbacks=[steps])
         finally:
             listing.close(timeout=LISTING_FLUSH_S)
+        phases.book_training(clock, steps, time.perf_counter() - started)
     if stopped:
         logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
         raise Stopped()
     outcome = Outcome(session.run_id, state.global_step, best_step=_best_step(config, state))
     if not session.main:
         return outcome
-    outcome.metrics = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
+    with clock.phase("eval"):
+        outcome.metrics = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
     session.metrics.log(outcome.metrics, step=state.global_step)
     # Metrics land before the model: a server that is down now is waited for here, with nothing lost.
     session.metrics.flush(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300")))
-    _publish(config, session, model, tokenizer, prepared, outcome, local_model_dir(config.base_model))
+    with clock.phase("model_logging"):
+        _publish(config, session, model, tokenizer, prepared, outcome, local_model_dir(config.base_model))
     return outcome
+
+
+def _log_phases(session: Session, clock: phases.PhaseClock, step: int) -> None:
+    """The job's phase times into the run (metrics and phases.json) and the table into the job log."""
+    import json
+    import tempfile
+
+    summary = clock.summary()
+    session.metrics.log(phases.metrics(summary), step=step)
+    print(phases.table(summary), flush=True)
+    if session.offline:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / phases.ARTIFACT
+            path.write_text(json.dumps(summary, indent=2))
+            session.relay.add_files(job_relay.ARTIFACTS, path, artifact_path="")
+        return
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient().log_dict(session.run_id, summary, phases.ARTIFACT)
+    except Exception as exc:  # noqa: BLE001 - a view of the job (its metrics carry the same figures)
+        from ade_mlflow_plugin.errors import describe
+
+        logger.warning("%s not logged to the run: %s", phases.ARTIFACT, describe(exc))
 
 
 def _best_step(config: TrainingConfig, state: Any) -> int | None:
@@ -405,8 +445,9 @@ def _publish(config: TrainingConfig, session: Session, model: Any, tokenizer: An
     digest = getattr(prepared, "digest", None)
     commit = modelio.git_commit(session.run.data.tags if session.run else {})
     run_tags = {**_run_tags(config, commit, digest), **_best_tags(outcome)}
-    version_tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
-                                        metrics=outcome.metrics) if config.registered_model_name else None
+    version_tags = {**modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
+                                           metrics=outcome.metrics), **_best_tags(outcome)} \
+        if config.registered_model_name else None
     try:
         mlflow.set_tags(run_tags)
         if version_tags is not None:
@@ -471,8 +512,8 @@ def _relay_publish(config: TrainingConfig, session: Session, chosen: Any, tokeni
     commit = modelio.git_commit({})
     relay.append(job_relay.TAGS, tags={**_run_tags(config, commit, digest), **_best_tags(outcome)})
     if config.registered_model_name:
-        tags = modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
-                                    metrics=outcome.metrics)
+        tags = {**modelio.version_tags(base_model=config.base_model, digest=digest, commit=commit,
+                                       metrics=outcome.metrics), **_best_tags(outcome)}
         relay.append(job_relay.REGISTER, name=config.registered_model_name, model=modelio.MODEL_NAME,
                      tags={k: str(v) for k, v in tags.items()})
     logger.warning("model and registration of '%s' kept in the relay %s", config.registered_model_name or "-",
