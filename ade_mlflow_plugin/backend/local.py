@@ -1,21 +1,20 @@
 """`"mode": "local"`: execute a CreateTrainingJob request (or DescribeTrainingJob answer) on this machine.
 
 The job root plays /opt/ml: the contract files are written from the request, channels are
-materialised from file:// (linked in place) or s3:// (downloaded), the launcher runs in a subprocess,
-checkpoints are synced to CheckpointConfig.S3Uri while it runs and at the end, and model/ is packed to
-`<S3OutputPath>/<job>/output/model.tar.gz` as SageMaker does. `describe()` answers in
+materialised from file:// (linked in place) or s3:// (downloaded; local_location.py), the launcher runs in
+a subprocess, checkpoints are synced to CheckpointConfig.S3Uri while it runs and at the end, and model/ is
+packed to `<S3OutputPath>/<job>/output/model.tar.gz` as SageMaker does. `describe()` answers in
 DescribeTrainingJob's shape, so the backend follows local and SageMaker jobs with the same code.
 
 Every answer is also saved as job.json in the job root, so `status`, `reconcile` and `logs` read a
-job (JobRoot) from another process. With `"wait": false` the submitter only prepares the root
-(bad input still fails at submission) and start_detached() hands the job to a runner of its own
-session, output in runner.log, no pipe back: the job outlives `mlflow run`.
+job (local_root.JobRoot) from another process. With `"wait": false` start_detached() (local_detached.py)
+hands the job to a runner of its own session: the job outlives `mlflow run`. The names of those modules are
+re-exported here, where callers have always found them.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,30 +23,29 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.packaging import S3Store
+from ade_mlflow_plugin.backend.local_detached import runner_main, start_detached
+from ade_mlflow_plugin.backend.local_location import Location
+from ade_mlflow_plugin.backend.local_root import (ENDED, HOST_LOGS_DIR, REQUEST_FILE, RUNNER_LOG, RUNNER_PID_FILE,
+                                                  STATE_FILE, JobRoot, _iso, read_state)
+from ade_mlflow_plugin.errors import AdeError, ConfigError, aws_error, describe
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
 from ade_mlflow_plugin.job.launcher import EXIT_STOPPED
 from ade_mlflow_plugin.job.procs import kill_tree
-from ade_mlflow_plugin.errors import AdeError, ConfigError, aws_error, describe
+
+__all__ = ["ENDED", "HOST_LOGS_DIR", "REQUEST_FILE", "RUNNER_LOG", "RUNNER_PID_FILE", "STATE_FILE", "STOP_DETAIL",
+           "STOP_REASONS", "JobRoot", "LocalJob", "Location", "read_state", "runner_main", "start_detached"]
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
 CHECKPOINT_SYNC_S = 30.0
 #: SageMaker returns this much of the failure file as FailureReason.
 FAILURE_REASON_CHARS = 1024
-#: In the job root: the last describe() answer (`ade-mlflow status` reads it with nobody following),
-#: the pid of the process supervising the job, the request of a detached job, and that runner's output.
-STATE_FILE, RUNNER_PID_FILE, REQUEST_FILE, RUNNER_LOG = "job.json", "runner.pid", "request.json", "runner.log"
-ENDED = ("Completed", "Failed", "Stopped")
 #: The stop reasons (ade.stop_reason) a launcher's stop writes first in output/failure ("budget: ...").
 STOP_REASONS = contract.STOP_REASONS
-_TIMES = ("CreationTime", "TrainingStartTime", "TrainingEndTime")
 STOP_DETAIL = "stopped: StopTrainingJob (the local job was stopped on request)"
-#: In a multi-host job's root: each host's own log, logs/algo-N.log (local_hosts.py).
-HOST_LOGS_DIR = "logs"
 
 
 def _now() -> datetime:
@@ -56,106 +54,6 @@ def _now() -> datetime:
 
 def _instance_count(request: dict[str, Any]) -> int:
     return int((request.get("ResourceConfig") or {}).get("InstanceCount", 1) or 1)
-
-
-class Location:
-    """A file:// / plain path or s3:// location that a dir can be copied to and from."""
-
-    def __init__(self, uri: str, clients: AwsClients | None) -> None:
-        self.uri = uri.rstrip("/")
-        self.clients = clients
-        self._sent: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime) last copied
-
-    @property
-    def is_s3(self) -> bool:
-        return self.uri.startswith("s3://")
-
-    def local_path(self) -> Path:
-        return contract.local_path(self.uri)
-
-    def _bucket_key(self) -> tuple[str, str]:
-        bucket, _, key = self.uri[5:].partition("/")
-        return bucket, key
-
-    def download_to(self, dest: Path) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
-        if not self.is_s3:
-            if self.local_path().is_dir():
-                shutil.copytree(self.local_path(), dest, dirs_exist_ok=True)
-            return
-        bucket, prefix = self._bucket_key()
-        s3 = (self.clients or AwsClients()).s3
-        for key, relative in self._objects(s3, bucket, prefix):
-            target = dest / relative
-            if dest.resolve() not in target.resolve().parents:
-                raise ConfigError(f"refusing S3 key {key}: it would land outside {dest}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, key, str(target))
-
-    def has_objects(self) -> bool:
-        """Whether download_to would fetch anything (an s3:// prefix or object, a local dir or file)."""
-        if not self.is_s3:
-            return self.local_path().exists()
-        bucket, prefix = self._bucket_key()
-        return next(iter(self._objects((self.clients or AwsClients()).s3, bucket, prefix)), None) is not None
-
-    @staticmethod
-    def _objects(s3: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str]]:
-        """(key, path below the channel) for the objects under prefix/, or the one object named prefix."""
-        paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                if key == prefix:  # the URI names one object: SageMaker puts it in the channel by its name
-                    yield key, key.rsplit("/", 1)[-1]
-                    continue
-                if not prefix or key.startswith(prefix + "/"):
-                    relative = key[len(prefix) + 1:] if prefix else key
-                    if relative and not relative.endswith("/") and relative != S3Store.MARKER:
-                        yield key, relative
-
-    def upload_from(self, source: Path, *, everything: bool = False) -> int:
-        """Copy the files of source that changed since the last call (checkpoints sync every 30 s and
-        can be large), or all of them; returns how many were sent. Like SageMaker's sync it never deletes."""
-        if not source.is_dir():
-            return 0
-        sent = 0
-        for path in sorted(p for p in source.rglob("*") if p.is_file()):
-            stamp = path.stat()
-            relative = path.relative_to(source).as_posix()
-            if not everything and self._sent.get(relative) == (stamp.st_size, stamp.st_mtime_ns):
-                continue
-            self._put(path, relative)
-            self._sent[relative] = (stamp.st_size, stamp.st_mtime_ns)
-            sent += 1
-        return sent
-
-    def mark_sent(self, source: Path) -> None:
-        """Files just downloaded from here need not go back up."""
-        for path in (p for p in source.rglob("*") if p.is_file()):
-            stamp = path.stat()
-            self._sent[path.relative_to(source).as_posix()] = (stamp.st_size, stamp.st_mtime_ns)
-
-    def _put(self, path: Path, relative: str) -> None:
-        if self.is_s3:
-            bucket, prefix = self._bucket_key()
-            (self.clients or AwsClients()).s3.upload_file(str(path), bucket, f"{prefix}/{relative}")
-            return
-        target = self.local_path() / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".ade-partial")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)  # a reader (or a restart) never sees half a checkpoint file
-
-    def put_file(self, source: Path, name: str) -> str:
-        if self.is_s3:
-            bucket, prefix = self._bucket_key()
-            (self.clients or AwsClients()).s3.upload_file(str(source), bucket, f"{prefix}/{name}")
-            return f"{self.uri}/{name}"
-        target = self.local_path() / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        return target.resolve().as_uri()
 
 
 class LocalJob:
@@ -517,113 +415,3 @@ class LocalJob:
             if self._failure and self._status == "Failed":
                 answer["FailureReason"] = self._failure
         return answer
-
-
-# ---------------------------------------------------------------- the job root, read by anyone later
-
-def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def read_state(root: Path) -> dict[str, Any] | None:
-    """The job's last saved describe() answer (times as datetimes again), or None before the first save."""
-    try:
-        state = json.loads((root / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    for key in _TIMES:
-        if state.get(key):
-            state[key] = datetime.fromisoformat(state[key])
-    for transition in state.get("SecondaryStatusTransitions", []):
-        for key in ("StartTime", "EndTime"):
-            if transition.get(key):
-                transition[key] = datetime.fromisoformat(transition[key])
-    return state
-
-
-class JobRoot:
-    """A local job seen from its job root only (`status`, `reconcile`, a detached job's submitter):
-    answers describe() like LocalJob. A job whose supervising process is gone without an end state
-    reads Failed, so no run waits for ever on a job nobody runs."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.name = self.root.name
-        self.log_path = self.root / "job.log"
-
-    @property
-    def log_files(self) -> list[Path]:
-        """As LocalJob.log_files: job.log, and each host's own log of a multi-host job (logs/)."""
-        hosts = self.root / HOST_LOGS_DIR
-        return [self.log_path, hosts] if hosts.is_dir() else [self.log_path]
-
-    def runner_pid(self) -> int | None:
-        try:
-            return int((self.root / RUNNER_PID_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def describe(self) -> dict[str, Any]:
-        state = read_state(self.root)
-        if state is None:
-            if not self.root.is_dir():
-                raise ConfigError(f"local job root {self.root} does not exist: check \"job_root\" (--job-root)")
-            return {"TrainingJobName": self.name, "TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting",
-                    "SecondaryStatusTransitions": []}
-        if state["TrainingJobStatus"] in ("InProgress", "Stopping"):
-            pid = self.runner_pid()
-            if pid is not None and not _pid_alive(pid):
-                state.update(TrainingJobStatus="Failed", SecondaryStatus="Failed",
-                             FailureReason=f"ClientError: the process running the local job (pid {pid}) ended "
-                                           f"before the job did; see {self.root / RUNNER_LOG} and {self.log_path}")
-        return state
-
-    def stop(self) -> None:
-        """SIGTERM to the runner, which stops the job as SageMaker does (LocalJob.stop)."""
-        pid = self.runner_pid()
-        if pid is not None and pid != os.getpid():
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-
-def start_detached(request: dict[str, Any], root: Path, clients: AwsClients | None = None) -> JobRoot:
-    """Prepare the job here (bad input fails now, in the submitter), then run it in a process of its own
-    session, its output in the job root and no pipe back: it survives the submitter's exit."""
-    job = LocalJob(request, job_root=root, clients=clients, stream=None)
-    job.prepare()
-    region, profile = (clients.region, clients.profile) if clients else (None, None)
-    (job.root / REQUEST_FILE).write_text(json.dumps({"request": request, "region": region, "profile": profile}))
-    code = "from ade_mlflow_plugin.backend.local import runner_main; runner_main()"
-    with open(job.root / RUNNER_LOG, "ab") as log:
-        runner = subprocess.Popen([sys.executable, "-c", code, str(job.root)], cwd=job.root, stdin=subprocess.DEVNULL,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    (job.root / RUNNER_PID_FILE).write_text(f"{runner.pid}\n")  # until the runner writes its own
-    return JobRoot(job.root)
-
-
-def runner_main(argv: list[str] | None = None) -> int:
-    """The detached runner: run a prepared job root to its end; SIGTERM stops the job (grace, then KILL)."""
-    root = Path((argv or sys.argv[1:])[0])
-    saved = json.loads((root / REQUEST_FILE).read_text())
-    job = LocalJob(saved["request"], job_root=root, stream=None,
-                   clients=AwsClients(region=saved.get("region"), profile=saved.get("profile")))
-    job.restore()
-    signal.signal(signal.SIGTERM, lambda *_: job.stop())
-    job.launch()
-    while job.wait(1.0)["TrainingJobStatus"] not in ENDED:  # a timed wait lets the SIGTERM handler run
-        pass
-    return 0

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.local import (HOST_LOGS_DIR, RUNNER_PID_FILE, STOP_DETAIL, STOP_REASONS,
-                                             LocalJob, _instance_count, _now)
+from ade_mlflow_plugin.backend.local import STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count, _now
+from ade_mlflow_plugin.backend.local_root import HOST_LOGS_DIR, RUNNER_PID_FILE
 from ade_mlflow_plugin.errors import AdeError, ConfigError, first_line
 from ade_mlflow_plugin.job import contract
 
