@@ -6,7 +6,9 @@ works after a plain `pip install`, without a checkout. What the API's arguments 
 ``output_dir`` s3://bucket/prefix is the job's S3 home (code, data, checkpoints, model output); a local
 folder is where the finished model lands (``<output_dir>/registry/<name>-v<N>/``, registry/landing.py),
 in either mode. The model is registered under ``registry_config``'s name, by default ade-<codebase
-folder name> (config/registry.default_model_name).
+folder name> (config/registry.default_model_name); a ``registry_config`` root (``registry_path``) other than
+the default is where the model lands, like a local output_dir. Its other keys configure the registry's own
+commands (watch, webhook-server, sync) and are refused here with one line, not silently ignored.
 """
 from __future__ import annotations
 
@@ -79,22 +81,67 @@ def _apply_output_dir(backend_config: dict[str, Any], output_dir: str | None) ->
         backend_config.setdefault("job_root", folder)
 
 
-def registered_name(registry_config: Any, codebase_path: str) -> str:
-    """The name the model is registered under: the registry config's, else ade-<codebase folder name>;
-    "" (given as such) registers nothing."""
+#: What each registry_config key launch does not use is for instead (the refusal's fix).
+_REGISTRY_ELSEWHERE = {
+    "keep_versions": "a run's model landing in its folder keeps every version; keep_versions (max_versions) "
+                     "prunes ADE storage on `ade-mlflow sync`/`watch`/`webhook-server`: pass it to those",
+    "tracking_uri": "the run and its registered model go to MLflow's tracking server: set MLFLOW_TRACKING_URI "
+                    "(or mlflow.set_tracking_uri) instead",
+    "presigned_fetch": "set ADE_PRESIGNED_FETCH for the landing's download instead",
+}
+
+
+def registry_settings(registry_config: Any) -> ModelRegistryConfig:
+    """registry_config as a ModelRegistryConfig, refusing (one line) keys launch would ignore.
+
+    launch uses ``registered_model_name`` and ``root`` (``registry_path``: where the model lands, as a local
+    output_dir does); every other key configures the registry's own commands, so setting one here is a
+    mistake worth a line rather than a silent no-op.
+    """
     if registry_config is None:
-        config = ModelRegistryConfig()
+        return ModelRegistryConfig()
+    if isinstance(registry_config, dict):
+        config = ModelRegistryConfig.from_dict(registry_config)
     elif isinstance(registry_config, ModelRegistryConfig):
         config = registry_config
-    elif isinstance(registry_config, dict):
-        config = ModelRegistryConfig.from_dict(registry_config)
     else:
         from ade_mlflow_plugin.errors import ConfigError
 
         raise ConfigError(f"registry_config must be a ModelRegistryConfig or a dict, got "
                           f"{type(registry_config).__name__}")
-    name = config.registered_model_name
+    default = ModelRegistryConfig()
+    for field in fields(ModelRegistryConfig):
+        if field.name in ("root", "registered_model_name") or getattr(config, field.name) == getattr(default, field.name):
+            continue
+        from ade_mlflow_plugin.errors import ConfigError
+
+        fix = _REGISTRY_ELSEWHERE.get(field.name, "it configures `ade-mlflow watch`/`webhook-server`/`sync`: "
+                                                  "pass it to those")
+        raise ConfigError(f"registry_config {field.name}={getattr(config, field.name)!r} is not used by launch "
+                          f"(only registered_model_name and root/registry_path are): {fix}")
+    return config
+
+
+def registered_name(registry_config: Any, codebase_path: str) -> str:
+    """The name the model is registered under: the registry config's, else ade-<codebase folder name>;
+    "" (given as such) registers nothing."""
+    name = registry_settings(registry_config).registered_model_name
     return default_model_name(codebase_path) if name is None else name
+
+
+def _apply_registry_root(backend_config: dict[str, Any], config: ModelRegistryConfig) -> None:
+    """A registry root other than the default is where the model lands (the backend config's local
+    output_dir); a different local output_dir as well is refused: keep one."""
+    root = Path(config.root).expanduser().resolve()
+    if root == Path(ModelRegistryConfig().root).expanduser().resolve():
+        return
+    given = backend_config.get("output_dir")
+    if given and Path(given).expanduser().resolve() != root:
+        from ade_mlflow_plugin.errors import ConfigError
+
+        raise ConfigError(f"registry_config root '{root}' and output_dir '{given}' are two places for the model "
+                          "to land: keep one")
+    backend_config["output_dir"] = str(root)
 
 
 def build_launch(codebase_path: str, output_dir: str | None, base_model: str, cloud_config: Any,
@@ -103,9 +150,13 @@ def build_launch(codebase_path: str, output_dir: str | None, base_model: str, cl
     """-> (MLproject parameters, backend config) for the `main` entry point."""
     backend_config = _as_dict(cloud_config)
     _apply_output_dir(backend_config, output_dir)
+    registry = registry_settings(registry_config)
+    _apply_registry_root(backend_config, registry)
+    name = default_model_name(codebase_path) if registry.registered_model_name is None \
+        else registry.registered_model_name
     parameters = {"codebase": str(Path(codebase_path).expanduser().resolve()), "base_model": base_model,
                   "num_examples": str(num_examples), "synthetic_ratio": str(synthetic_ratio),
-                  "registered_model_name": registered_name(registry_config, codebase_path)}
+                  "registered_model_name": name}
     parameters.update({k: str(v) for k, v in params.items()})
     return parameters, backend_config
 
