@@ -46,6 +46,13 @@ GPU_MEMORY: dict[str, tuple[int, float]] = {
     "ml.p3dn.24xlarge": (8, 31.7), "ml.p4d.24xlarge": (8, 39.4), "ml.p4de.24xlarge": (8, 79.2),
     "ml.p5.48xlarge": (8, 79.1), "ml.p5e.48xlarge": (8, 139.8), "ml.p5en.48xlarge": (8, 139.8),
 }
+#: Instance families whose GPUs lack bf16 (T4, V100): LoRA adapters train in fp32 there.
+NO_BF16_FAMILIES = ("g4dn", "p3", "p3dn")
+
+
+def has_bf16(instance_type: str) -> bool:
+    parts = instance_type.split(".")  # ml.<family>.<size>
+    return len(parts) != 3 or parts[1] not in NO_BF16_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,16 @@ class Workload:
     @property
     def tokens(self) -> int:
         return self.batch_size * self.seq_len
+
+    @classmethod
+    def from_training(cls, config: Any, layers: int, bf16: bool = True) -> "Workload":
+        """What a TrainingConfig (config/training.py; read by attribute, so this module stays stdlib only)
+        trains on one GPU of a model with ``layers`` decoder layers; ``bf16``: the GPU has bf16 (without it
+        the adapters train in fp32)."""
+        return cls(batch_size=config.batch_size, seq_len=config.max_seq_len, lora_r=config.lora_r,
+                   target_modules=config.target_modules, quantization=config.quantization,
+                   adapter_bytes=2 if bf16 and config.bf16_adapters else 4,
+                   checkpointed_layers=config.checkpointed_layers(layers), fused_loss=config.fused_loss)
 
 
 @dataclass(frozen=True)
@@ -191,10 +208,16 @@ def decide(sharding: str, model: ModelShape, work: Workload, instance_type: str,
     if instance_type not in GPU_MEMORY:
         raise ValueError(f"unknown GPU memory for instance type {instance_type}")
     gpus, gib = GPU_MEMORY[instance_type]
-    shards = gpus * max(instance_count, 1)
+    return decide_on(sharding, model, work, gpus * max(instance_count, 1), gib, instance_type, model_name)
+
+
+def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib: float, label: str,
+              model_name: str = "the model") -> Decision:
+    """decide() for any set of GPUs: ``shards`` GPUs in all (every host's), ``gib`` usable on each; ``label``
+    names them in the message (an instance type, or this machine's GPUs in local mode)."""
     plain = estimate(model, work)
     sharded = estimate(model, work, shards) if shards > 1 else None
-    where = f"{instance_type} ({gib:g} GiB per GPU, {shards} GPU(s))"
+    where = f"{label} ({gib:g} GiB per GPU, {shards} GPU(s))"
     if sharding != "fsdp" and plain.needed_gib <= gib:
         return Decision(False, plain, sharded, gib, f"{model_name}: {plain.line()} on {where}: fits unsharded")
     if sharding != "none" and sharded is not None and sharded.needed_gib <= gib:

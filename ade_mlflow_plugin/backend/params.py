@@ -40,6 +40,12 @@ class ResolvedParams:
 
     values: dict[str, str]
     paths: dict[str, str]  # param -> local path (absolute) or a remote URI
+    training: Any = None  # the training entries' parsed TrainingConfig (the fit check reads it)
+
+    def resolve_option(self, name: str, value: str) -> None:
+        """An option the backend decided for the job (sharding=auto -> fsdp): the job gets the decided value,
+        declared in the MLproject or not (MLflow appends an undeclared one as --name value)."""
+        self.values[name] = value
 
 
 def entry_point_names(project_dir: Path) -> list[str]:
@@ -140,9 +146,10 @@ def resolve_params(project: Any, entry_point: str, params: dict[str, Any], proje
     if config is not None:
         # Every value the entry's script parses, with the job's own parsers and combination checks.
         fields = options_of(config)
-        from_mapping(config, {k: v for k, v in given.items() if k in fields})
+        parsed = from_mapping(config, {k: v for k, v in given.items() if k in fields})
     if config is TrainingConfig:
         _check_datasets(resolved)
+        return ResolvedParams(resolved.values, resolved.paths, training=parsed)
     return resolved
 
 

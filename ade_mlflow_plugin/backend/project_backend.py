@@ -164,6 +164,7 @@ class AdeSageMakerBackend(AbstractBackend):
         if config.mode == "sagemaker":
             warn_unreachable(job_uri, self.console)
         cost = self._plan_cost(config, clients)  # refuses a budget too small for a useful run
+        fit = self._plan_fit(config, resolved)  # refuses a model that cannot fit the GPUs even sharded
         wheels = self._wheelhouse(config, project_dir, resolved)  # a requirement with no wheel is refused here
         with tempfile.TemporaryDirectory(prefix="ade-pack-") as pack_dir:
             # Packed and secret-scanned before the run exists: a refused file leaves no FAILED run behind.
@@ -183,7 +184,7 @@ class AdeSageMakerBackend(AbstractBackend):
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
                 raise
         self.last_submission = submission
-        self._tag_run(client, run_id, submission, config, region, job)
+        self._tag_run(client, run_id, submission, config, region, job, fit.tags if fit else {})
         submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
                                                                     job_name))
         if config.wait and not synchronous:
@@ -209,6 +210,19 @@ class AdeSageMakerBackend(AbstractBackend):
         if plan.line:
             self.console.write(plan.line + "\n")
         return plan.cost
+
+    def _plan_fit(self, config: CloudTrainingConfig, resolved: ResolvedParams) -> Any:
+        """A training entry's memory estimate for the chosen GPUs, printed under the cost line; `sharding`
+        resolved for the job (backend/fit.py). None for entries that do not train."""
+        if resolved.training is None:
+            return None
+        from ade_mlflow_plugin.backend.fit import plan_fit
+
+        plan = plan_fit(config, resolved.training)
+        self.console.write(plan.line + "\n")
+        if plan.sharding is not None:
+            resolved.resolve_option("sharding", plan.sharding)
+        return plan
 
     def _wheelhouse(self, config: CloudTrainingConfig, project_dir: Path,
                     resolved: ResolvedParams) -> wheelhouse.Wheelhouse | None:
@@ -302,9 +316,10 @@ class AdeSageMakerBackend(AbstractBackend):
         return SageMakerJob(clients.sagemaker, request["TrainingJobName"])
 
     def _tag_run(self, client: Any, run_id: str, submission: Submission, config: CloudTrainingConfig,
-                 region: str, job: Any) -> None:
+                 region: str, job: Any, fit_tags: dict[str, str] | None = None) -> None:
         description = job.describe()
         tags = {
+            **(fit_tags or {}),  # the memory estimate and the sharding the job was given
             "sagemaker.job_name": submission.job_name,
             "sagemaker.job_arn": description.get("TrainingJobArn", ""),
             "sagemaker.region": region,

@@ -1,0 +1,134 @@
+"""The fit check at submission (issue 21): will the training fit the chosen GPUs, sharded or not?
+
+Before any run exists, for a training entry (`main`, `train`): the base model's shape (fit_models.py),
+the workload its TrainingConfig trains per GPU, and the GPUs the job gets (the instance type's, times
+the instance count; in local mode this machine's, from nvidia-smi) go through memory_estimate.decide().
+The outcome is one line printed next to the cost estimate; `sharding=auto` is resolved to `none` or
+`fsdp` for the job; a plan that cannot fit even sharded is refused (ConfigError, exit 2) with decide()'s
+line. What cannot be checked is said on the line and never refused: on a local machine without a GPU `auto`
+trains unsharded (`none`); for a model or an instance type the estimate does not know, `auto` goes to the
+job as it is, and the job decides on its own GPUs with the model it loaded (training/sharding.py).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from ade_mlflow_plugin.backend.fit_models import FoundShape, find_shape
+from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.memory_estimate import GPU_MEMORY, Workload, decide_on, estimate, has_bf16
+
+PREFIX = "Memory estimate: "
+#: Run tags the MLflow UI shows: the per-GPU GiB needed on the path the job takes, the card's, the outcome.
+TAG_ESTIMATE, TAG_GPU, TAG_SHARDING, TAG_FIT = ("ade.memory_estimate_gib", "ade.memory_gpu_gib", "ade.sharding",
+                                                "ade.memory_fit")
+TAG_SHAPE = "ade.memory_model_shape"  # where the model's shape came from
+
+
+@dataclass(frozen=True)
+class Gpus:
+    """The GPUs one job trains on: how many in all (every host's), usable GiB on each, and their name."""
+
+    count: int
+    gib: float
+    label: str
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """The line printed before submission, the sharding value the job gets, the run's tags."""
+
+    line: str
+    sharding: str | None  # None: the entry's TrainingConfig has no sharding option (nothing to pass)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def local_gpus() -> Gpus | None:
+    """This machine's GPUs (nvidia-smi's memory.total, the smallest card's), None without any."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    mib = [float(line) for line in out.split() if line.replace(".", "", 1).isdigit()]
+    return Gpus(len(mib), round(min(mib) / 1024, 1), "this machine's GPUs") if mib else None
+
+
+def job_gpus(config: Any, local: Gpus | None) -> tuple[Gpus | None, str]:
+    """The GPUs the job gets, or None and why they cannot be checked."""
+    if config.mode == "local":
+        return (local, "") if local else (None, "local mode on this machine's CPU: no GPU to check")
+    if config.instance_type not in GPU_MEMORY:
+        return None, f"{config.instance_type} is not a GPU instance type this plugin knows: not checked"
+    gpus, gib = GPU_MEMORY[config.instance_type]
+    return Gpus(gpus * config.instance_count, gib, config.instance_type), ""
+
+
+def _resolved(asked: str | None, fsdp: bool | None) -> str | None:
+    """The value the job gets; fsdp None: not decided here (auto stays auto: the job decides)."""
+    if asked is None or asked != "auto" or fsdp is None:
+        return asked
+    return "fsdp" if fsdp else "none"
+
+
+def _arrow(asked: str | None, resolved: str | None) -> str:
+    if asked is None:
+        return ""
+    if asked != "auto":
+        return f"; sharding={asked}"
+    return f"; sharding=auto -> {resolved}" if resolved != "auto" else "; sharding=auto: the job decides on its GPUs"
+
+
+def plan_fit(config: Any, training: Any, local: Gpus | None = None) -> FitPlan:
+    """See the module docstring. ``training``: the entry's TrainingConfig; ``local``: this machine's GPUs
+    (local mode; found with nvidia-smi when not given)."""
+    asked = getattr(training, "sharding", None)  # None for a config without the option
+    found = find_shape(training.base_model)
+    if config.mode == "local" and local is None:
+        local = local_gpus()
+    on_cpu = config.mode == "local" and local is None  # nothing to shard over: unsharded
+    if found.shape is None:
+        resolved = _resolved(asked, False if on_cpu else None)
+        return FitPlan(f"{PREFIX}skipped: {found.source}{_arrow(asked, resolved)}", resolved, _sharding_tag(resolved))
+    gpus, why = job_gpus(config, local)
+    if gpus is None:
+        return _unchecked(found, training, why, asked, _resolved(asked, False if on_cpu else None))
+    return _decided(config, found, training, gpus, asked)
+
+
+def _unchecked(found: FoundShape, training: Any, why: str, asked: str | None, resolved: str | None) -> FitPlan:
+    """The estimate of the plain path, with no GPU to hold it against."""
+    plain = estimate(found.shape, Workload.from_training(training, found.shape.layers))
+    tags = {TAG_ESTIMATE: f"{plain.needed_gib:.1f}", TAG_FIT: "not checked", TAG_SHAPE: found.source,
+            **_sharding_tag(resolved)}
+    line = f"{PREFIX}{_short(training.base_model)}: {plain.line()} unsharded; {why}{_arrow(asked, resolved)}"
+    return FitPlan(line, resolved, tags)
+
+
+def _decided(config: Any, found: FoundShape, training: Any, gpus: Gpus, asked: str | None) -> FitPlan:
+    """decide() against the job's GPUs: the line, or the refusal (ConfigError)."""
+    bf16 = has_bf16(config.instance_type) if config.mode == "sagemaker" else True
+    work = Workload.from_training(training, found.shape.layers, bf16=bf16)
+    decision = decide_on(asked or "none", found.shape, work, gpus.count, gpus.gib, gpus.label,
+                         _short(training.base_model))
+    if decision.refused:
+        raise ConfigError(decision.message)
+    resolved = _resolved(asked, decision.fsdp)
+    chosen = decision.sharded if decision.fsdp else decision.plain
+    tags = {TAG_ESTIMATE: f"{chosen.needed_gib:.1f}", TAG_GPU: f"{gpus.gib:g}",
+            TAG_FIT: "sharded" if decision.fsdp else "unsharded", TAG_SHAPE: found.source, **_sharding_tag(resolved)}
+    return FitPlan(f"{PREFIX}{decision.message}{_arrow(asked, resolved)}", resolved, tags)
+
+
+def _sharding_tag(resolved: str | None) -> dict[str, str]:
+    return {TAG_SHARDING: resolved} if resolved else {}
+
+
+def _short(base_model: str) -> str:
+    """How the line names the model: a hub or models:/ name as given, a local folder by its name."""
+    return base_model if "://" in base_model or ":/" in base_model or not base_model.startswith(("/", ".", "~")) \
+        else (base_model.rstrip("/").rsplit("/", 1)[-1] or base_model)

@@ -1,0 +1,180 @@
+"""The fit check at submission (backend/fit.py) and where the model's shape comes from (backend/fit_models.py):
+no job runs here; the `mlflow run` paths are in test_fit_cli.py."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ade_mlflow_plugin.backend.fit import Gpus, plan_fit
+from ade_mlflow_plugin.backend.fit_models import KNOWN_MODELS, find_shape
+from ade_mlflow_plugin.config import CloudTrainingConfig
+from ade_mlflow_plugin.config.training import TrainingConfig
+from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.memory_estimate import ModelShape
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300}
+CODER_33B = "deepseek-ai/deepseek-coder-33b-instruct"
+
+
+def cloud(**overrides) -> CloudTrainingConfig:
+    return CloudTrainingConfig.from_backend_config({"role_arn": ROLE, "bucket": "ade-fit", "region": "us-east-1",
+                                                    **overrides})
+
+
+def training(**params) -> TrainingConfig:
+    return TrainingConfig.from_params({"codebase": "src", **{k: str(v) for k, v in params.items()}})
+
+
+def model_folder(path: Path, config: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def no_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+
+
+# ---- where the shape comes from ---------------------------------------------------------------------------
+
+def test_a_local_model_folder_is_read_from_its_config_json(tmp_path):
+    found = find_shape(str(model_folder(tmp_path / "tiny", TINY)))
+    assert found.shape == ModelShape(64, 128, 2, 4, 2, 300) and found.source == f"config.json of {tmp_path / 'tiny'}"
+
+
+def test_a_hub_name_in_the_hugging_face_cache_is_read_there_before_the_table(tmp_path, monkeypatch):
+    # huggingface_hub's layout: models--ORG--NAME/refs/main names the snapshot folder
+    repo = tmp_path / "hub" / "models--deepseek-ai--deepseek-coder-33b-instruct"
+    model_folder(repo / "snapshots" / "abc123", TINY)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    found = find_shape(CODER_33B)
+    assert found.shape.hidden == 64 and "in the Hugging Face cache" in found.source
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert find_shape(CODER_33B).shape == KNOWN_MODELS[CODER_33B]
+
+
+def test_the_table_matches_the_published_sizes(no_hub_cache):
+    sizes = {"deepseek-ai/deepseek-coder-1.3b-base": 1.35, "deepseek-ai/deepseek-coder-6.7b-instruct": 6.74,
+             CODER_33B: 33.3, "qwen/qwen2.5-coder-1.5b": 1.54, "qwen/qwen2.5-coder-7b-instruct": 7.61,
+             "qwen/qwen2.5-coder-32b-instruct": 32.8, "codellama/codellama-34b-hf": 33.7}
+    for name, billions in sizes.items():
+        assert KNOWN_MODELS[name].params / 1e9 == pytest.approx(billions, rel=0.02), name
+    assert find_shape("Qwen/Qwen2.5-Coder-7B-Instruct").known  # hub names are matched in any case
+
+
+def test_an_unknown_model_or_a_non_llama_config_says_why(tmp_path, no_hub_cache):
+    unknown = find_shape("someorg/mystery-coder-7b")
+    assert not unknown.known and "neither in this machine's Hugging Face cache nor in the table" in unknown.source
+    gpt2 = find_shape(str(model_folder(tmp_path / "gpt2", {"model_type": "gpt2", "n_embd": 768})))
+    assert not gpt2.known and "model_type gpt2) is not a Llama-style decoder's" in gpt2.source
+
+
+def _mlflow_model(folder: Path, flavor: dict) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "MLmodel").write_text(yaml.safe_dump({"flavors": {"transformers": flavor}}))
+    return folder
+
+
+def test_an_mlflow_model_folder_reads_its_weights_or_its_adapters_recorded_base(tmp_path, no_hub_cache):
+    merged = _mlflow_model(tmp_path / "merged", {"model_binary": "model"})
+    model_folder(merged / "model", TINY)
+    assert find_shape(str(merged)).shape.vocab == 300
+    base = model_folder(tmp_path / "base", {**TINY, "vocab_size": 512})
+    adapter = _mlflow_model(tmp_path / "adapter", {"peft_adaptor": "peft", "local_base_model_path": str(base)})
+    assert find_shape(str(adapter)).shape.vocab == 512
+    hub_based = _mlflow_model(tmp_path / "hub-adapter", {"peft_adaptor": "peft", "source_model_name": CODER_33B})
+    assert find_shape(str(hub_based)).shape == KNOWN_MODELS[CODER_33B]
+
+
+def test_a_registered_version_is_read_from_two_small_files(tmp_path, tracking_uri, no_hub_cache):
+    import mlflow
+
+    name = f"ade-fit-{uuid.uuid4().hex[:8]}"
+    merged = _mlflow_model(tmp_path / "logged", {"model_binary": "model"})
+    model_folder(merged / "model", TINY)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(merged), "model")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
+    found = find_shape(f"models:/{name}@champion")
+    assert found.shape == ModelShape(64, 128, 2, 4, 2, 300) and found.source == f"config.json of models:/{name}@champion"
+    missing = find_shape(f"models:/{name}@nobody")
+    assert not missing.known and f"cannot read models:/{name}@nobody's config.json" in missing.source
+
+
+# ---- the plan: line, sharding, refusal ---------------------------------------------------------------------
+
+def test_the_defaults_fit_one_a10g_unsharded(no_hub_cache):
+    plan = plan_fit(cloud(), training())
+    assert plan.line.startswith("Memory estimate: deepseek-ai/deepseek-coder-1.3b-instruct: ~")
+    assert "on ml.g5.2xlarge (22 GiB per GPU, 1 GPU(s)): fits unsharded; sharding=auto -> none" in plan.line
+    assert "\n" not in plan.line and plan.sharding == "none"
+    assert plan.tags["ade.sharding"] == "none" and plan.tags["ade.memory_fit"] == "unsharded"
+    assert float(plan.tags["ade.memory_estimate_gib"]) < 22 and plan.tags["ade.memory_gpu_gib"] == "22"
+
+
+def test_auto_shards_a_model_one_gpu_of_the_instance_cannot_hold(no_hub_cache):
+    plan = plan_fit(cloud(instance_type="ml.p4d.24xlarge"),
+                    training(base_model=CODER_33B, batch_size=1, gradient_checkpointing="true"))
+    assert plan.sharding == "fsdp" and plan.tags["ade.memory_fit"] == "sharded"
+    assert "sharded (FSDP) over ml.p4d.24xlarge (39.4 GiB per GPU, 8 GPU(s)); unsharded it would need" in plan.line
+    assert plan.line.endswith("; sharding=auto -> fsdp")
+
+
+def test_what_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_change(no_hub_cache):
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_33B, batch_size=16))
+    message = refused.value.message
+    assert "\n" not in message and refused.value.exit_code == 2
+    assert message.startswith(f"{CODER_33B} at batch_size 16 x 2048 tokens needs ~")
+    assert "GiB too much; use quantization=4bit, a smaller batch_size (now 16)" in message
+
+
+def test_sharding_none_or_fsdp_as_asked_is_kept(no_hub_cache):
+    fsdp = plan_fit(cloud(instance_type="ml.g5.12xlarge"), training(sharding="fsdp"))
+    assert fsdp.sharding == "fsdp" and fsdp.line.endswith("; sharding=fsdp")
+    with pytest.raises(ConfigError, match=r"use sharding=auto \(sharded: ~"):
+        plan_fit(cloud(instance_type="ml.g5.12xlarge"),
+                 training(base_model="deepseek-ai/deepseek-coder-6.7b-base", batch_size=1, sharding="none"))
+
+
+def test_an_unknown_model_is_skipped_and_auto_left_to_the_job(no_hub_cache):
+    plan = plan_fit(cloud(), training(base_model="someorg/mystery-coder-7b"))
+    assert plan.line.startswith("Memory estimate: skipped: 'someorg/mystery-coder-7b' is neither")
+    assert plan.line.endswith("; sharding=auto: the job decides on its GPUs") and plan.sharding == "auto"
+
+
+def test_local_mode_on_a_cpu_says_so_and_never_refuses(monkeypatch, no_hub_cache):
+    monkeypatch.setattr("ade_mlflow_plugin.backend.fit.local_gpus", lambda: None)  # this machine: no GPU
+    plan = plan_fit(cloud(mode="local"), training(base_model=CODER_33B, batch_size=16))
+    assert "unsharded; local mode on this machine's CPU: no GPU to check; sharding=auto -> none" in plan.line
+    assert plan.sharding == "none" and plan.tags["ade.memory_fit"] == "not checked"
+    unknown = plan_fit(cloud(mode="local"), training(base_model="someorg/mystery-coder-7b"))
+    assert unknown.sharding == "none"
+
+
+def test_local_mode_with_gpus_is_checked_against_them(no_hub_cache):
+    plan = plan_fit(cloud(mode="local"), training(base_model="deepseek-ai/deepseek-coder-6.7b-base", batch_size=1),
+                    local=Gpus(2, 22.0, "this machine's GPUs"))
+    assert plan.sharding == "fsdp" and "over this machine's GPUs (22 GiB per GPU, 2 GPU(s))" in plan.line
+
+
+def test_an_instance_type_without_gpu_figures_is_not_checked(no_hub_cache):
+    plan = plan_fit(cloud(instance_type="ml.m5.xlarge"), training())
+    assert "ml.m5.xlarge is not a GPU instance type this plugin knows: not checked" in plan.line
+    assert plan.sharding == "auto"
+
+
+def test_adapters_count_fp32_on_gpus_without_bf16(no_hub_cache):
+    bf16 = plan_fit(cloud(instance_type="ml.g5.12xlarge"), training(batch_size=1))
+    fp32 = plan_fit(cloud(instance_type="ml.g4dn.12xlarge"), training(batch_size=1))
+    assert "LoRA+optimizer 0.1" in bf16.line and "LoRA+optimizer 0.2" in fp32.line
