@@ -4,6 +4,11 @@ Everything else receives an :class:`AwsClients` (or a single client) so tests ca
 bound to moto or wrapped in botocore's Stubber. Throttling is retried by botocore's own "adaptive"
 retry mode (exponential backoff with jitter plus client-side rate limiting); other errors are
 translated into one clear line by :func:`ade_mlflow_plugin.errors.aws_error`.
+
+Two kinds of caller, two retry budgets: what runs for a long time (submission, the follower, `logs
+--follow`) keeps retrying, ~25 s before an unreachable endpoint becomes its line, since a network blip must
+not end a follow; an interactive verb (``AwsClients(interactive=True)``: status, logs, cost, reconcile)
+answers a person waiting at the prompt, so an unreachable endpoint fails in a few seconds.
 """
 from __future__ import annotations
 
@@ -29,6 +34,15 @@ RETRY_CONFIG = Config(
     read_timeout=60,
     user_agent_extra="ade-mlflow-plugin",
 )
+# Interactive verbs: 3 attempts in all (botocore counts 2 retries) of its standard mode (backoff at most 1 s,
+# then 2 s; throttling is retried too) and short connects: a closed port fails in about a second, an
+# endpoint that never answers the connect in ~12 s.
+INTERACTIVE_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 2},
+    connect_timeout=3,
+    read_timeout=30,
+    user_agent_extra="ade-mlflow-plugin",
+)
 # Prices are optional (a bundled table stands in): fail fast instead of retrying for a minute.
 PRICING_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 2},
@@ -37,12 +51,15 @@ PRICING_CONFIG = Config(
     user_agent_extra="ade-mlflow-plugin",
 )
 
+
 @dataclass
 class AwsClients:
-    """Lazily made boto3 clients sharing one session and region."""
+    """Lazily made boto3 clients sharing one session and region; ``interactive``: the short retry budget
+    for a verb someone waits on (INTERACTIVE_CONFIG) instead of the follower's (RETRY_CONFIG)."""
 
     region: str | None = None
     profile: str | None = None
+    interactive: bool = False
     _session: boto3.session.Session | None = field(default=None, repr=False)
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -55,7 +72,7 @@ class AwsClients:
     def client(self, service: str) -> Any:
         if service not in self._clients:
             region = self.region or self.session.region_name
-            config = RETRY_CONFIG
+            config = INTERACTIVE_CONFIG if self.interactive else RETRY_CONFIG
             if service == "pricing":
                 region = "us-east-1"  # the Price List API lives in a few regions only
                 config = PRICING_CONFIG
