@@ -111,7 +111,8 @@ def registry_settings(registry_config: Any) -> ModelRegistryConfig:
                           f"{type(registry_config).__name__}")
     default = ModelRegistryConfig()
     for field in fields(ModelRegistryConfig):
-        if field.name in ("root", "registered_model_name") or getattr(config, field.name) == getattr(default, field.name):
+        used = field.name in ("root", "registered_model_name")
+        if used or getattr(config, field.name) == getattr(default, field.name):
             continue
         from ade_mlflow_plugin.errors import ConfigError
 
