@@ -64,10 +64,11 @@ def find_local_root(ref: str, job_root: Path | None) -> Path | None:
 
 
 def open_job(mode: str, job_name: str, region: str | None, root: Path | None) -> Any:
-    """Something with describe() for the job: its SageMaker record or its local job root."""
+    """Something with describe() for the job: its SageMaker record or its local job root. status and
+    reconcile are verbs someone waits on: an unreachable endpoint fails in seconds (aws.INTERACTIVE_CONFIG)."""
     if mode == "local":
         return JobRoot(root or DEFAULT_JOB_ROOT.resolve() / "jobs" / job_name)
-    return SageMakerJob(AwsClients(region=region).sagemaker, job_name)
+    return SageMakerJob(AwsClients(region=region, interactive=True).sagemaker, job_name)
 
 
 #: DescribeTrainingJob's answer for a name it does not know (a real endpoint: "Requested resource not found.").
@@ -166,7 +167,8 @@ class _FinalCost:
         tags = self.run.data.tags
         region = tags.get("sagemaker.region") or "us-east-1"
         instance_type = cost.instances(description)[0] or tags.get("sagemaker.instance_type", "")
-        quote = cost.default_price_book().quote(AwsClients(region=region), instance_type, region)
+        quote = cost.default_price_book().quote(AwsClients(region=region, interactive=True), instance_type,
+                                                    region)
         CostTicker(quote, self.run.info.run_id, self.client, _Quiet()).on_end(description)
 
 
@@ -192,7 +194,8 @@ def _upload_logs(client: Any, run_id: str, job: Any, tags: dict[str, str], conso
 
     with tempfile.TemporaryDirectory(prefix="ade-logs-") as tmp:
         region = tags.get("sagemaker.region")
-        tailer = LogTailer(AwsClients(region=region).logs, job.name, out_dir=Path(tmp), console=None)
+        tailer = LogTailer(AwsClients(region=region, interactive=True).logs, job.name, out_dir=Path(tmp),
+                           console=None)
         Guarded(tailer, console, "CloudWatch logs").on_end({})
         if any(Path(tmp).iterdir()):
             client.log_artifacts(run_id, tmp, "logs")
