@@ -1,0 +1,43 @@
+"""Held-out metrics (training/evaluation.py): batched greedy generation gives each prompt the completion it
+gets alone, in the examples' own order."""
+from __future__ import annotations
+
+import pytest
+
+from ade_mlflow_plugin.training import evaluation
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+
+
+EXAMPLES = [
+    {"prompt": "def add(a, b):\n", "completion": "    return a + b\n"},
+    {"prompt": "# A longer prompt, so that the batch has to pad the others on the left\nclass Stack:\n"
+               "    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
+     "completion": "        self.items.append(item)\n"},
+    {"prompt": "x =", "completion": " 1"},
+    {"prompt": "fn main() {\n", "completion": "    println!(\"hello\");\n}\n"},
+    {"prompt": "import os\n\ndef home():\n    return", "completion": " os.environ['HOME']\n"},
+]
+
+
+def test_batched_completions_equal_one_at_a_time_in_order(tiny_lm) -> None:
+    model, tokenizer = tiny_lm
+    alone = evaluation.completions(model, tokenizer, EXAMPLES, max_new_tokens=12, batch_size=1)
+    together = evaluation.completions(model, tokenizer, EXAMPLES, max_new_tokens=12, batch_size=4)
+    assert together == alone
+    assert len({len(t) for t in alone}) > 1  # the limits differ per example: each row cut to its own
+
+
+def test_generation_leaves_the_model_as_it_found_it(tiny_lm) -> None:
+    model, tokenizer = tiny_lm
+    assert evaluation.exact_match(model, tokenizer, [], 8) is None
+    model.train()
+    model.config.use_cache = False
+    score = evaluation.exact_match(model, tokenizer, EXAMPLES, 8)
+    assert 0.0 <= score <= 1.0
+    assert model.training and model.config.use_cache is False  # training goes on as it was
