@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ade_mlflow_plugin.training import fp8
+
 #: Names of sibling projections that read the same input in Llama-like decoder layers, first-called first.
 GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -43,6 +45,7 @@ class _Group:
     x: torch.Tensor | None = None
     outs: list[torch.Tensor] | None = None
     served: list[bool] = field(default_factory=list)
+    fp8: Any = None  # fp8.Fp8Weight of the concatenated base weight, while fp8_base is on
 
 
 def _plain_adapter(module: Any) -> str | None:
@@ -90,8 +93,10 @@ def group_outputs(group: _Group, x: torch.Tensor) -> list[torch.Tensor]:
     """Every member's output for input x: one base matmul (when fusable), one A matmul, a B matmul each."""
     members, name = group.members, group.adapter
     if group.fuse_base:
-        weight = torch.cat([m.base_layer.weight for m in members])
-        bases = F.linear(x, weight).split([m.base_layer.out_features for m in members], dim=-1)
+        base = fp8.matmul(x, group.fp8) if group.fp8 is not None else None
+        if base is None:
+            base = F.linear(x, torch.cat([m.base_layer.weight for m in members]))
+        bases = base.split([m.base_layer.out_features for m in members], dim=-1)
     else:
         bases = [m.base_layer(x) for m in members]
     a_weight = torch.cat([m.lora_A[name].weight for m in members])
@@ -118,14 +123,14 @@ def _member_forward(group: _Group, index: int, x: torch.Tensor, *args: Any, **kw
 
 
 @contextlib.contextmanager
-def fused_lora(model: Any) -> Iterator[int]:
-    """While inside, sibling LoRA projections run as groups; yields how many groups. Outside, PEFT's forward."""
+def fused_lora(model: Any) -> Iterator[list[_Group]]:
+    """While inside, sibling LoRA projections run as groups; yields the groups. Outside, PEFT's forward."""
     groups = find_groups(model)
     for group in groups:
         for index, member in enumerate(group.members):
             member.forward = functools.partial(_member_forward, group, index)
     try:
-        yield len(groups)
+        yield groups
     finally:
         for group in groups:
             group.x = group.outs = None

@@ -57,8 +57,8 @@ def test_groups_are_qkv_and_gate_up_of_every_layer(lora_model):
 
 def test_loss_and_gradients_equal_peft(lora_model):
     def fused(batch):
-        with fused_lora(lora_model) as count:
-            assert count == 2 * len(speed.decoder_layers(lora_model))
+        with fused_lora(lora_model) as groups:
+            assert len(groups) == 2 * len(speed.decoder_layers(lora_model))
             return _loss_and_grads(lora_model, batch)
 
     _assert_same(lora_model, 1, fused)
@@ -120,5 +120,5 @@ def test_dropout_or_two_adapters_leave_peft_alone(tiny_model):
 
     config = TrainingConfig(base_model=str(tiny_model), lora_dropout=0.1)
     model = add_lora(load_base_model(config, "cpu", torch.float32), config)
-    with fused_lora(model) as count:
-        assert count == 0
+    with fused_lora(model) as groups:
+        assert groups == []
