@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--codebase", default=str(REPO), help="the code to mine (default: this repository)")
     parser.add_argument("--num-examples", type=int, default=None)
     parser.add_argument("--max-seq-len", type=int, default=None)
+    parser.add_argument("--base-model", default=None, help="a model folder built by an earlier run (in its "
+                                                           "workdir, base-model/): no second build")
     parser.add_argument("--workdir", default=None, help="keep the model, runs and logs here (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.workdir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         built = time.perf_counter()
-        model = build_model(work / "base-model", Path(args.codebase), args.tiny)
-        print(f"model built in {time.perf_counter() - built:.1f} s: {model}", flush=True)
+        model = Path(args.base_model) if args.base_model else build_model(work / "base-model",
+                                                                            Path(args.codebase), args.tiny)
+        print(f"model ready in {time.perf_counter() - built:.1f} s: {model}", flush=True)
         tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
         run_id = new_run(tracking_uri, work / "artifacts")
         code, outside, log = run_entry(args, extra, model, work, tracking_uri, run_id)
