@@ -4,9 +4,10 @@
   TrainingStartTime), the exact cost at the end, tags ``sagemaker.billable_seconds``,
   ``sagemaker.spot_savings_pct``, ``sagemaker.price_source``, ``sagemaker.price_usd_per_hour``.
 - :class:`BudgetGuard`: ``max_cost_usd``: the ``ade_cost_alert`` hook once at each of 50/80/100 % of the
-  budget, StopTrainingJob at 100 % when ``on_budget`` is "stop"; the run is tagged ``ade.stop_reason=budget``.
-  The job holds its budget without us (job/launcher.py's guard, and MaxRuntime capped at submission);
-  this one adds the hook and a stop from outside while someone follows.
+  budget. The job holds its budget without us (job/budget.py's guard, told its price and budget at
+  submission, and MaxRuntime capped by the budget): when it was told, this guard only alerts (the hook lives
+  on this side) and leaves the stop to the job. A job told no price (submitted without one) is stopped from
+  here instead: StopTrainingJob at 100 % when ``on_budget`` is "stop", the run tagged ``ade.stop_reason=budget``.
 - :class:`CloudWatchMirror`: SageMaker's per-host system metrics (namespace /aws/sagemaker/TrainingJobs)
   into the run as ``system/sagemaker/<host>/<metric>`` with CloudWatch's timestamps, each datapoint once.
 - :class:`ModelLanding`: with a local ``output_dir``, the model versions the run registered land in
@@ -51,6 +52,16 @@ def job_logs_its_cost(description: dict[str, Any]) -> bool:
     return contract.HP_USD_PER_HOUR in (description.get("HyperParameters") or {})
 
 
+def job_keeps_its_budget(description: dict[str, Any]) -> bool:
+    """Whether the job stops itself at max_cost_usd (job/budget.py): it was told its price, a budget and
+    on_budget "stop" at submission (hyperparameters, job/contract.py)."""
+    hyper = description.get("HyperParameters") or {}
+    told = {key: contract.decode_value(hyper[key]) for key in
+            (contract.HP_USD_PER_HOUR, contract.HP_MAX_COST_USD, contract.HP_ON_BUDGET) if key in hyper}
+    return (told.get(contract.HP_USD_PER_HOUR) not in (None, "") and told.get(contract.HP_MAX_COST_USD)
+            not in (None, "") and (told.get(contract.HP_ON_BUDGET) or "stop") == "stop")
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -82,7 +93,13 @@ class BudgetGuard:
                 action = "stop" if threshold >= 1.0 and may_stop else "warn"
                 self._alert(description["TrainingJobName"], cost_usd, fraction, action)
         if fraction >= 1.0 and may_stop and not self.stopped:
-            self._stop(description["TrainingJobName"], cost_usd)
+            if job_keeps_its_budget(description):
+                # Its own guard stops it (SIGTERM, checkpoint, run KILLED with ade.stop_reason=budget): a
+                # second stop from here would race it for the same tags.
+                self.stopped = True
+                self.console.write(f"{description['TrainingJobName']}: the job's own budget guard stops it\n")
+            else:
+                self._stop(description["TrainingJobName"], cost_usd)
 
     def _alert(self, job_name: str, cost_usd: float, fraction: float, action: str) -> None:
         self.console.write(f"BUDGET: {job_name} cost ${cost_usd:.2f} is {fraction:.0%} of max_cost_usd "
