@@ -27,12 +27,17 @@ BILLED_FILE = "ade-billed-seconds"
 
 def budget_clock(env: dict[str, str] | None = None) -> Callable[[], float]:
     """Seconds the job has been billed in this attempt, about: since this call (the launcher starts as the
-    container does), or what ENV_BUDGET_CLOCK_FILE says (tests drive the guard through it, not the wall clock)."""
-    clock_file = (os.environ if env is None else env).get(contract.ENV_BUDGET_CLOCK_FILE)
+    container does), or what ENV_BUDGET_CLOCK_FILE says (tests drive the guard through it, not the wall clock).
+    A relative clock file is read in this host's job root, so each host of a local multi-host job has its own
+    (a budget stop on one host only, as when the hosts' clocks differ by a tick)."""
+    env = os.environ if env is None else env
+    clock_file = env.get(contract.ENV_BUDGET_CLOCK_FILE)
     if clock_file:
+        path = Path(env.get(contract.ENV_BASE_DIR) or ".") / clock_file  # an absolute clock_file wins the join
+
         def from_file() -> float:
             try:
-                return float(Path(clock_file).read_text().strip() or 0)
+                return float(path.read_text().strip() or 0)
             except (OSError, ValueError):
                 return 0.0  # not written yet
         return from_file

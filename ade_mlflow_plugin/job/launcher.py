@@ -27,7 +27,8 @@ from ade_mlflow_plugin.job import bootstrap, contract
 from ade_mlflow_plugin.job.budget import budget_clock, start_budget_guard
 from ade_mlflow_plugin.job.deps import install_missing_requirements
 from ade_mlflow_plugin.job.procs import group_members, kill_tree, stops_held, wait_for_group
-from ade_mlflow_plugin.job.run_state import end_run, reopen_run, sigterm_reason
+from ade_mlflow_plugin.job.run_state import (SIGTERM_DETAIL, end_run, record_stop, recorded_stop, reopen_run,
+                                            sigterm_reason)
 
 EXIT_STOPPED = 143
 FAILURE_TAIL_LINES = 40
@@ -43,6 +44,10 @@ _RENDEZVOUS_FAILED = re.compile(r"(DistStoreError|DistNetworkError): (.*(waiting
                                 r"connect|Connection refused).*)")
 #: A torchrun worker's exception line, e.g. "[rank1]: ValueError: ...".
 _WORKER_ERROR = re.compile(r"^\[rank\d+\]: (\w+(\.\w+)*(Error|Exception|Interrupt)\b.*)")
+#: torchrun's summary of a failed worker: "  exitcode  : 143 (pid: 4242)".
+_WORKER_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+#: A worker that stopped on SIGTERM: it exited 143 after its checkpoint, or the signal ended it (-15).
+_STOPPED_EXITS = (EXIT_STOPPED, -15)
 
 
 class LaunchError(Exception):
@@ -294,6 +299,8 @@ class SignalRouter:
 
     def __init__(self) -> None:
         self.entry: EntryProcess | None = None
+        #: Called before the first forward: a host of a multi-host job records why it stops (run_entry).
+        self.before_stop: Callable[[], None] | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self)
@@ -302,6 +309,10 @@ class SignalRouter:
     def __call__(self, signum: int, _frame: Any = None) -> None:
         if self.entry is None:
             raise Stopped(signal.Signals(signum).name)
+        if self.entry.terminated:
+            return  # the entry is already stopping (its grace is bounded): a second SIGTERM would cut it short
+        if self.before_stop is not None:
+            self.before_stop()
         self.entry.forward(signum)
 
 
@@ -327,7 +338,13 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
     print(f"launcher: running in {launch.project_dir}: {launch.command}", flush=True)
     entry = router.entry = EntryProcess(launch.command, launch.project_dir, launch.env)
     entry.record_group(paths.entry_pgid_file)
-    guard = start_budget_guard(launch.job, launch.resource, launch.env, paths.checkpoint_dir, entry.stop, clock)
+    router.before_stop = lambda: _say_why(paths, launch, entry)
+
+    def budget_stop(reason: str, detail: str) -> None:
+        record_stop(launch.env, launch.resource, reason, detail)  # before the peers notice (multi-host)
+        entry.stop(reason, detail)
+
+    guard = start_budget_guard(launch.job, launch.resource, launch.env, paths.checkpoint_dir, budget_stop, clock)
     try:
         code = entry.wait()
     finally:
@@ -337,12 +354,48 @@ def run_entry(paths: contract.ContainerPaths, launch: Launch, router: SignalRout
         return _stopped(paths, launch, entry, code)
     if code != 0:
         cause = rendezvous_failure(list(entry.tail), launch.resource)
+        elsewhere = None if cause else stopped_elsewhere(paths, launch, list(entry.tail))
+        if elsewhere is not None:
+            entry.stop_reason, entry.stop_detail = elsewhere
+            return _stopped(paths, launch, entry, code)
         text = failure_text(list(entry.tail), code)
         _write_failure(paths, f"{cause}\n\n{text}" if cause else text)
         end_run(launch.env, "FAILED", launch.resource)
         return code if 0 < code < 256 else 1
     end_run(launch.env, "FINISHED", launch.resource)
     return 0
+
+
+def _say_why(paths: contract.ContainerPaths, launch: Launch, entry: EntryProcess) -> None:
+    """A SIGTERM to a host of a multi-host job: its reason is found out now and recorded on the run before the
+    entry hears of it, so that the other hosts, whose entries end with this one's, read why (stopped_elsewhere)."""
+    if len(launch.resource.get("hosts") or ()) < 2:
+        return  # one host: the reason is found out after the entry's end, as it always was
+    try:
+        entry.stop_reason, entry.stop_detail = sigterm_reason(paths, launch.env, launch.job.region)
+        record_stop(launch.env, launch.resource, entry.stop_reason, entry.stop_detail)
+    except Exception as exc:  # noqa: BLE001 - in a signal handler: the stop must go on whatever happens
+        print(f"launcher: cannot say why the job stops: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def stopped_elsewhere(paths: contract.ContainerPaths, launch: Launch, tail: list[str]) -> tuple[str, str] | None:
+    """(reason, detail) when this host's entry ended because the job was stopped on another host, None when it
+    failed. A multi-host job's ranks end together: on a stop they agree to checkpoint and exit 143 at the same
+    step, or a rank loses its collective's partner and raises. Neither is a failure when a stop was recorded on
+    the run (record_stop, before any host signals its entry); without one, only an entry whose every failed
+    worker exited as stopped (a SIGTERM sent to a training process itself) is."""
+    if len(launch.resource.get("hosts") or ()) < 2:
+        return None
+    recorded = recorded_stop(launch.env, launch.resource)
+    if recorded is not None:
+        return recorded
+    exits = {int(m.group(1)) for m in map(_WORKER_EXIT.match, tail) if m}
+    if not exits or not exits <= set(_STOPPED_EXITS):
+        return None
+    reason, detail = sigterm_reason(paths, launch.env, launch.job.region)
+    if detail == SIGTERM_DETAIL:
+        detail = "stopped: a training process of the job got SIGTERM; every rank stopped at its checkpoint"
+    return reason, detail
 
 
 def _stopped(paths: contract.ContainerPaths, launch: Launch, entry: EntryProcess, code: int) -> int:

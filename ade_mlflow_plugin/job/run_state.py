@@ -21,6 +21,8 @@ MAX_RUNTIME_SLACK_S = 60.0
 DESCRIBE_TIMEOUT_S = 5
 ATTEMPT_TAG = "ade.attempt"
 STOP_TAGS = (contract.STOP_REASON_TAG, contract.STOP_DETAIL_TAG)
+#: What a SIGTERM says when neither the local runner nor SageMaker can say why.
+SIGTERM_DETAIL = "stopped: SIGTERM to the launcher"
 
 
 # ---------------------------------------------------------------- why the SIGTERM came
@@ -84,7 +86,56 @@ def sigterm_reason(paths: contract.ContainerPaths, env: Mapping[str, str], regio
         except Exception as exc:  # noqa: BLE001 - no permission, no network: the stop is still a stop
             return "stopped", (f"stopped: SIGTERM; DescribeTrainingJob could not say why ({type(exc).__name__}); "
                                "give the job role sagemaker:DescribeTrainingJob to tell spot reclaims apart")
-    return "stopped", "stopped: SIGTERM to the launcher"
+    return "stopped", SIGTERM_DETAIL
+
+
+# ---------------------------------------------------------------- a stop seen from another host
+def _multi_host_run(env: Mapping[str, str], resource: Mapping[str, Any]) -> str | None:
+    """The run id of a multi-host job (every host may read and record its stop), else None."""
+    hosts = resource.get("hosts") or ["algo-1"]
+    return env.get(contract.ENV_RUN_ID) if len(hosts) > 1 else None
+
+
+def record_stop(env: Mapping[str, str], resource: Mapping[str, Any], reason: str, detail: str) -> None:
+    """Before any host of a multi-host job stops its entry (its SIGTERM, its budget): the reason goes on the
+    run first. The other hosts' entries end without a SIGTERM of their own (their ranks stop at the same
+    step, or lose their collective's partner), and their launchers read it here to end as stopped, not
+    failed. A reason already there stays: the first stop of the attempt is the job's."""
+    run_id = _multi_host_run(env, resource)
+    if run_id is None or reason not in contract.STOP_REASONS:
+        return
+    try:
+        client = _client(env)
+        if client is None:
+            print("launcher: the tracking server cannot be reached; the other hosts cannot read this stop's "
+                  "reason and may end the run FAILED", file=sys.stderr, flush=True)
+            return
+        if contract.STOP_REASON_TAG not in client.get_run(run_id).data.tags:
+            client.set_tag(run_id, contract.STOP_DETAIL_TAG, detail)
+            client.set_tag(run_id, contract.STOP_REASON_TAG, reason)  # last: a reader sees both or neither
+    except Exception as exc:  # noqa: BLE001 - the stop goes on whether or not the run can say why
+        print(f"launcher: cannot record the stop on MLflow run {run_id}: {type(exc).__name__}: {str(exc)[:200]}",
+              file=sys.stderr, flush=True)
+
+
+def recorded_stop(env: Mapping[str, str], resource: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, detail) of the stop another host (or the follower's budget guard) recorded on the run in this
+    attempt (reopen_run clears an earlier attempt's), or None: for a host whose entry ended without a SIGTERM."""
+    run_id = _multi_host_run(env, resource)
+    if run_id is None:
+        return None
+    try:
+        client = _client(env)
+        tags = client.get_run(run_id).data.tags if client is not None else {}
+    except Exception as exc:  # noqa: BLE001 - unreadable: the entry's own exit decides
+        print(f"launcher: cannot read MLflow run {run_id}: {type(exc).__name__}: {str(exc)[:200]}",
+              file=sys.stderr, flush=True)
+        return None
+    reason = tags.get(contract.STOP_REASON_TAG, "")
+    if reason not in contract.STOP_REASONS:
+        return None
+    detail = tags.get(contract.STOP_DETAIL_TAG) or f"{reason}: another host of the job was stopped"
+    return reason, detail if detail.startswith(reason) else f"{reason}: {detail}"
 
 
 # ---------------------------------------------------------------- the run
