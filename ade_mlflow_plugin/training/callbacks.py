@@ -96,16 +96,65 @@ def metric_line(metrics: dict[str, float], step: int) -> str:
 
 
 class StopOnSigterm(TrainerCallback):
-    """After the step in progress: save a checkpoint and stop."""
+    """After the step in progress: save a checkpoint and stop, on every rank at the same step.
+
+    SIGTERM may reach one rank only (one host reclaimed, a signal to one process): the ranks agree on the flag
+    after every optimizer step (one all_reduce(MAX) of one number), so all of them save the same step and stop;
+    a rank that stopped alone would leave its peers waiting in a collective for ever. The agreed flag is set
+    on every rank, so each one's train() reports the stop and exits as stopped."""
 
     def __init__(self, flag: StopFlag) -> None:
         self.flag = flag
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.flag:
+        if any_rank(bool(self.flag)):
+            self.flag.set()
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def distributed() -> bool:
+    """Whether this process is one of several in a torch.distributed process group."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def any_rank(value: bool) -> bool:
+    """True on every rank when it is True on any rank (a collective: every rank must call it); the value
+    itself when the process is alone."""
+    if not distributed():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    # NCCL reduces only CUDA tensors; gloo (and a cpu:gloo,cuda:nccl group) takes a CPU one.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1 if value else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+class SaveTrainingState(TrainerCallback):
+    """The optimizer and scheduler state of a checkpoint, for a model sharded at load time (sharding.py).
+
+    The Trainer is told save_only_model for such a model (it refuses to checkpoint an optimizer it cannot
+    see whole); the LoRA weights it optimizes are replicated, so rank 0's state is every rank's. Written
+    under the names the Trainer reads on resume (its RNG state is not: without dropout, the default, the
+    data order alone decides the run, and it comes from the seed and the step)."""
+
+    def on_save(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if not state.is_world_process_zero or optimizer is None:
+            return
+        import torch
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        folder = checkpoint_folder(Path(args.output_dir), state.global_step)
+        if folder.is_dir():
+            torch.save(optimizer.state_dict(), folder / OPTIMIZER_NAME)
+            if lr_scheduler is not None:
+                torch.save(lr_scheduler.state_dict(), folder / SCHEDULER_NAME)
 
 
 #: Called (rank 0) with (checkpoint root, TrainerState) after each checkpoint is complete and old ones are
@@ -125,9 +174,15 @@ def checkpoint_listener(listener: Callable[[Path, Any], None]) -> Iterator[None]
 
 
 class MarkComplete(TrainerCallback):
-    """Marks a checkpoint complete once the Trainer has written all of it (and rotated old ones)."""
+    """Marks a checkpoint complete once the Trainer (every rank of it) has written all of it and rotated old
+    ones."""
 
     def on_save(self, args, state, control, **kwargs):
+        # Every rank writes into the checkpoint (its RNG state at least): the marker waits for all of them.
+        if distributed():
+            import torch.distributed as dist
+
+            dist.barrier()
         if state.is_world_process_zero:
             folder = checkpoint_folder(Path(args.output_dir), state.global_step)
             if folder.is_dir():

@@ -10,10 +10,12 @@ from typing import Any, Sequence
 
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
-from ade_mlflow_plugin.training.callbacks import EvalTiming, LogLastStep, MarkComplete, MetricsCallback, StopOnSigterm
+from ade_mlflow_plugin.training.callbacks import (EvalTiming, LogLastStep, MarkComplete, MetricsCallback,
+                                                  SaveTrainingState, StopOnSigterm)
 from ade_mlflow_plugin.training.checkpoints import StopFlag, latest_checkpoint
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.training.packing import PackedCollator
+from ade_mlflow_plugin.training.sharding import is_sharded
 from ade_mlflow_plugin.training.speed import device_precision, pad_multiple, speedups
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,9 @@ def plan(config: TrainingConfig, rows: int, eval_rows: int) -> Plan:
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, device: str,
-                       cadence: Plan | None = None) -> TrainingArguments:
+                       cadence: Plan | None = None, sharded: bool = False) -> TrainingArguments:
+    """``sharded``: the model was sharded as it loaded (sharding.py); the Trainer refuses to checkpoint such a
+    model's optimizer, so it saves the model only and SaveTrainingState writes the rest."""
     mixed = device_precision(config, device).mixed  # fp16: autocast + GradScaler over float32 LoRA weights
     cadence = cadence or plan(config, 0, 0)
     return TrainingArguments(
@@ -90,6 +94,7 @@ def training_arguments(config: TrainingConfig, output_dir: Path, device: str,
         save_strategy="steps",  # also saves the last step: a job stopped during eval restarts at the end
         save_steps=cadence.save_steps,
         save_total_limit=config.keep_checkpoints,
+        save_only_model=sharded,
         # Periodic eval on a small fixed share of the eval split; the full split is scored before and after
         # training (evaluation.py). The Trainer evaluates the last step too.
         eval_strategy="steps" if cadence.eval_steps else "no",
@@ -142,12 +147,15 @@ def train(config: TrainingConfig, model: Any, tokenizer: Any, rows: list[dict], 
     extra = [EarlyStoppingCallback(config.early_stopping_patience)] \
         if cadence.load_best and config.early_stopping_patience else []
     timing = EvalTiming()
-    trainer = Trainer(model=model, args=training_arguments(config, output_dir, device, cadence),
+    sharded = is_sharded(model)
+    # SaveTrainingState before MarkComplete: the marker goes on a checkpoint with its optimizer state in it.
+    state_saver = [SaveTrainingState()] if sharded else []
+    trainer = Trainer(model=model, args=training_arguments(config, output_dir, device, cadence, sharded),
                       train_dataset=rows_dataset(rows), data_collator=collator,
                       eval_dataset=rows_dataset(spread(eval_rows, cadence.eval_rows)) if cadence.eval_steps else None,
                       processing_class=tokenizer,
                       callbacks=[MetricsCallback(metric_logger), LogLastStep(), timing, StopOnSigterm(stop),
-                                 MarkComplete(), *extra, *callbacks])
+                                 *state_saver, MarkComplete(), *extra, *callbacks])
     stop.training = True
     try:
         with speedups(model, config, device):
