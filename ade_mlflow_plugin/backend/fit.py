@@ -5,7 +5,8 @@ the workload its TrainingConfig trains per GPU, and the GPUs the job gets (the i
 the instance count; in local mode this machine's, from nvidia-smi) go through memory_estimate.decide().
 The outcome is one line printed next to the cost estimate; `sharding=auto` is resolved to `none` or
 `fsdp` for the job; a plan that cannot fit even sharded is refused (ConfigError, exit 2) with decide()'s
-line. What cannot be checked is said on the line and never refused: on a local machine without a GPU `auto`
+line. A plan that fits only with some decoder layers recomputed in backward gets the fewest that make it fit
+when `checkpoint_layers` is auto (and gradient_checkpointing off). What cannot be checked is said on the line and never refused: on a local machine without a GPU `auto`
 trains unsharded (`none`); for a model or an instance type the estimate does not know, `auto` goes to the
 job as it is, and the job decides on its own GPUs with the model it loaded (training/sharding.py).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ade_mlflow_plugin.backend.fit_models import FoundShape, find_shape
@@ -25,6 +26,7 @@ PREFIX = "Memory estimate: "
 TAG_ESTIMATE, TAG_GPU, TAG_SHARDING, TAG_FIT = ("ade.memory_estimate_gib", "ade.memory_gpu_gib", "ade.sharding",
                                                 "ade.memory_fit")
 TAG_SHAPE = "ade.memory_model_shape"  # where the model's shape came from
+TAG_CHECKPOINT_LAYERS = "ade.checkpoint_layers"  # checkpoint_layers=auto as resolved here, when it was
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,13 @@ class FitPlan:
     line: str
     sharding: str | None  # None: the entry's TrainingConfig has no sharding option (nothing to pass)
     tags: dict[str, str] = field(default_factory=dict)
+    checkpoint_layers: str | None = None  # checkpoint_layers=auto resolved to a count (None: left as given)
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The training options decided here, for the job's params."""
+        decided = {"sharding": self.sharding, "checkpoint_layers": self.checkpoint_layers}
+        return {name: value for name, value in decided.items() if value is not None}
 
 
 def local_gpus() -> Gpus | None:
@@ -113,15 +122,39 @@ def _decided(config: Any, found: FoundShape, training: Any, gpus: Gpus, asked: s
     """decide() against the job's GPUs: the line, or the refusal (ConfigError)."""
     bf16 = has_bf16(config.instance_type) if config.mode == "sagemaker" else True
     work = Workload.from_training(training, found.shape.layers, bf16=bf16)
-    decision = decide_on(asked or "none", found.shape, work, gpus.count, gpus.gib, gpus.label,
-                         _short(training.base_model))
+    name = _short(training.base_model)
+    decision = decide_on(asked or "none", found.shape, work, gpus.count, gpus.gib, gpus.label, name)
+    recomputed = None
+    if decision.refused and _checkpointing_is_auto(training):
+        recomputed, rescued = _fewest_recomputed(asked or "none", found, work, gpus, name)
+        decision = rescued or decision
     if decision.refused:
         raise ConfigError(decision.message)
     resolved = _resolved(asked, decision.fsdp)
     chosen = decision.sharded if decision.fsdp else decision.plain
     tags = {TAG_ESTIMATE: f"{chosen.needed_gib:.1f}", TAG_GPU: f"{gpus.gib:g}",
             TAG_FIT: "sharded" if decision.fsdp else "unsharded", TAG_SHAPE: found.source, **_sharding_tag(resolved)}
-    return FitPlan(f"{PREFIX}{decision.message}{_arrow(asked, resolved)}", resolved, tags)
+    layers = f"; checkpoint_layers=auto -> {recomputed} of {found.shape.layers}" if recomputed else ""
+    if recomputed:
+        tags[TAG_CHECKPOINT_LAYERS] = str(recomputed)
+    return FitPlan(f"{PREFIX}{decision.message}{_arrow(asked, resolved)}{layers}", resolved, tags,
+                   str(recomputed) if recomputed else None)
+
+
+def _checkpointing_is_auto(training: Any) -> bool:
+    return getattr(training, "checkpoint_layers", None) == "auto" and not training.gradient_checkpointing
+
+
+def _fewest_recomputed(sharding: str, found: FoundShape, work: Workload, gpus: Gpus,
+                       name: str) -> tuple[int | None, Any]:
+    """checkpoint_layers=auto, when the plan does not fit as it is: the fewest decoder layers recomputed in
+    backward (least speed lost) with which it fits; (None, None) when even all of them are not enough."""
+    for layers in range(work.checkpointed_layers + 1, found.shape.layers + 1):
+        decision = decide_on(sharding, found.shape, replace(work, checkpointed_layers=layers), gpus.count,
+                             gpus.gib, gpus.label, name)
+        if not decision.refused:
+            return layers, decision
+    return None, None
 
 
 def _sharding_tag(resolved: str | None) -> dict[str, str]:

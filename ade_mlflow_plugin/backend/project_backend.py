@@ -220,8 +220,8 @@ class AdeSageMakerBackend(AbstractBackend):
 
         plan = plan_fit(config, resolved.training)
         self.console.write(plan.line + "\n")
-        if plan.sharding is not None:
-            resolved.resolve_option("sharding", plan.sharding)
+        for name, value in plan.options.items():  # sharding (and checkpoint_layers) as decided for the job
+            resolved.resolve_option(name, value)
         return plan
 
     def _wheelhouse(self, config: CloudTrainingConfig, project_dir: Path,

@@ -142,9 +142,11 @@ def test_what_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_chang
 def test_sharding_none_or_fsdp_as_asked_is_kept(no_hub_cache):
     fsdp = plan_fit(cloud(instance_type="ml.g5.12xlarge"), training(sharding="fsdp"))
     assert fsdp.sharding == "fsdp" and fsdp.line.endswith("; sharding=fsdp")
+    coder_6_7b = {"base_model": "deepseek-ai/deepseek-coder-6.7b-base", "batch_size": 1, "sharding": "none"}
     with pytest.raises(ConfigError, match=r"use sharding=auto \(sharded: ~"):
-        plan_fit(cloud(instance_type="ml.g5.12xlarge"),
-                 training(base_model="deepseek-ai/deepseek-coder-6.7b-base", batch_size=1, sharding="none"))
+        plan_fit(cloud(instance_type="ml.g5.12xlarge"), training(**coder_6_7b, checkpoint_layers=0))
+    # unsharded as asked, it fits with layers recomputed (checkpoint_layers auto)
+    assert plan_fit(cloud(instance_type="ml.g5.12xlarge"), training(**coder_6_7b)).checkpoint_layers
 
 
 def test_an_unknown_model_is_skipped_and_auto_left_to_the_job(no_hub_cache):
@@ -178,3 +180,17 @@ def test_adapters_count_fp32_on_gpus_without_bf16(no_hub_cache):
     bf16 = plan_fit(cloud(instance_type="ml.g5.12xlarge"), training(batch_size=1))
     fp32 = plan_fit(cloud(instance_type="ml.g4dn.12xlarge"), training(batch_size=1))
     assert "LoRA+optimizer 0.1" in bf16.line and "LoRA+optimizer 0.2" in fp32.line
+
+
+def test_checkpoint_layers_auto_recomputes_the_fewest_layers_that_make_it_fit(no_hub_cache):
+    # the specification's snippet: the defaults (batch 4 x 2048) on one 16 GB T4
+    plan = plan_fit(cloud(instance_type="ml.g4dn.xlarge"), training())
+    layers = int(plan.checkpoint_layers)
+    assert 0 < layers < 24 and plan.line.endswith(f"; sharding=auto -> none; checkpoint_layers=auto -> {layers} of 24")
+    assert plan.options == {"sharding": "none", "checkpoint_layers": str(layers)}
+    assert plan.tags["ade.checkpoint_layers"] == str(layers)
+    assert float(plan.tags["ade.memory_estimate_gib"]) <= 14.6
+    # one layer fewer would not fit; a count the user gave is kept, and refused when it cannot fit
+    with pytest.raises(ConfigError, match="ml.g4dn.xlarge"):
+        plan_fit(cloud(instance_type="ml.g4dn.xlarge"), training(checkpoint_layers=layers - 1))
+    assert plan_fit(cloud(), training()).checkpoint_layers is None  # fits as it is: left to the job
