@@ -194,3 +194,10 @@ def test_checkpoint_layers_auto_recomputes_the_fewest_layers_that_make_it_fit(no
     with pytest.raises(ConfigError, match="ml.g4dn.xlarge"):
         plan_fit(cloud(instance_type="ml.g4dn.xlarge"), training(checkpoint_layers=layers - 1))
     assert plan_fit(cloud(), training()).checkpoint_layers is None  # fits as it is: left to the job
+
+
+def test_a_local_model_folder_is_named_by_its_folder_name(tmp_path):
+    folder = model_folder(tmp_path / "models" / "tiny-coder", TINY)
+    plan = plan_fit(cloud(), training(base_model=str(folder)))
+    assert plan.line.startswith("Memory estimate: tiny-coder: ~") and "fits unsharded" in plan.line
+    assert plan.tags["ade.memory_model_shape"] == f"config.json of {folder}"
