@@ -28,10 +28,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.losses: dict[int, float] = {}
+        self.evals: dict[int, float] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if "train_loss" in metrics:
             self.losses[step] = metrics["train_loss"]
+        if "eval_loss" in metrics:
+            self.evals[step] = metrics["eval_loss"]
 
 
 class SigtermAt(TrainerCallback):
@@ -53,23 +56,27 @@ def examples() -> list[dict[str, str]]:
 def main(argv: list[str]) -> None:
     base, out, mode, steps = argv[0], Path(argv[1]), argv[2], int(argv[3])
     term_rank, term_step = (int(argv[4]), int(argv[5])) if len(argv) > 5 else (-1, 0)
+    periodic_eval = os.environ.get("SHARDED_WORKER_EVAL") == "1"  # eval every 2 steps, load_best
     config = TrainingConfig(base_model=base, sharding=mode, max_steps=steps, batch_size=2, grad_accumulation=2,
                             max_seq_len=64, learning_rate=5e-3, warmup_ratio=0.0, logging_steps="1",
-                            save_steps="3", eval_steps="0", load_best=False, seed=7)
+                            save_steps="2" if periodic_eval else "3", eval_steps="2" if periodic_eval else "0",
+                            load_best=periodic_eval, seed=7)
     set_seed(config.seed)
     model, tokenizer, device = sharding.load_for_training(config)
     rows, _ = build_rows(tokenizer, examples(), config.max_seq_len, config.packing)
     stop = StopFlag().install()
     recorder = Recorder()
     extra = [SigtermAt(term_step)] if sharding.rank() == term_rank else []
+    eval_rows = rows[-8:] if periodic_eval else None
     state, stopped = train(config, model, tokenizer, rows, output_dir=out / "checkpoints", device=device,
-                           metric_logger=recorder, stop=stop, callbacks=extra)
+                           metric_logger=recorder, stop=stop, eval_rows=eval_rows, callbacks=extra)
     sharded = sharding.is_sharded(model)
     published = sharding.publishable_model(model, config) if not stopped else None
     if published is not None:
         published.save_pretrained(str(out / "published"))
     (out / f"result-{sharding.rank()}.json").write_text(json.dumps({
-        "losses": recorder.losses, "global_step": state.global_step, "stopped": stopped, "sharded": sharded}))
+        "losses": recorder.losses, "evals": recorder.evals, "global_step": state.global_step, "stopped": stopped, "sharded": sharded,
+        "best": state.best_model_checkpoint and Path(state.best_model_checkpoint).name}))
 
 
 if __name__ == "__main__":

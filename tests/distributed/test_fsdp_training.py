@@ -105,3 +105,15 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resumes(base, sharded, t
     worst = max(abs(resumed[0]["losses"][str(s)] - whole[0]["losses"][str(s)]) for s in second)
     print(f"resumed vs uninterrupted FSDP: largest train_loss difference: {worst:.3g}")
     assert worst <= LOSS_TOLERANCE
+
+
+def test_periodic_eval_and_load_best_run_sharded(base, sharded, tmp_path, monkeypatch):
+    """Every rank evaluates its share every 2 steps; the Trainer loads the best checkpoint's adapter at the end."""
+    monkeypatch.setenv("SHARDED_WORKER_EVAL", "1")
+    results = torchrun(base, tmp_path, "fsdp")
+    assert steps(results[0]["evals"]) == [2, 4, 6]  # the last step's eval is the pipeline's, on the whole split
+    assert results[0]["best"] == results[1]["best"] and results[0]["best"].startswith("checkpoint-")
+    _, whole = sharded
+    assert steps(results[0]["losses"]) == steps(whole[0]["losses"])  # eval leaves training as it was
+    assert max(abs(v - whole[0]["losses"][k]) for k, v in results[0]["losses"].items()) <= LOSS_TOLERANCE
+    assert (tmp_path / "published" / "adapter_model.safetensors").is_file()
