@@ -139,7 +139,9 @@ class TrainingConfig:
     checkpoint_layers: str = option("auto", auto_or_whole,
                                     "recompute only this many decoder layers in backward, a memory/speed trade "
                                     f"in between; auto: {AUTO_CHECKPOINT_SHARE:.0%} of them with a quantized "
-                                    "base (what QLoRA is for, at a few % speed), none otherwise")
+                                    "base (what QLoRA is for, at a few % speed), none otherwise; at submission, "
+                                    "as many as needed to fit the GPU when the memory estimate says the plan does "
+                                    "not fit (docs/memory-estimate.md)")
     # speed options (training/speed.py): on by default, each one a switch to turn it off
     flex_attention: bool = option(True, boolean(), "flex attention over packed sequences (GPU)")
     compile_layers: bool = option(True, boolean(), "torch.compile each decoder layer (GPU)")

@@ -90,17 +90,16 @@ def check_quantization(config: TrainingConfig, choice: Choice, device: str) -> N
                       "sharding=none (a quantized base is what lets one GPU hold the model) or quantization=none")
 
 
-def plain_need_gib(config: TrainingConfig, model_config: Any) -> float | None:
-    """Estimated per-GPU memory of the unsharded run (memory_estimate.py), None for a model it cannot shape."""
+def plain_need_gib(config: TrainingConfig, model_config: Any, bf16: bool = True) -> float | None:
+    """Estimated per-GPU memory of the unsharded run, as the backend's fit check counts it (memory_estimate.py);
+    None for a model it cannot shape. ``bf16``: the GPU has bf16 (else the adapters train in fp32)."""
     from ade_mlflow_plugin.memory_estimate import ModelShape, Workload, estimate
 
     try:
         shape = ModelShape.from_config(model_config.to_dict())
     except (KeyError, TypeError, ValueError):
         return None
-    work = Workload(config.batch_size, config.max_seq_len, config.lora_r, config.target_modules, config.quantization,
-                    2 if config.bf16_adapters else 4, config.checkpointed_layers(shape.layers), config.fused_loss)
-    return estimate(shape, work).needed_gib
+    return estimate(shape, Workload.from_training(config, shape.layers, bf16=bf16)).needed_gib
 
 
 def resolve(config: TrainingConfig, device: str) -> Choice:
@@ -114,7 +113,8 @@ def resolve(config: TrainingConfig, device: str) -> Choice:
 
         gpu_gib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
         try:
-            plain_gib = plain_need_gib(config, AutoConfig.from_pretrained(resolve_base(config.base_model).model))
+            plain_gib = plain_need_gib(config, AutoConfig.from_pretrained(resolve_base(config.base_model).model),
+                                       bf16=torch.cuda.is_bf16_supported())
         except (OSError, ValueError):  # no config.json to read: the load below says what is wrong
             plain_gib = None
     choice = choose(config, device, world_size(), gpu_gib, plain_gib)
