@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ade_mlflow_plugin.training.packing import IGNORE, PackedCollator, encode_prompt
 
@@ -44,6 +45,11 @@ def normalise(text: str) -> str:
 #: In batches of 16 (sorted by length, so little padding) the same evals are 128 decode steps; the KV cache
 #: of 16 prompts of 2048 tokens is ~6 GB on the 1.3b model.
 GENERATE_BATCH = 16
+#: Generation runs under sdpa whatever the model trains with. Flex attention (training's, for packed rows)
+#: is compiled per shape, and each decode step is a new key length: on an H100 the "before" eval of a
+#: 1000-example job took 80 s, more than its training. A generated prompt is one sequence with a padding
+#: mask, which sdpa runs exactly; eval_loss keeps the model's attention (its rows are packed).
+GENERATE_ATTENTION = "sdpa"
 
 
 def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_new_tokens: int) -> float | None:
@@ -56,13 +62,14 @@ def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
 
 
 def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_new_tokens: int,
-                batch_size: int = GENERATE_BATCH) -> list[str]:
+                batch_size: int = GENERATE_BATCH, attention: str | None = GENERATE_ATTENTION) -> list[str]:
     """Greedy completion of each example's prompt, at most min(max_new_tokens, reference tokens + 1) tokens
     (one more than the reference: a match must also stop there).
 
     Prompts of similar length go together, left-padded with an attention mask (generate derives the
     positions from it, so a padded prompt sees the positions it would alone); each row is cut to its own
-    limit, and the pads after an early EOS are special tokens that decode drops.
+    limit, and the pads after an early EOS are special tokens that decode drops. ``attention``: the
+    implementation generation runs under (None: the model's own).
     """
     import torch
 
@@ -76,7 +83,7 @@ def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
     model.eval()
     model.config.use_cache = True  # generation, not training: the KV cache is safe and fast here
     try:
-        with torch.no_grad():
+        with torch.no_grad(), attention_as(model, attention):
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 ids, mask = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
@@ -90,6 +97,24 @@ def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
         model.config.use_cache = old_cache
         model.train(was_training)
     return texts
+
+
+@contextmanager
+def attention_as(model: Any, implementation: str | None) -> Iterator[None]:
+    """Run the block with the model's attention switched to ``implementation`` (then back)."""
+    from ade_mlflow_plugin.adapters.transformers_attn import attn_implementation
+    from ade_mlflow_plugin.training.speed import causal_lm
+
+    lm = causal_lm(model)
+    current = attn_implementation(lm.config)
+    if implementation is None or current is None or current == implementation:
+        yield
+        return
+    lm.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation(current)
 
 
 def _left_padded(prompts: list[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:

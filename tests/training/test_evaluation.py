@@ -41,3 +41,26 @@ def test_generation_leaves_the_model_as_it_found_it(tiny_lm) -> None:
     score = evaluation.exact_match(model, tokenizer, EXAMPLES, 8)
     assert 0.0 <= score <= 1.0
     assert model.training and model.config.use_cache is False  # training goes on as it was
+
+
+def test_generation_runs_under_sdpa_and_gives_the_attention_back(tiny_model) -> None:
+    """Flex attention (training's) is compiled per shape: generation switches a LoRA model to sdpa for its
+    decode steps, with the same completions, and back to the model's own attention after."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ade_mlflow_plugin.adapters.transformers_attn import attn_implementation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="eager"),
+                           LoraConfig(r=4, target_modules="all-linear"))
+    seen = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args: seen.append(attn_implementation(module.config)))
+    own = evaluation.completions(model, tokenizer, EXAMPLES, max_new_tokens=6, attention=None)
+    assert set(seen) == {"eager"}
+    seen.clear()
+    switched = evaluation.completions(model, tokenizer, EXAMPLES, max_new_tokens=6)
+    hook.remove()
+    assert set(seen) == {evaluation.GENERATE_ATTENTION} and switched == own
+    assert attn_implementation(model.get_base_model().config) == "eager"
