@@ -20,7 +20,6 @@ from ade_mlflow_plugin.training.checkpoints import (SIGTERM_EXIT_CODE, StopFlag,
                                                     latest_checkpoint, load_adapter_weights)
 from ade_mlflow_plugin.config.training import TrainingConfig
 from ade_mlflow_plugin.job import relay as job_relay
-from ade_mlflow_plugin.training import phases
 from ade_mlflow_plugin.training.tracking import (MetricLogger, NullLogger, RelayLogger, attach_run,
                                                  is_main_process, log_params_once, logged_steps)
 
@@ -289,6 +288,9 @@ def _relay_dataset(relay: job_relay.Relay, prepared: Any, codebase: Path, name: 
 
 
 def _run(config: TrainingConfig, get_data) -> Outcome:
+    # Here, not at the top: torch and transformers come with it, and their import is the job's start-up.
+    from ade_mlflow_plugin.training import phases
+
     clock = phases.PhaseClock()
     with clock.phase("setup"):
         session = Session(config)
@@ -325,10 +327,11 @@ def _rows(config: TrainingConfig, tokenizer: Any, prepared: Any) -> tuple[list, 
     return rows, eval_rows, samples
 
 
-def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, clock: phases.PhaseClock) -> Outcome:
+def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, clock: Any) -> Outcome:
+    """Load, (resume and) train, evaluate and publish, each phase booked on ``clock`` (a PhaseClock)."""
     from transformers import set_seed
 
-    from ade_mlflow_plugin.training import evaluation
+    from ade_mlflow_plugin.training import evaluation, phases
     from ade_mlflow_plugin.training.model import load_for_training, local_model_dir
     from ade_mlflow_plugin.training.trainer import train
 
@@ -380,10 +383,12 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, cloc
     return outcome
 
 
-def _log_phases(session: Session, clock: phases.PhaseClock, step: int) -> None:
+def _log_phases(session: Session, clock: Any, step: int) -> None:
     """The job's phase times into the run (metrics and phases.json) and the table into the job log."""
     import json
     import tempfile
+
+    from ade_mlflow_plugin.training import phases
 
     summary = clock.summary()
     session.metrics.log(phases.metrics(summary), step=step)
