@@ -91,19 +91,22 @@ def test_sharded_checkpoints_have_optimizer_state_and_marker(sharded):
     assert finished_checkpoint(out / "checkpoints", STEPS) is not None
 
 
-def test_sigterm_to_one_rank_stops_both_at_one_step_and_resumes(base, sharded, tmp_path):
+@pytest.mark.parametrize("sharding, uninterrupted", [("fsdp", "sharded"), ("none", "unsharded")])
+def test_sigterm_to_one_rank_stops_both_at_one_step_and_resumes(base, sharding, uninterrupted, tmp_path, request):
+    """Under FSDP and DDP alike: without the ranks' agreement the signalled rank would stop alone and leave
+    its peer waiting in a collective."""
     from ade_mlflow_plugin.training.checkpoints import complete_checkpoints
 
-    stopped = torchrun(base, tmp_path, "fsdp", 1, 5)  # SIGTERM to rank 1 as step 5 begins
+    stopped = torchrun(base, tmp_path, sharding, 1, 5)  # SIGTERM to rank 1 as step 5 begins
     assert [(r["stopped"], r["global_step"]) for r in stopped] == [(True, 5), (True, 5)]
     assert [step for step, _ in complete_checkpoints(tmp_path / "checkpoints")][-1] == 5
-    resumed = torchrun(base, tmp_path, "fsdp")
+    resumed = torchrun(base, tmp_path, sharding)
     assert [(r["stopped"], r["global_step"]) for r in resumed] == [(False, STEPS), (False, STEPS)]
     first, second = steps(stopped[0]["losses"]), steps(resumed[0]["losses"])
     assert first + second == list(range(1, STEPS + 1)), "every step logged exactly once"
-    _, whole = sharded
+    _, whole = request.getfixturevalue(uninterrupted)
     worst = max(abs(resumed[0]["losses"][str(s)] - whole[0]["losses"][str(s)]) for s in second)
-    print(f"resumed vs uninterrupted FSDP: largest train_loss difference: {worst:.3g}")
+    print(f"sharding={sharding}: resumed vs uninterrupted, largest train_loss difference: {worst:.3g}")
     assert worst <= LOSS_TOLERANCE
 
 
