@@ -1,9 +1,10 @@
-"""The eval phase's generation (exact_match) on the 1.3B layout: under the model's training attention
-(flex on a GPU) against sdpa, the cut training/evaluation.py makes (GENERATE_ATTENTION).
+"""The before/after eval on the 1.3B layout: under the model's training attention (flex on a GPU) against
+sdpa, the cut training/evaluation.py makes (EVAL_ATTENTION).
 
-job_phases.py found the "before" eval taking 80 s of a 162 s job on an H100; this times its generation
-alone: 16 prompts of real code (one batch of evaluation.GENERATE_BATCH), 64 new tokens, first under sdpa,
-then under the model's own attention, which is cut off after --cap-s seconds (a SIGALRM).
+job_phases.py found the "before" eval taking 80 s of a 162 s job on an H100; this times its two parts on
+16 examples of real code (one batch of evaluation.GENERATE_BATCH): eval_loss over them packed, and greedy
+generation of 64 new tokens, first under sdpa, then under the model's own attention, each cut off after
+--cap-s seconds (a SIGALRM).
 
     python3 benchmarks/job_phases_eval.py --json out.json
 """
@@ -59,6 +60,7 @@ def main() -> int:
     from ade_mlflow_plugin.config.training import TrainingConfig
     from ade_mlflow_plugin.training import evaluation
     from ade_mlflow_plugin.training.model import load_for_training
+    from ade_mlflow_plugin.training.packing import build_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         base = build_model(Path(tmp) / "base", REPO / "tests" / "fixtures" / "codebases" / "polyglot", tiny=args.tiny)
@@ -66,10 +68,15 @@ def main() -> int:
         examples = prompts(evaluation.GENERATE_BATCH)
         own = attn_implementation(model.get_base_model().config)
         result = {"attention": own, "prompts": len(examples), "max_new_tokens": 64}
-        for label, attention in (("sdpa", "sdpa"), ("sdpa_again", "sdpa"), ("own", None)):
+        rows, _ = build_rows(tokenizer, examples, 2048, True)
+        for label, attention in (("sdpa", "sdpa"), ("sdpa_again", "sdpa"), ("own", None), ("own_again", None)):
             signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(Capped()))
             signal.alarm(int(args.cap_s))
             try:
+                with evaluation.attention_as(model, attention):
+                    loss_s, loss = timed(lambda: evaluation.eval_loss(model, rows, tokenizer.pad_token_id))
+                result[f"eval_loss_{label}"] = [loss_s, loss]
+                print(f"eval_loss under {label}: {loss_s:.2f} s, {loss}", flush=True)
                 seconds, _ = timed(lambda: evaluation.completions(model, tokenizer, examples, 64,
                                                                   attention=attention))
                 result[label] = seconds

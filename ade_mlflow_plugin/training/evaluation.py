@@ -45,11 +45,12 @@ def normalise(text: str) -> str:
 #: In batches of 16 (sorted by length, so little padding) the same evals are 128 decode steps; the KV cache
 #: of 16 prompts of 2048 tokens is ~6 GB on the 1.3b model.
 GENERATE_BATCH = 16
-#: Generation runs under sdpa whatever the model trains with. Flex attention (training's, for packed rows)
-#: is compiled per shape, and each decode step is a new key length: on an H100 the "before" eval of a
-#: 1000-example job took 80 s, more than its training. A generated prompt is one sequence with a padding
-#: mask, which sdpa runs exactly; eval_loss keeps the model's attention (its rows are packed).
-GENERATE_ATTENTION = "sdpa"
+#: The before/after evals run under sdpa whatever the model trains with. Flex attention (training's) is
+#: compiled per shape, and each decode step is a new key length: on an H100 the "before" eval of a
+#: 1000-example job took 80 s, ten times its training. sdpa is exact for both: a generated prompt is one
+#: sequence with a padding mask, and for packed eval rows transformers builds the block-causal mask from
+#: the position ids (tests/training/test_evaluation.py checks packed == one example per row).
+EVAL_ATTENTION = "sdpa"
 
 
 def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_new_tokens: int) -> float | None:
@@ -62,7 +63,7 @@ def exact_match(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
 
 
 def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_new_tokens: int,
-                batch_size: int = GENERATE_BATCH, attention: str | None = GENERATE_ATTENTION) -> list[str]:
+                batch_size: int = GENERATE_BATCH, attention: str | None = EVAL_ATTENTION) -> list[str]:
     """Greedy completion of each example's prompt, at most min(max_new_tokens, reference tokens + 1) tokens
     (one more than the reference: a match must also stop there).
 
@@ -128,14 +129,15 @@ def _left_padded(prompts: list[list[int]], pad_id: int, device: Any) -> tuple[An
 
 def eval_metrics(model: Any, tokenizer: Any, rows: list[dict], samples: list[dict[str, str]],
                  max_new_tokens: int) -> dict[str, float]:
-    """eval_loss, perplexity and exact_match (those that can be computed)."""
+    """eval_loss, perplexity and exact_match (those that can be computed), under EVAL_ATTENTION."""
     metrics: dict[str, float] = {}
-    loss = eval_loss(model, rows, tokenizer.pad_token_id)
-    if loss is not None:
-        metrics["eval_loss"] = loss
-        metrics["perplexity"] = math.exp(min(loss, MAX_LOG_PERPLEXITY))
-    if samples and max_new_tokens > 0:
-        match = exact_match(model, tokenizer, samples, max_new_tokens)
-        if match is not None:
-            metrics["exact_match"] = match
+    with attention_as(model, EVAL_ATTENTION):
+        loss = eval_loss(model, rows, tokenizer.pad_token_id)
+        if loss is not None:
+            metrics["eval_loss"] = loss
+            metrics["perplexity"] = math.exp(min(loss, MAX_LOG_PERPLEXITY))
+        if samples and max_new_tokens > 0:
+            match = exact_match(model, tokenizer, samples, max_new_tokens)
+            if match is not None:
+                metrics["exact_match"] = match
     return metrics

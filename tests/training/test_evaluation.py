@@ -62,5 +62,23 @@ def test_generation_runs_under_sdpa_and_gives_the_attention_back(tiny_model) -> 
     seen.clear()
     switched = evaluation.completions(model, tokenizer, EXAMPLES, max_new_tokens=6)
     hook.remove()
-    assert set(seen) == {evaluation.GENERATE_ATTENTION} and switched == own
+    assert set(seen) == {evaluation.EVAL_ATTENTION} and switched == own
     assert attn_implementation(model.get_base_model().config) == "eager"
+
+
+def test_packed_eval_rows_score_as_one_example_per_row_under_the_eval_attention(tiny_model) -> None:
+    """eval_loss under sdpa on packed rows: transformers must mask each example from the others by the position
+    ids, or the before/after eval_loss would silently mix examples."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ade_mlflow_plugin.training.packing import build_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=evaluation.EVAL_ATTENTION)
+    examples = [{"prompt": f"def f{i}(x):\n" * (i % 4 + 1), "completion": f"    return x + {i}\n" * (i + 1)}
+                for i in range(10)]
+    packed, stats = build_rows(tokenizer, examples, 256, True)
+    alone, _ = build_rows(tokenizer, examples, 256, False)
+    assert len(packed) < len(alone) == stats.examples  # several examples share a row
+    assert evaluation.eval_loss(model, packed, tokenizer.pad_token_id) == \
+        pytest.approx(evaluation.eval_loss(model, alone, tokenizer.pad_token_id), rel=1e-5)
