@@ -129,3 +129,27 @@ def test_main_run_logs_every_phase_and_the_shares_add_up_and_the_version_names_i
     best = client.get_run(run_id).data.tags["ade.best_step"]
     assert client.get_model_version(model_name, "1").tags["ade.best_step"] == best
     assert "compile_warmup" in entry.output and "training" in entry.output.split("phase ")[-1]
+
+
+def test_a_job_without_a_tracking_server_keeps_its_phases_in_the_relay(tmp_path, capsys) -> None:
+    """Offline (no server at start): the phase metrics and phases.json go to the relay, which sync-run replays."""
+    from types import SimpleNamespace
+
+    from ade_mlflow_plugin.job import relay as job_relay
+    from ade_mlflow_plugin.training.pipeline import _log_phases
+    from ade_mlflow_plugin.training.tracking import RelayLogger
+
+    relay = job_relay.Relay(tmp_path)
+    session = SimpleNamespace(offline=True, run=None, relay=relay, metrics=RelayLogger(relay))
+    clock = PhaseClock(started_at=time.time() - 2.0)
+    clock.add("training", 1.0)
+    _log_phases(session, clock, step=7)
+
+    records = list(job_relay.read_records(relay.dir))
+    logged = {m["key"]: m for r in records if r["kind"] == job_relay.METRICS for m in r["metrics"]}
+    assert set(logged) >= {f"phase_seconds/{name}" for name in PHASES} | {"training_share"}
+    assert {m["step"] for m in logged.values()} == {7}
+    files = [r["files"] for r in records if r["kind"] == job_relay.ARTIFACTS]
+    summary = json.loads((relay.dir / files[0]).read_text())
+    assert summary["phases"]["training"]["seconds"] == pytest.approx(1.0)
+    assert "training" in capsys.readouterr().out  # the table, in the job log
