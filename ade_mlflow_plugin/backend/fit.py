@@ -5,10 +5,11 @@ the workload its TrainingConfig trains per GPU, and the GPUs the job gets (the i
 the instance count; in local mode this machine's, from nvidia-smi) go through memory_estimate.decide().
 The outcome is one line printed next to the cost estimate; `sharding=auto` is resolved to `none` or
 `fsdp` for the job; a plan that cannot fit even sharded is refused (ConfigError, exit 2) with decide()'s
-line. A plan that fits only with some decoder layers recomputed in backward gets the fewest that make it fit
-when `checkpoint_layers` is auto (and gradient_checkpointing off). What cannot be checked is said on the line and never refused: on a local machine without a GPU `auto`
-trains unsharded (`none`); for a model or an instance type the estimate does not know, `auto` goes to the
-job as it is, and the job decides on its own GPUs with the model it loaded (training/sharding.py).
+line. A plan that fits only with some decoder layers recomputed in backward gets the fewest that make it
+fit when `checkpoint_layers` is auto (and gradient_checkpointing off). What cannot be checked is said on
+the line and never refused: on a local machine without a GPU `auto` trains unsharded (`none`); for a model
+or an instance type the estimate does not know, `auto` goes to the job as it is, and the job decides on
+its own GPUs with the model it loaded (training/sharding.py).
 """
 from __future__ import annotations
 

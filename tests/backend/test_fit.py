@@ -106,7 +106,8 @@ def test_a_registered_version_is_read_from_two_small_files(tmp_path, tracking_ur
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name).version
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
     found = find_shape(f"models:/{name}@champion")
-    assert found.shape == ModelShape(64, 128, 2, 4, 2, 300) and found.source == f"config.json of models:/{name}@champion"
+    assert found.shape == ModelShape(64, 128, 2, 4, 2, 300)
+    assert found.source == f"config.json of models:/{name}@champion"
     missing = find_shape(f"models:/{name}@nobody")
     assert not missing.known and f"cannot read models:/{name}@nobody's config.json" in missing.source
 
