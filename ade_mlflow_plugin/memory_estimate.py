@@ -17,9 +17,11 @@ What is counted, in bytes, for the peak of a training step (what torch.cuda.max_
 Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
 FRAGMENTATION below).
 
-Sharded (FSDP FULL_SHARD over every GPU of every host): weights and LoRA state are split over the GPUs; each
-GPU also holds two unsharded decoder layers while it works (the one it computes, the one it prefetches);
-activations and the loss stay per GPU.
+Sharded (FSDP over every GPU of every host, as training/sharding.py runs it): the base weights are split over
+the GPUs; each GPU also holds two unsharded decoder layers while it works (the one it computes, the one it
+prefetches); the LoRA adapter and its AdamW state stay whole on every GPU (replicated, their gradients
+averaged), and so do activations and the loss. A quantized base is never sharded (the job refuses
+quantization with sharding=fsdp): a quantized plan is held against one GPU.
 """
 from __future__ import annotations
 
@@ -179,13 +181,13 @@ def loss_bytes(model: ModelShape, work: Workload) -> float:
 
 
 def estimate(model: ModelShape, work: Workload, shards: int = 1) -> Estimate:
-    """Per-GPU peak; shards > 1: FSDP over that many GPUs (weights and LoRA state split)."""
+    """Per-GPU peak; shards > 1: FSDP over that many GPUs (the base weights split, the LoRA state whole)."""
     lora = lora_params(model, work) * work.adapter_bytes * ADAM_COPIES
     weights = weight_bytes(model, work.quantization)
     if shards <= 1:
         return Estimate(weights, lora, activation_bytes(model, work), loss_bytes(model, work))
     layer = sum(a * b for a, b in model.linears().values()) * BYTES_PER_PARAM[work.quantization]
-    return Estimate(weights / shards, lora / shards, activation_bytes(model, work), loss_bytes(model, work),
+    return Estimate(weights / shards, lora, activation_bytes(model, work), loss_bytes(model, work),
                     gather=2 * layer)
 
 
@@ -216,8 +218,13 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
     """decide() for any set of GPUs: ``shards`` GPUs in all (every host's), ``gib`` usable on each; ``label``
     names them in the message (an instance type, or this machine's GPUs in local mode)."""
     plain = estimate(model, work)
-    sharded = estimate(model, work, shards) if shards > 1 else None
+    shardable = work.quantization == "none"  # training/sharding.py shards a bf16/fp16 base only
+    sharded = estimate(model, work, shards) if shards > 1 and shardable else None
     where = f"{label} ({gib:g} GiB per GPU, {shards} GPU(s))"
+    if sharding == "fsdp" and not shardable:
+        return Decision(False, plain, None, gib, refused=True, message=(
+            f"{model_name}: quantization={work.quantization} with sharding=fsdp is not supported in this project "
+            "yet: pass sharding=none (a quantized base is what lets one GPU hold the model) or quantization=none"))
     if sharding != "fsdp" and plain.needed_gib <= gib:
         return Decision(False, plain, sharded, gib, f"{model_name}: {plain.line()} on {where}: fits unsharded")
     if sharding != "none" and sharded is not None and sharded.needed_gib <= gib:
@@ -234,7 +241,8 @@ def refusal(model_name: str, work: Workload, best: Estimate, gib: float, where: 
             sharded_gib: float | None = None) -> str:
     fixes = [f"sharding=auto (sharded: ~{sharded_gib:.1f} GiB per GPU)"] if sharded_gib is not None else []
     fixes += ["quantization=4bit"] if work.quantization != "4bit" else []
+    more = "more GPU memory" if work.quantization != "none" else "more GPU memory or more GPUs"
     fixes += [f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})",
-              "gradient_checkpointing=true", "an instance type with more GPU memory or more GPUs"]
+              "gradient_checkpointing=true", f"an instance type with {more}"]
     return (f"{model_name} at batch_size {work.batch_size} x {work.seq_len} tokens needs {best.line()} {how} on "
             f"{where}: {best.needed_gib - gib:.1f} GiB too much; use " + ", ".join(fixes))

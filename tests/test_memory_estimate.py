@@ -38,8 +38,19 @@ def test_quantization_and_checkpointing_shrink_what_they_should():
 
 def test_sharding_splits_weights_and_lora_state_not_activations():
     plain, sharded = estimate(CODER_6_7B, Workload(1, 2048)), estimate(CODER_6_7B, Workload(1, 2048), shards=4)
-    assert sharded.weights == plain.weights / 4 and sharded.lora == plain.lora / 4
+    # training/sharding.py shards the base weights; the adapter and its AdamW state stay on every GPU
+    assert sharded.weights == plain.weights / 4 and sharded.lora == plain.lora
     assert sharded.activations == plain.activations and sharded.gather > 0
+
+
+def test_a_quantized_base_is_never_sharded():
+    qlora = Workload(4, 2048, quantization="4bit")
+    decision = decide("auto", CODER_33B, qlora, "ml.p4d.24xlarge")
+    assert decision.sharded is None and not decision.fsdp
+    assert decision.refused and "sharding=auto" not in decision.message and "more GPUs" not in decision.message
+    asked = decide("fsdp", CODER_1_3B, Workload(1, 512, quantization="4bit"), "ml.g5.12xlarge")
+    assert asked.refused and "quantization=4bit with sharding=fsdp is not supported" in asked.message
+    assert not decide("auto", CODER_1_3B, Workload(1, 512, quantization="4bit"), "ml.g5.12xlarge").refused
 
 
 def test_auto_keeps_a_model_that_fits_unsharded():
