@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -27,20 +26,22 @@ from typing import Any, Callable, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.local_detached import runner_main, start_detached
-from ade_mlflow_plugin.backend.local_location import Location
+from ade_mlflow_plugin.backend.local_location import Location, materialise_channels, upload_model
 from ade_mlflow_plugin.backend.local_root import (ENDED, HOST_LOGS_DIR, REQUEST_FILE, RUNNER_LOG, RUNNER_PID_FILE,
                                                   STATE_FILE, JobRoot, _iso, read_state)
 from ade_mlflow_plugin.errors import AdeError, ConfigError, aws_error, describe
 from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.job.contract import ContainerPaths, write_contract
 from ade_mlflow_plugin.job.launcher import EXIT_STOPPED
-from ade_mlflow_plugin.job.procs import kill_tree
+from ade_mlflow_plugin.job.procs import kill_tree, wait_gone
 
 __all__ = ["ENDED", "HOST_LOGS_DIR", "REQUEST_FILE", "RUNNER_LOG", "RUNNER_PID_FILE", "STATE_FILE", "STOP_DETAIL",
            "STOP_REASONS", "JobRoot", "LocalJob", "Location", "read_state", "runner_main", "start_detached"]
 
 STOP_GRACE_S = float(os.environ.get("ADE_STOP_GRACE_S", "120"))  # SageMaker's grace on stop / spot reclaim
 CHECKPOINT_SYNC_S = 30.0
+#: After the grace period's SIGKILL, how long the job waits for the killed processes to be gone.
+KILL_WAIT_S = 10.0
 #: SageMaker returns this much of the failure file as FailureReason.
 FAILURE_REASON_CHARS = 1024
 #: The stop reasons (ade.stop_reason) a launcher's stop writes first in output/failure ("budget: ...").
@@ -97,6 +98,8 @@ class LocalJob:
         self._stop_requested = False
         self._max_runtime_hit = False
         self._done = threading.Event()
+        self._killed = threading.Event()  # clear while a SIGKILL's processes are still dying
+        self._killed.set()
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()  # the supervisor and a stop() may both save job.json
         self._checkpoints = Location(request["CheckpointConfig"]["S3Uri"], clients) \
@@ -172,26 +175,7 @@ class LocalJob:
         return error
 
     def _materialise_channels(self) -> None:
-        for channel in self.request.get("InputDataConfig", []):
-            name = channel["ChannelName"]
-            uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-            target = self.paths.channel_dir(name)
-            if target.is_symlink() or target.exists():
-                continue
-            location = Location(uri, self.clients)
-            if not location.has_objects():
-                raise ConfigError(f"input channel '{name}': nothing at {uri}; check the path parameter "
-                                  "that names it")
-            if location.is_s3:
-                location.download_to(target)
-                continue
-            source = location.local_path().resolve()
-            if source.is_file():  # a URI naming one file: the channel dir holds it, as on SageMaker
-                target.mkdir(parents=True)
-                (target / source.name).symlink_to(source)
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(source, target_is_directory=True)  # read in place, no copy
+        materialise_channels(self.request, self.paths, self.clients)
 
     def _pump_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -212,8 +196,10 @@ class LocalJob:
             except subprocess.TimeoutExpired:
                 self._sync_checkpoints()
                 self._enforce_max_runtime()
-        # The log is complete before anyone is told the job ended (an orphan holding the pipe: 10 s at most).
+        # The log is complete before anyone is told the job ended (an orphan holding the pipe: 10 s at most),
+        # and a SIGKILL after the grace period has left nothing running.
         self._pump.join(timeout=10)
+        self._killed.wait(KILL_WAIT_S + 1)
         self._finish(code)
 
     def _max_runtime_left_s(self) -> float | None:
@@ -261,8 +247,7 @@ class LocalJob:
             status = "Failed"
             self._failure = self._failure or self._failure_reason(code)
         self._ended = _now()
-        # SageMaker's last SecondaryStatus of a job stopped at MaxRuntimeInSeconds says so.
-        secondary = "MaxRuntimeExceeded" if status == "Stopped" and self._max_runtime_hit else status
+        secondary = self._last_secondary(status)
         self._transition(secondary, {"Completed": "Training job completed", "Stopped": self.stop_message(),
                                      "Failed": self._failure or ""}[status])
         with self._lock:
@@ -271,6 +256,15 @@ class LocalJob:
         self._done.set()
         if self._on_end is not None:
             self._on_end(self)
+
+    def _last_secondary(self, status: str) -> str:
+        """SageMaker's last SecondaryStatus: a stop at MaxRuntimeInSeconds and a spot reclaim say so."""
+        if status != "Stopped":
+            return status
+        if self._max_runtime_hit:
+            return "MaxRuntimeExceeded"
+        reason = self.stop_message().partition(": ")[2].split(":", 1)[0].strip()
+        return "Interrupted" if reason == "spot_interrupted" else "Stopped"
 
     def _stopped_itself(self, code: int) -> bool:
         """Whether the launcher stopped on purpose without our stop(): its budget, or a SIGTERM sent to it
@@ -294,12 +288,7 @@ class LocalJob:
         return f"AlgorithmError: {detail[:FAILURE_REASON_CHARS].rstrip() or f'exit code {code}'}"
 
     def _upload_model(self) -> str:
-        output = self.request["OutputDataConfig"]["S3OutputPath"]
-        archive = self.paths.output_dir / "model.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            for path in sorted(self.paths.model_dir.rglob("*")):
-                tar.add(path, arcname=path.relative_to(self.paths.model_dir).as_posix(), recursive=False)
-        return Location(output, self.clients).put_file(archive, f"{self.name}/output/model.tar.gz")
+        return upload_model(self.paths, self.request["OutputDataConfig"]["S3OutputPath"], self.name, self.clients)
 
     def stop(self, reason: str = "stopped", detail: str = STOP_DETAIL, secondary: str = "Stopping") -> None:
         """SIGTERM to the launcher's process group, its reason written first (a SIGTERM alone cannot say
@@ -344,8 +333,14 @@ class LocalJob:
         except (OSError, ValueError):  # no entry yet
             entry_group = ()
         # The launcher's tree (torchrun workers have sessions of their own) and the entry's group (whose
-        # members outlive a `sh -c` parent that died at the SIGTERM).
-        kill_tree(self.proc.pid, entry_group)
+        # members outlive a `sh -c` parent that died at the SIGTERM). The job ends once they are gone.
+        self._killed.clear()
+        try:
+            left = wait_gone(kill_tree(self.proc.pid, entry_group), KILL_WAIT_S)
+            if left:
+                self._log(f"local runner: processes {sorted(left)} still running {KILL_WAIT_S:g} s after SIGKILL")
+        finally:
+            self._killed.set()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         self._done.wait(timeout)

@@ -188,7 +188,7 @@ class LocalCluster(LocalJob):
 
     def _end(self, status: str, failure: str | None = None) -> None:
         self._failure, self._ended = failure, _now()
-        secondary = "MaxRuntimeExceeded" if status == "Stopped" and self._max_runtime_hit else status
+        secondary = self._last_secondary(status)
         self._transition(secondary, {"Completed": "Training job completed", "Stopped": self.stop_message(),
                                      "Failed": failure or ""}[status])
         with self._lock:

@@ -1,9 +1,11 @@
 """Where a local job's data comes from and goes to: a file:// (or plain path) or s3:// location that a
-directory is copied to and from, as SageMaker does for channels, checkpoints and the model archive."""
+directory is copied to and from, as SageMaker does for channels, checkpoints and the model archive; the
+channels of a request made present in a job root, and the model packed and uploaded as SageMaker does."""
 from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,6 +13,7 @@ from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.packaging import S3Store
 from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job.contract import ContainerPaths
 
 
 class Location:
@@ -112,3 +115,35 @@ class Location:
         shutil.copyfile(source, target)
         return target.resolve().as_uri()
 
+
+def materialise_channels(request: dict[str, Any], paths: ContainerPaths, clients: AwsClients | None) -> None:
+    """Each input channel of the request in the job root: s3:// downloaded, a local dir linked in place."""
+    for channel in request.get("InputDataConfig", []):
+        name = channel["ChannelName"]
+        uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+        target = paths.channel_dir(name)
+        if target.is_symlink() or target.exists():
+            continue
+        location = Location(uri, clients)
+        if not location.has_objects():
+            raise ConfigError(f"input channel '{name}': nothing at {uri}; check the path parameter "
+                              "that names it")
+        if location.is_s3:
+            location.download_to(target)
+            continue
+        source = location.local_path().resolve()
+        if source.is_file():  # a URI naming one file: the channel dir holds it, as on SageMaker
+            target.mkdir(parents=True)
+            (target / source.name).symlink_to(source)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source, target_is_directory=True)  # read in place, no copy
+
+
+def upload_model(paths: ContainerPaths, output_uri: str, job_name: str, clients: AwsClients | None) -> str:
+    """model/ packed as SageMaker packs it, to `<S3OutputPath>/<job>/output/model.tar.gz`; returns its URI."""
+    archive = paths.output_dir / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(paths.model_dir.rglob("*")):
+            tar.add(path, arcname=path.relative_to(paths.model_dir).as_posix(), recursive=False)
+    return Location(output_uri, clients).put_file(archive, f"{job_name}/output/model.tar.gz")

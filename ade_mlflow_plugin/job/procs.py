@@ -67,8 +67,9 @@ def wait_for_group(pgid: int, poll_s: float = 0.2) -> None:
         time.sleep(poll_s)
 
 
-def kill_tree(pid: int, pgids: tuple[int, ...] = ()) -> None:
-    """SIGKILL pid, everything below it and the given groups (orphans that left the tree stay in them)."""
+def kill_tree(pid: int, pgids: tuple[int, ...] = ()) -> set[int]:
+    """SIGKILL pid, everything below it and the given groups (orphans that left the tree stay in them);
+    returns whom it signalled."""
     targets = set(descendants(pid)) | {pid}
     for pgid in pgids:
         targets |= set(group_members(pgid))
@@ -77,6 +78,21 @@ def kill_tree(pid: int, pgids: tuple[int, ...] = ()) -> None:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    return targets
+
+
+def wait_gone(pids: set[int], timeout_s: float, poll_s: float = 0.05) -> set[int]:
+    """Wait (at most timeout_s) until none of pids runs; returns those still running. A SIGKILLed process
+    dies when the kernel next schedules it, which on a loaded machine is not at once."""
+    deadline = time.monotonic() + timeout_s
+    left = set(pids)
+    while left:
+        stats = _stats()
+        left = {pid for pid in left if pid in stats and _live(stats[pid][0])}
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    return left
 
 
 @contextlib.contextmanager

@@ -71,8 +71,9 @@ def _ended_stopped(job: LocalJob, log: Path, before: set[int], run_id: str, reas
     text = log.read_text()
     assert final["TrainingJobStatus"] == "Stopped", text[-4000:]
     assert [h.describe()["TrainingJobStatus"] for h in job.hosts] == ["Stopped", "Stopped"], text[-4000:]
-    said = JobRoot(job.root).describe()
-    assert said["TrainingJobStatus"] == "Stopped"
+    said = JobRoot(job.root).describe()  # what `ade-mlflow status` reads: a spot reclaim reads Interrupted
+    secondary = "Interrupted" if reason == "spot_interrupted" else "Stopped"
+    assert (said["TrainingJobStatus"], said["SecondaryStatus"]) == ("Stopped", secondary)
     assert said["SecondaryStatusTransitions"][-1]["StatusMessage"].startswith(f"Training job stopped: {reason}: ")
     assert not [pid for pid in before if _alive(pid)], "processes of the job left running"
     run = mlflow.MlflowClient().get_run(run_id)

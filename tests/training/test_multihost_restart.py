@@ -93,7 +93,7 @@ def test_a_stop_on_one_host_then_the_restart_finishes_the_run_once(tiny_model, s
     os.kill(peer.proc.pid, signal.SIGTERM)
     ended = first.wait(timeout=900)
     merged = first.log_path.read_text()
-    assert ended["TrainingJobStatus"] == "Stopped", merged[-4000:]
+    assert (ended["TrainingJobStatus"], ended["SecondaryStatus"]) == ("Stopped", "Interrupted"), merged[-4000:]
     assert ended["SecondaryStatusTransitions"][-1]["StatusMessage"].startswith("Training job stopped: spot_interrupted")
     assert [h.describe()["TrainingJobStatus"] for h in first.hosts] == ["Stopped", "Stopped"], merged[-4000:]
     assert not [pid for pid in running if _alive(pid)], "processes of the first attempt left running"
