@@ -37,10 +37,17 @@ SHARE_METRIC = "training_share"
 STEADY_FACTOR = 1.5
 
 
-def process_start_time() -> float:
-    """When this process was created (epoch seconds): psutil's reading of the OS's own record."""
-    import psutil
+_IMPORTED_AT = time.time()
 
+
+def process_start_time() -> float:
+    """When this process was created (epoch seconds): psutil's reading of the OS's own record (psutil comes
+    with accelerate, a training dependency); without it, when this module was imported (the start-up then
+    misses the interpreter's start and the imports before it)."""
+    try:
+        import psutil
+    except ImportError:
+        return _IMPORTED_AT
     return psutil.Process().create_time()
 
 
