@@ -191,6 +191,12 @@ class TrainingConfig:
             raise STYLE.bad_value("save_steps", self.save_steps, Invalid("", detail=(
                 f"must be a multiple of eval_steps={self.eval_steps} with load_best (each checkpoint must have "
                 "an eval_loss): pass save_steps=auto, or load_best=false")))
+        if self.sharding == "fsdp" and self.quantization != "none":
+            # bitsandbytes' 8-bit weights cannot be sharded; a sharded 4-bit base fails its first forward on CPU
+            # and is not measured on CUDA yet (docs/sharding.md).
+            raise STYLE.bad_value("sharding", self.sharding, Invalid("", detail=(
+                f"quantization={self.quantization} with sharding=fsdp is not supported: pass sharding=none (a "
+                "quantized base is what lets one GPU hold the model) or quantization=none")))
         if self.eval_samples > 0 and self.max_new_tokens < 1:
             raise STYLE.bad_value("max_new_tokens", self.max_new_tokens,
                                   Invalid("an integer >= 1 when eval_samples > 0"))

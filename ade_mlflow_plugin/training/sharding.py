@@ -68,6 +68,8 @@ def choose(config: TrainingConfig, device: str, world: int, gpu_gib: float | Non
         return Choice(NONE, f"sharding={config.sharding} with one process: nothing to shard over, trained unsharded")
     if config.sharding == FSDP:
         return Choice(FSDP, "sharding=fsdp")
+    if config.quantization != "none":
+        return Choice(NONE, f"sharding=auto with quantization={config.quantization}: a quantized base is not sharded")
     if device != "cuda":
         return Choice(NONE, f"sharding=auto on {device}: unsharded (pass sharding=fsdp to shard on {device})")
     if gpu_gib is None or plain_gib is None:
@@ -77,17 +79,11 @@ def choose(config: TrainingConfig, device: str, world: int, gpu_gib: float | Non
     return Choice(FSDP, f"sharding=auto: unsharded would need ~{plain_gib:.1f} GiB per GPU, the GPU has {gpu_gib:.1f}")
 
 
-def check_quantization(config: TrainingConfig, choice: Choice, device: str) -> None:
-    """A quantized (bitsandbytes) base cannot be sharded here: one line naming the fix.
-
-    8-bit weights (Int8Params) are not FSDP-shardable at all; 4-bit NF4 shards only with a floating-point
-    quant storage on CUDA, which this path has not been measured with yet (issue 21's GPU runs are a later
-    issue), and bitsandbytes' CPU backend has no FSDP support."""
-    if not choice.sharded or config.quantization == "none":
-        return
-    where = "on CPU" if device != "cuda" else "in this project yet"
-    raise ConfigError(f"quantization={config.quantization} with sharding=fsdp is not supported {where}: pass "
-                      "sharding=none (a quantized base is what lets one GPU hold the model) or quantization=none")
+def check_quantization(config: TrainingConfig, choice: Choice) -> None:
+    """A quantized (bitsandbytes) base is not sharded: the one line of TrainingConfig.check_combinations, for a
+    config built in code (the constructor does not run the combination checks; the entries and the backend do)."""
+    if choice.sharded and config.quantization != "none":
+        config.check_combinations()
 
 
 def plain_need_gib(config: TrainingConfig, model_config: Any, bf16: bool = True) -> float | None:
@@ -156,7 +152,7 @@ def load_for_training(config: TrainingConfig) -> tuple[Any, Any, str]:
     choice = resolve(config, device)
     if not choice.sharded:
         return plain.load_for_training(config)
-    check_quantization(config, choice, device)
+    check_quantization(config, choice)
     tokenizer = plain.load_tokenizer(config.base_model)
     return plain.add_lora(load_sharded_base(config, device, dtype), config, device), tokenizer, device
 

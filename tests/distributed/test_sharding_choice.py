@@ -24,19 +24,27 @@ def test_choice(sharding, device, world, gpu, need, mode, words):
     assert choice.mode == mode and words in choice.reason and words in choice.line()
 
 
-@pytest.mark.parametrize("quantization, device", [("4bit", "cpu"), ("8bit", "cuda"), ("4bit", "cuda")])
-def test_quantized_base_with_fsdp_is_one_line_naming_the_fix(quantization, device):
-    config = TrainingConfig(sharding="fsdp", quantization=quantization)
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_base_with_fsdp_is_one_line_naming_the_fix(quantization):
+    params = {"sharding": "fsdp", "quantization": quantization}
     with pytest.raises(ConfigError) as caught:
-        check_quantization(config, choose(config, device, 2), device)
+        TrainingConfig.from_params(params)  # the entries and the backend, before any run
     message = caught.value.message
-    assert f"quantization={quantization} with sharding=fsdp" in message and "sharding=none" in message
-    assert "\n" not in message
+    assert f"'sharding': quantization={quantization} with sharding=fsdp is not supported" in message
+    assert "pass sharding=none" in message and "\n" not in message
+    config = TrainingConfig(**params)  # built in code: the job still refuses it before loading
+    with pytest.raises(ConfigError, match="with sharding=fsdp is not supported"):
+        check_quantization(config, choose(config, "cuda", 2))
+
+
+def test_auto_never_shards_a_quantized_base():
+    choice = choose(TrainingConfig(quantization="4bit"), "cuda", 8, 10.0, 99.0)
+    assert choice.mode == NONE and "a quantized base is not sharded" in choice.reason
 
 
 def test_unsharded_or_unquantized_passes():
     for config in (TrainingConfig(sharding="none", quantization="4bit"), TrainingConfig(sharding="fsdp")):
-        check_quantization(config, choose(config, "cpu", 2), "cpu")
+        check_quantization(config, choose(config, "cpu", 2))
 
 
 class ModelConfig(dict):
