@@ -10,7 +10,7 @@ moment the process started (not from main(): imports are part of the bill) to th
   eval            the before/after evals (eval_loss, exact_match) and the periodic evals inside training
   compile_warmup  what the first steps cost beyond a steady step (torch.compile, autotuning, allocator)
   training        optimizer steps at their steady cost
-  checkpoints     checkpoint saves (and step logging) between steps
+  checkpoints     the time between steps: checkpoint saves, step logs, the next batches' collate
   model_logging   the model saved, logged to the run and registered
   other           the rest of the wall time (metric flushes, threads joining): the shares add up to 100 %
 
