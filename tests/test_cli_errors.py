@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ade_mlflow_plugin.cli import BOUNDED_HTTP, UNREACHABLE_HTTP, main
+from ade_mlflow_plugin.backend.fit import PREFIX as FIT_PREFIX  # the memory estimate: printed before the run exists
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -152,7 +153,8 @@ def assert_one_line(stderr: str, code: int, expected_code: int, words: list[str]
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("ade-mlflow: error: ")]
     others = [line for line in stderr.splitlines()
-              if line.strip() and not line.startswith(("ade-mlflow: error: ", "WARNING")) and not LOG_LINE.match(line)]
+              if line.strip() and not line.startswith(("ade-mlflow: error: ", "WARNING", FIT_PREFIX))
+              and not LOG_LINE.match(line)]
     assert len(errors) == 1 and not others, stderr
     assert code == expected_code, stderr
     for word in words:
