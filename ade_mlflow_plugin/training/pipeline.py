@@ -332,7 +332,8 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, cloc
     from transformers import set_seed
 
     from ade_mlflow_plugin.training import evaluation, phases
-    from ade_mlflow_plugin.training.model import load_for_training, local_model_dir
+    from ade_mlflow_plugin.training.model import local_model_dir
+    from ade_mlflow_plugin.training.sharding import is_sharded, load_for_training, publishable_model
     from ade_mlflow_plugin.training.trainer import train
 
     out_dir = checkpoint_dir()
@@ -342,7 +343,9 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, cloc
         model, tokenizer, device = load_for_training(config)
     with clock.phase("dataset"):
         rows, eval_rows, samples = _rows(config, tokenizer, prepared)
-    if latest_checkpoint(out_dir) is None and session.main:  # the "before" figures, once per run
+    # The "before" figures, once per run; not of a sharded model: rank 0 alone would wait for ever for its
+    # peers' shards in the forward pass.
+    if latest_checkpoint(out_dir) is None and session.main and not is_sharded(model):
         with clock.phase("eval"):
             before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
         session.metrics.log(before, step=0)
@@ -370,6 +373,8 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, cloc
     if stopped:
         logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
         raise Stopped()
+    with clock.phase("model_load"):  # every rank: sharded, rank 0 gets an unsharded copy with the full adapter
+        model = publishable_model(model, config)
     outcome = Outcome(session.run_id, state.global_step, best_step=_best_step(config, state))
     if not session.main:
         return outcome
