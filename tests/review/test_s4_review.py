@@ -39,3 +39,23 @@ def test_sharding_fsdp_on_one_gpu_that_fits_is_not_refused_with_a_negative_exces
 def test_sharding_fsdp_in_local_mode_on_one_big_gpu_is_not_refused():
     plan = plan_fit(cloud(mode="local"), training(sharding="fsdp"), local=Gpus(1, 80.0, "this machine's GPUs"))
     assert "fits" in plan.line
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the fit check approves deepseek-coder-33b sharding=fsdp on ml.p4d.24xlarge, "
+                                       "but after training sharding.publishable_model loads the whole bf16 base "
+                                       "(~62 GiB) onto rank 0's one 39.4 GiB GPU for eval and publishing")
+def test_a_sharded_plan_is_only_approved_when_the_job_can_publish_it():
+    from ade_mlflow_plugin.backend.fit_models import KNOWN_MODELS
+    from ade_mlflow_plugin.memory_estimate import GIB, GPU_MEMORY, weight_bytes
+
+    name = "deepseek-ai/deepseek-coder-33b-instruct"
+    try:
+        plan = plan_fit(cloud(instance_type="ml.p4d.24xlarge"),
+                        training(base_model=name, batch_size=1, gradient_checkpointing="true"))
+    except ConfigError:
+        return  # refused before any run: fine
+    assert plan.sharding == "fsdp"
+    # publishable_model (training/sharding.py) -> model.load_base_model(config, "cuda", bf16) -> .to("cuda:0"):
+    # the unsharded base must then fit one GPU, or the job fails after all its training.
+    assert weight_bytes(KNOWN_MODELS[name], "none") / GIB <= GPU_MEMORY["ml.p4d.24xlarge"][1]
