@@ -1,11 +1,14 @@
 """Held-out metrics: eval_loss and perplexity over the eval rows, exact match of greedy completions."""
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ade_mlflow_plugin.training.packing import IGNORE, PackedCollator, encode_prompt
+
+logger = logging.getLogger(__name__)
 
 MAX_LOG_PERPLEXITY = 50.0  # exp() of a random model's loss overflows nothing, but keep the metric finite
 
@@ -111,7 +114,14 @@ def attention_as(model: Any, implementation: str | None) -> Iterator[None]:
     if implementation is None or current is None or current == implementation:
         yield
         return
-    lm.set_attn_implementation(implementation)
+    try:
+        lm.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as exc:  # an architecture without it: eval under its own, slower
+        from ade_mlflow_plugin.errors import first_line
+
+        logger.info("eval keeps %s attention (%s unavailable: %s)", current, implementation, first_line(exc, 200))
+        yield
+        return
     try:
         yield
     finally:

@@ -82,3 +82,18 @@ def test_packed_eval_rows_score_as_one_example_per_row_under_the_eval_attention(
     assert len(packed) < len(alone) == stats.examples  # several examples share a row
     assert evaluation.eval_loss(model, packed, tokenizer.pad_token_id) == \
         pytest.approx(evaluation.eval_loss(model, alone, tokenizer.pad_token_id), rel=1e-5)
+
+
+def test_an_attention_the_model_cannot_run_leaves_it_on_its_own(tiny_lm, caplog) -> None:
+    """flash_attention_2 is not installed here: the eval runs under the model's attention, with a log line."""
+    import logging
+
+    from ade_mlflow_plugin.adapters.transformers_attn import attn_implementation
+
+    model, _ = tiny_lm
+    own = attn_implementation(model.config)
+    with caplog.at_level(logging.INFO, logger=evaluation.__name__):
+        with evaluation.attention_as(model, "flash_attention_2"):
+            assert attn_implementation(model.config) == own
+    assert attn_implementation(model.config) == own
+    assert "flash_attention_2 unavailable" in caplog.text
