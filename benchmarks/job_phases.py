@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--workdir", default=None, help="keep the model, runs and logs here (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    args.codebase = str(Path(args.codebase).resolve())  # the entry runs in the work folder
     args.num_examples = args.num_examples or (120 if args.tiny else 1000)
     args.max_seq_len = args.max_seq_len or (512 if args.tiny else 2048)
     return args, extra
