@@ -75,7 +75,7 @@ class Capture:
                 "loss_last": steps[-1][1].get("train_loss") if steps else None,
                 # Over every logged step, warm-up included: whether training learns at all (--token-pool).
                 "loss_first": losses[0] if losses else None, "loss_steps": len(losses),
-                "loss_finite": all(math.isfinite(x) for x in losses)}
+                "loss_finite": all(math.isfinite(x) for x in losses), "losses": [round(x, 5) for x in losses]}
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,10 +156,12 @@ def hf_default(base: Path, args, examples, quantized: bool, workdir: Path) -> Ca
                               default_data_collator)
 
     from ade_mlflow_plugin.training.callbacks import MetricsCallback
+    from ade_mlflow_plugin.training.model import NO_HUB_KERNELS
 
     cuda = args.device == "cuda"
     tokenizer = AutoTokenizer.from_pretrained(base)
-    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    # No hub kernels: transformers 5.25 raises without the `kernels` package, and fetches code with it.
+    kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32, **NO_HUB_KERNELS}
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_use_double_quant=True,
@@ -248,6 +250,26 @@ def hf_tuned(base: Path, args, examples, workdir: Path, overrides: list[str]) ->
     return capture, {"batch": batch, "tuned": settings}
 
 
+#: What hf-tuned falls back to, in order, when a switch fails here (a user would turn it off and go on).
+TUNED_FALLBACKS = ([], ["compile=false"], ["liger=false"], ["liger=false", "compile=false"])
+
+
+def tuned_best_that_runs(base: Path, args, examples, workdir: Path, overrides: list[str]) -> tuple[Capture, dict]:
+    """hf_tuned with the given switches; without any given, the first set of TUNED_FALLBACKS that trains."""
+    failures = []
+    for fallback in TUNED_FALLBACKS if not overrides else [[]]:
+        try:
+            capture, extra = hf_tuned(base, args, examples, workdir, overrides + fallback)
+            return capture, {**extra, "failed_first": failures}
+        except Exception as exc:  # noqa: BLE001 - the next set of switches may run
+            if overrides or fallback is TUNED_FALLBACKS[-1]:
+                raise
+            traceback.print_exc()
+            failures.append(f"{'+'.join(fallback) or 'all on'}: {type(exc).__name__}: {str(exc)[:160]}")
+            gc.collect()
+    raise AssertionError("unreachable")
+
+
 def ade(base: Path, args, examples, quantized: bool, workdir: Path, overrides: list[str]) -> tuple[Capture, dict]:
     """The project's path: load_for_training -> pack -> trainer.train, as pipeline._train_and_log runs them."""
     from transformers import set_seed
@@ -304,6 +326,9 @@ def measure(name: str, base: Path, args, examples, workdir: Path) -> dict:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    # Each config compiles afresh, as in its own process: dynamo's per-function recompile limit (8) and its
+    # cached graphs must not carry over from the config before (inductor's on-disk cache still speeds it up).
+    torch.compiler.reset()
     started = time.perf_counter()
     kind, *overrides = name.split("+")
     quantized = kind.endswith("qlora")
@@ -311,7 +336,7 @@ def measure(name: str, base: Path, args, examples, workdir: Path) -> dict:
     if kind.startswith("hf-default"):
         capture = hf_default(base, args, examples, quantized, workdir)
     elif kind == "hf-tuned":
-        capture, extra = hf_tuned(base, args, examples, workdir, overrides)
+        capture, extra = tuned_best_that_runs(base, args, examples, workdir, overrides)
     else:
         capture, extra = ade(base, args, examples, quantized, workdir, overrides)
     result = {"config": name, **capture.summary(args.warmup), **extra, "wall_s": time.perf_counter() - started,
@@ -346,6 +371,12 @@ def report(results: dict[str, dict], flops_per_token: float, args) -> list[str]:
     return lines
 
 
+def run_order(configs: list[str]) -> list[str]:
+    """hf-tuned configs last: use_liger_kernel patches transformers' Llama classes for the whole process, so
+    every model built after it would run Liger's kernels (seen on the H100, 2026-12-06)."""
+    return [c for c in configs if c.split("+")[0] != "hf-tuned"] + [c for c in configs if c.split("+")[0] == "hf-tuned"]
+
+
 def main() -> int:
     args = parse_args()
     args.options = [o for o in os.environ.get("ADE_BENCH_OPTIONS", "").split(",") if o]  # e.g. compile_layers=false
@@ -377,7 +408,7 @@ def main() -> int:
               f"torch={torch.__version__} transformers={transformers.__version__} model={'tiny' if args.tiny else '1.3b'} "
               f"seq={args.max_seq_len} steps={args.steps} warmup={args.warmup} options={args.options or 'defaults'} "
               f"flops/token={flops / 1e9:.3f}G", flush=True)
-        for name in args.configs.split(","):
+        for name in run_order(args.configs.split(",")):
             try:
                 results[name] = measure(name, base, args, examples, workdir)
             except Exception as exc:  # noqa: BLE001 - one config failing must not hide the others' figures

@@ -15,8 +15,7 @@ in bf16. Needs torch.nn.functional.scaled_mm (public since torch 2.10) and sm89 
 from __future__ import annotations
 
 import contextlib
-import functools
-from dataclasses import dataclass
+import types
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -47,21 +46,25 @@ def scaled_mm(a8: torch.Tensor, a_scale: torch.Tensor, b8_t: torch.Tensor, b_sca
     return F.scaled_mm(a8, b8_t.t(), a_scale, rowwise, b_scale.t(), rowwise, output_dtype=out_dtype)
 
 
-@dataclass(frozen=True)
-class Fp8Weight:
-    """A frozen weight W (out x in) as the two fp8 copies its forward and backward products need."""
+#: Non-persistent buffers (no state_dict entry) holding a module's fp8 copies while fp8_base is on: buffers,
+#: so torch.compile passes them as graph inputs and one compiled graph serves every decoder layer.
+BUFFERS = ("ade_fp8_w", "ade_fp8_w_scale", "ade_fp8_wt", "ade_fp8_wt_scale")
 
-    w8: torch.Tensor        # out x in, scale per output row: x @ W.T
-    w_scale: torch.Tensor   # (out, 1)
-    wt8: torch.Tensor       # in x out, scale per input column: grad @ W
-    wt_scale: torch.Tensor  # (in, 1)
 
-    @classmethod
-    def of(cls, weight: torch.Tensor) -> "Fp8Weight":
-        with torch.no_grad():
-            w8, w_scale = quantize_rows(weight)
-            wt8, wt_scale = quantize_rows(weight.t().contiguous())
-        return cls(w8, w_scale, wt8, wt_scale)
+def attach(module: nn.Module, weight: torch.Tensor) -> None:
+    """Give module the fp8 copies of weight (out x in): scaled per output row, and transposed per input column."""
+    with torch.no_grad():
+        w8, w_scale = quantize_rows(weight)
+        wt8, wt_scale = quantize_rows(weight.t().contiguous())
+    for name, tensor in zip(BUFFERS, (w8, w_scale, wt8, wt_scale)):
+        module.register_buffer(name, tensor, persistent=False)
+
+
+def detach(module: nn.Module) -> None:
+    own = dict(module.named_buffers(recurse=False))
+    for name in BUFFERS:
+        if name in own:
+            delattr(module, name)
 
 
 class _Fp8Linear(torch.autograd.Function):
@@ -82,17 +85,19 @@ class _Fp8Linear(torch.autograd.Function):
         return scaled_mm(g8, g_scale, wt8, wt_scale, ctx.out_dtype), None, None, None, None
 
 
-def matmul(x: torch.Tensor, fp8: Fp8Weight) -> torch.Tensor | None:
-    """x @ W.T in fp8 (W the weight fp8 was made of); None when the row count does not suit the kernels."""
+def matmul(x: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+    """x @ W.T in fp8 with the copies attach() gave module; None without them, or when the row count does not
+    suit the kernels (the caller runs its 16-bit matmul)."""
+    w8 = getattr(module, BUFFERS[0], None)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if rows == 0 or rows % 16:
+    if w8 is None or rows == 0 or rows % 16:
         return None
     # Under autocast a 16-bit weight's matmul would run in the autocast dtype: the output keeps that dtype.
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
     dtype = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
     flat = x.reshape(rows, x.shape[-1]).to(dtype)
-    out = _Fp8Linear.apply(flat, fp8.w8, fp8.w_scale, fp8.wt8, fp8.wt_scale)
-    return out.reshape(*x.shape[:-1], fp8.w8.shape[0])
+    out = _Fp8Linear.apply(flat, *(getattr(module, name) for name in BUFFERS))
+    return out.reshape(*x.shape[:-1], w8.shape[0])
 
 
 def eligible(layer: Any) -> bool:
@@ -102,37 +107,41 @@ def eligible(layer: Any) -> bool:
         and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
 
 
-def _base_forward(layer: nn.Linear, fp8: Fp8Weight, x: torch.Tensor) -> torch.Tensor:
-    out = matmul(x, fp8)
-    return F.linear(x, layer.weight) if out is None else out
+def _base_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    out = matmul(x, self)
+    return F.linear(x, self.weight) if out is None else out
 
 
 @contextlib.contextmanager
-def fp8_base(model: Any, groups: Iterable[Any] = ()) -> Iterator[int]:
+def fp8_base(model: Any, leads: Iterable[Any] = ()) -> Iterator[int]:
     """While inside, the frozen bases of LoRA layers (and fused groups' concatenated bases) multiply in fp8.
 
-    ``groups`` are fused_lora's groups: each fusable one gets the fp8 copies of its concatenated weight, and
-    its members' own bases are left alone (the group's matmul replaces them). Yields how many weights.
+    ``leads`` are fused_lora's groups: each one whose base is fused gets the fp8 copies of the concatenated
+    weight, and its members' own bases are left alone (the group's matmul replaces them). Yields how many
+    weights.
     """
     from peft.tuners.lora import LoraLayer
 
-    grouped = set()
-    count = 0
-    for group in groups:
-        if group.fuse_base and all(eligible(m.base_layer) for m in group.members):
-            group.fp8 = Fp8Weight.of(torch.cat([m.base_layer.weight for m in group.members]))
-            grouped.update(id(m) for m in group.members)
-            count += 1
+    from ade_mlflow_plugin.training.fused_lora import fuses_base, members
+
+    holders, grouped = [], set()
+    for lead in leads:
+        group = members(lead)
+        if fuses_base(lead) and all(eligible(m.base_layer) for m in group):
+            attach(lead, torch.cat([m.base_layer.weight for m in group]))
+            holders.append(lead)
+            grouped.update(id(m) for m in group)
     patched = []
     for module in model.modules():
         if isinstance(module, LoraLayer) and id(module) not in grouped and eligible(module.base_layer):
             base = module.base_layer
-            base.forward = functools.partial(_base_forward, base, Fp8Weight.of(base.weight))
+            attach(base, base.weight)
+            base.forward = types.MethodType(_base_forward, base)  # one function for all: one compiled graph
             patched.append(base)
     try:
-        yield count + len(patched)
+        yield len(holders) + len(patched)
     finally:
-        for group in groups:
-            group.fp8 = None
+        for module in holders + patched:
+            detach(module)
         for base in patched:
-            del base.forward  # back to nn.Linear's forward; the fp8 copies go with the partial
+            del base.forward  # back to nn.Linear's forward

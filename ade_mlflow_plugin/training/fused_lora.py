@@ -21,8 +21,7 @@ variant, no LoRA bias, not merged); a quantized base keeps its own matmul and on
 from __future__ import annotations
 
 import contextlib
-import functools
-from dataclasses import dataclass, field
+import types
 from typing import Any, Iterator
 
 import torch
@@ -35,17 +34,18 @@ from ade_mlflow_plugin.training import fp8
 GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-@dataclass(eq=False)
-class _Group:
-    """One group of sibling LoRA projections and the outputs the first member computed for the others."""
+#: Plain (unregistered) attributes set on the member modules while fused_lora is on. The group's state lives on
+#: its first member, an nn.Module, so that torch.compile's one graph for a decoder layer serves every layer:
+#: dynamo guards on a Python object's identity (a graph per layer, and past 8 layers eager code) but not on
+#: an inlined module's.
+LEAD, INDEX = "ade_fused_lead", "ade_fused_index"
+MEMBERS, ADAPTER, FUSE_BASE = "ade_fused_members", "ade_fused_adapter", "ade_fused_base"
+INPUT, OUTS, LEFT = "ade_fused_x", "ade_fused_outs", "ade_fused_left"
+ATTRS = (LEAD, INDEX, MEMBERS, ADAPTER, FUSE_BASE, INPUT, OUTS, LEFT)
 
-    members: tuple[Any, ...]
-    adapter: str
-    fuse_base: bool
-    x: torch.Tensor | None = None
-    outs: list[torch.Tensor] | None = None
-    served: list[bool] = field(default_factory=list)
-    fp8: Any = None  # fp8.Fp8Weight of the concatenated base weight, while fp8_base is on
+
+def _set(module: nn.Module, name: str, value: Any) -> None:
+    object.__setattr__(module, name, value)  # not nn.Module's setattr: no submodule registration, no state_dict
 
 
 def _plain_adapter(module: Any) -> str | None:
@@ -74,65 +74,86 @@ def _fusable_base(members: tuple[Any, ...]) -> bool:
         and len({b.weight.dtype for b in bases}) == 1 and len({b.in_features for b in bases}) == 1
 
 
-def find_groups(model: Any) -> list[_Group]:
-    """Every group of GROUPS found under one parent module whose members all qualify."""
-    groups = []
+def find_groups(model: Any) -> list[Any]:
+    """The first member ("lead") of every group of GROUPS found under one parent whose members all qualify."""
+    leads = []
     for parent in model.modules():
         for names in GROUPS:
             members = tuple(getattr(parent, name, None) for name in names)
             adapters = {_plain_adapter(m) for m in members}
             if None in adapters or len(adapters) != 1:
                 continue
-            if len({m.lora_A[next(iter(adapters))].weight.dtype for m in members}) != 1:
+            adapter = adapters.pop()
+            if len({m.lora_A[adapter].weight.dtype for m in members}) != 1:
                 continue
-            groups.append(_Group(members, adapters.pop(), _fusable_base(members)))
-    return groups
+            lead = members[0]
+            for index, member in enumerate(members):
+                _set(member, LEAD, lead)
+                _set(member, INDEX, index)
+            for name, value in ((MEMBERS, members), (ADAPTER, adapter), (FUSE_BASE, _fusable_base(members)),
+                                (INPUT, None), (OUTS, None), (LEFT, 0)):
+                _set(lead, name, value)
+            leads.append(lead)
+    return leads
 
 
-def group_outputs(group: _Group, x: torch.Tensor) -> list[torch.Tensor]:
+def members(lead: Any) -> tuple[Any, ...]:
+    return getattr(lead, MEMBERS)
+
+
+def fuses_base(lead: Any) -> bool:
+    return getattr(lead, FUSE_BASE)
+
+
+def group_outputs(lead: Any, x: torch.Tensor) -> list[torch.Tensor]:
     """Every member's output for input x: one base matmul (when fusable), one A matmul, a B matmul each."""
-    members, name = group.members, group.adapter
-    if group.fuse_base:
-        base = fp8.matmul(x, group.fp8) if group.fp8 is not None else None
+    group, name = members(lead), getattr(lead, ADAPTER)
+    if fuses_base(lead):
+        base = fp8.matmul(x, lead)  # None unless fp8_base gave the lead its fp8 copies
         if base is None:
-            base = F.linear(x, torch.cat([m.base_layer.weight for m in members]))
-        bases = base.split([m.base_layer.out_features for m in members], dim=-1)
+            base = F.linear(x, torch.cat([m.base_layer.weight for m in group]))
+        bases = base.split([m.base_layer.out_features for m in group], dim=-1)
     else:
-        bases = [m.base_layer(x) for m in members]
-    a_weight = torch.cat([m.lora_A[name].weight for m in members])
-    xa = F.linear(x.to(a_weight.dtype), a_weight).split([m.lora_A[name].out_features for m in members], dim=-1)
+        bases = [m.base_layer(x) for m in group]
+    a_weight = torch.cat([m.lora_A[name].weight for m in group])
+    xa = F.linear(x.to(a_weight.dtype), a_weight).split([m.lora_A[name].out_features for m in group], dim=-1)
     return [(base + m.lora_B[name](part) * m.scaling[name]).to(base.dtype)
-            for m, base, part in zip(members, bases, xa)]
+            for m, base, part in zip(group, bases, xa)]
 
 
-def _member_forward(group: _Group, index: int, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    module = group.members[index]
-    if args or kwargs or _plain_adapter(module) != group.adapter:
-        return type(module).forward(module, x, *args, **kwargs)
+def _member_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    lead, index = getattr(self, LEAD), getattr(self, INDEX)
+    if args or kwargs or _plain_adapter(self) != getattr(lead, ADAPTER):
+        return type(self).forward(self, x, *args, **kwargs)
     if index == 0:
-        group.x, group.outs = x, group_outputs(group, x)
-        group.served = [True] + [False] * (len(group.members) - 1)
-        return group.outs[0]
-    if group.outs is None or group.x is not x or group.served[index]:
-        return type(module).forward(module, x)  # another input, or called twice: PEFT's exact forward
-    out = group.outs[index]
-    group.served[index] = True
-    if all(group.served):  # the last sibling took its output: hold no activations past the layer
-        group.x = group.outs = None
-    return out
+        outs = group_outputs(lead, x)
+        _set(lead, INPUT, x)
+        _set(lead, OUTS, outs)
+        _set(lead, LEFT, len(outs) - 1)
+        return outs[0]
+    outs = getattr(lead, OUTS)
+    if outs is None or getattr(lead, INPUT) is not x:
+        return type(self).forward(self, x)  # another input, or all siblings served: PEFT's exact forward
+    _set(lead, LEFT, getattr(lead, LEFT) - 1)
+    if getattr(lead, LEFT) == 0:  # the last sibling took its output: hold no activations past the layer
+        _set(lead, INPUT, None)
+        _set(lead, OUTS, None)
+    return outs[index]
 
 
 @contextlib.contextmanager
-def fused_lora(model: Any) -> Iterator[list[_Group]]:
-    """While inside, sibling LoRA projections run as groups; yields the groups. Outside, PEFT's forward."""
-    groups = find_groups(model)
-    for group in groups:
-        for index, member in enumerate(group.members):
-            member.forward = functools.partial(_member_forward, group, index)
+def fused_lora(model: Any) -> Iterator[list[Any]]:
+    """While inside, sibling LoRA projections run as groups; yields the groups' leads. Outside, PEFT's forward."""
+    leads = find_groups(model)
+    grouped = [m for lead in leads for m in members(lead)]
+    for member in grouped:
+        # One function for every member (a bound method): compiled code does not depend on the layer.
+        member.forward = types.MethodType(_member_forward, member)
     try:
-        yield groups
+        yield leads
     finally:
-        for group in groups:
-            group.x = group.outs = None
-            for member in group.members:
-                del member.forward  # back to the class's forward
+        for member in grouped:
+            del member.forward  # back to the class's forward
+            for name in ATTRS:
+                if name in vars(member):
+                    object.__delattr__(member, name)

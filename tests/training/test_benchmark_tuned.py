@@ -40,3 +40,6 @@ def test_tuned_settings_take_overrides_and_turn_gpu_switches_off_on_cpu():
     assert bench.tuned_settings(Args, [])["liger"] == "false"
     # 2 rows of 100 tokens over examples of mean length 40: 5 examples a step.
     assert bench.tuned_batch(Args, [([1] * 30, []), ([1] * 50, [])]) == 5
+    # Liger patches transformers' classes for the process: hf-tuned runs after every other config.
+    assert bench.run_order(["hf-tuned", "ade", "hf-tuned+compile=false", "ade-qlora"]) == [
+        "ade", "ade-qlora", "hf-tuned", "hf-tuned+compile=false"]

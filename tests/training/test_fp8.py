@@ -26,7 +26,7 @@ def test_product_and_input_gradient_against_float64(seed):
     weight = (torch.randn(48, 96, generator=generator) * 0.02).bfloat16()
     grad = torch.randn(64, 48, generator=generator).bfloat16()
     x.requires_grad_(True)
-    out = fp8.matmul(x, fp8.Fp8Weight.of(weight))
+    out = fp8.matmul(x, _holding(weight))
     out.backward(grad)
     assert out.dtype == torch.bfloat16 and out.shape == (64, 48)
     assert _rel(out, x.detach().double() @ weight.double().t()) < FP8_REL
@@ -36,8 +36,18 @@ def test_product_and_input_gradient_against_float64(seed):
 def test_zero_rows_and_odd_row_counts():
     weight = torch.randn(32, 16).bfloat16()
     x = torch.zeros(16, 16, dtype=torch.bfloat16)
-    assert torch.equal(fp8.matmul(x, fp8.Fp8Weight.of(weight)), torch.zeros(16, 32, dtype=torch.bfloat16))
-    assert fp8.matmul(torch.randn(5, 16).bfloat16(), fp8.Fp8Weight.of(weight)) is None  # bf16 path instead
+    holder = _holding(weight)
+    assert torch.equal(fp8.matmul(x, holder), torch.zeros(16, 32, dtype=torch.bfloat16))
+    assert fp8.matmul(torch.randn(5, 16).bfloat16(), holder) is None  # the bf16 path instead
+    fp8.detach(holder)
+    assert fp8.matmul(x, holder) is None and not list(holder.buffers())
+
+
+def _holding(weight: torch.Tensor) -> torch.nn.Module:
+    holder = torch.nn.Module()
+    fp8.attach(holder, weight)
+    assert holder.state_dict() == {}  # non-persistent: checkpoints never hold the fp8 copies
+    return holder
 
 
 @pytest.fixture
