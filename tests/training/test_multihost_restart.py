@@ -1,8 +1,8 @@
-"""Issue 21 item 3 end to end: `main` in local mode on two hosts (tiny model, CPU, gloo), a SIGTERM to algo-2's
-launcher alone mid-run (one instance's spot reclaim), then the restart of the same job with the same two hosts:
-the first attempt ends KILLED with its reason and nothing left running; the restart reopens the run, resumes
-from the checkpoint every rank took at the same step, and ends FINISHED at the planned final step with every
-step's train_loss logged once and one registered version that loads and generates.
+"""Issue 21 item 3 end to end: `main` in local mode on two hosts with sharding=fsdp (tiny model, CPU, gloo), a
+SIGTERM to algo-2's launcher alone mid-run (one instance's spot reclaim), then the restart of the same job with
+the same two hosts: the first attempt ends KILLED with its reason and nothing left running; the restart reopens
+the run, resumes from the checkpoint every rank took at the same step, and ends FINISHED at the planned final
+step with every step's train_loss logged once and one registered version that loads and generates.
 
 The restart is the single-host one's path (test_restart_job.py): the backend submits with "wait": false, the
 test holds the detached start and runs the same request twice, as SageMaker restarts a job (same name, same
@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -26,8 +27,8 @@ from tests.conftest import FIXTURES, REPO_ROOT
 
 pytestmark = pytest.mark.slow  # two hosts training, twice
 STEPS = 20  # the SIGTERM goes at step 2: it lands before the last step even on a fast machine
-#: none: DDP; fsdp once the training side shards (S1).
-SHARDING = os.environ.get("ADE_TEST_MULTIHOST_SHARDING", "none")
+#: Sharded by default (issue 21's done-when); ADE_TEST_MULTIHOST_SHARDING=none runs the same with DDP.
+SHARDING = os.environ.get("ADE_TEST_MULTIHOST_SHARDING", "fsdp")
 
 
 def _wait_for(what: str, check, timeout_s: float = 900) -> None:
@@ -71,6 +72,49 @@ def _attempt(held: tuple):
     return job
 
 
+def _workers(job) -> dict[str, list[int]]:
+    """Each host's training processes (torchrun's workers, not torchrun or the shell above it)."""
+    found = {}
+    for host in job.hosts:
+        found[host.host] = [pid for pid in procs.descendants(host.proc.pid)
+                            if "entrypoints/main.py" in _cmdline(pid) and "torch.distributed.run" not in _cmdline(pid)]
+        assert found[host.host], f"no training process on {host.host}"
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits to be handled by pid (it is stopped): /proc's pending-signal masks, bit 15."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # gone: nothing left to wait for
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
+
+
+@contextmanager
+def _paused(pids: list[int]):
+    """SIGSTOP these training processes while the stop is sent, SIGCONT after: its SIGTERM then arrives between
+    two steps of a run still training, an order made certain instead of raced against fast steps."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -90,7 +134,12 @@ def test_a_stop_on_one_host_then_the_restart_finishes_the_run_once(tiny_model, s
     running = {pid for host in first.hosts for pid in (host.proc.pid, *procs.descendants(host.proc.pid))}
     peer = first.hosts[1]  # SageMaker reclaims algo-2 alone; its launcher (PID 1 there) gets the SIGTERM
     peer.paths.stop_reason_file.write_text("spot_interrupted\nspot_interrupted: the spot instance was reclaimed\n")
-    os.kill(peer.proc.pid, signal.SIGTERM)
+    # algo-2's ranks paused: the lead's can go at most one step further (every step holds a collective), so the
+    # stop lands mid-training however fast the steps are. Not the lead's: a paused writer would hold the store.
+    with _paused(_workers(first)[peer.host]) as workers:
+        assert f"{contract.METRIC_LINE_PREFIX} step={STEPS} " not in lead_log.read_text(), "trained to the end"
+        os.kill(peer.proc.pid, signal.SIGTERM)
+        _wait_for("the SIGTERM to reach algo-2's training process", lambda: any(map(_sigterm_pending, workers)))
     ended = first.wait(timeout=900)
     merged = first.log_path.read_text()
     assert (ended["TrainingJobStatus"], ended["SecondaryStatus"]) == ("Stopped", "Interrupted"), merged[-4000:]
@@ -107,6 +156,8 @@ def test_a_stop_on_one_host_then_the_restart_finishes_the_run_once(tiny_model, s
     merged = second.log_path.read_text()
     assert final["TrainingJobStatus"] == "Completed", merged[-4000:]
     assert "attempt 2 continues it" in merged and "resuming from" in merged
+    if SHARDING == "fsdp":  # it really sharded, and the leader published the gathered adapter
+        assert "sharding: FSDP over 2 processes" in merged and "sharded training done: the full adapter" in merged
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags[ATTEMPT_TAG] == "2"
     assert not set(STOP_TAGS) & set(run.data.tags)
