@@ -218,23 +218,34 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
     """decide() for any set of GPUs: ``shards`` GPUs in all (every host's), ``gib`` usable on each; ``label``
     names them in the message (an instance type, or this machine's GPUs in local mode)."""
     plain = estimate(model, work)
-    shardable = work.quantization == "none"  # training/sharding.py shards a bf16/fp16 base only
-    sharded = estimate(model, work, shards) if shards > 1 and shardable else None
+    # training/sharding.py shards a 16-bit base over several processes only; otherwise fsdp trains unsharded
+    sharded = estimate(model, work, shards) if shards > 1 and work.quantization == "none" else None
+    sharding = "none" if sharding == "fsdp" and sharded is None else sharding
     where = f"{label} ({gib:g} GiB per GPU, {shards} GPU(s))"
-    if sharding == "fsdp" and not shardable:
-        return Decision(False, plain, None, gib, refused=True, message=(
-            f"{model_name}: quantization={work.quantization} with sharding=fsdp is not supported in this project "
-            "yet: pass sharding=none (a quantized base is what lets one GPU hold the model) or quantization=none"))
     if sharding != "fsdp" and plain.needed_gib <= gib:
         return Decision(False, plain, sharded, gib, f"{model_name}: {plain.line()} on {where}: fits unsharded")
+    publish = publish_gib(model, sharded) if sharded is not None else None
     if sharding != "none" and sharded is not None and sharded.needed_gib <= gib:
+        if publish > gib:
+            return Decision(False, plain, sharded, gib, refused=True, message=(
+                f"{model_name}: sharded (FSDP) over {where} training needs {sharded.line()}, but the job then "
+                f"loads the whole base on one GPU to evaluate and publish the model (~{publish:.1f} GiB): "
+                f"{publish - gib:.1f} GiB too much; use quantization=4bit with sharding=none, or an instance type "
+                "with more memory per GPU"))
         return Decision(True, plain, sharded, gib, f"{model_name}: {sharded.line()} sharded (FSDP) over {where}; "
                                                    f"unsharded it would need {plain.needed_gib:.1f} GiB")
     best = plain if sharding == "none" or sharded is None else sharded
     how = "unsharded" if best is plain else "even sharded"
-    shardable = sharded.needed_gib if sharding == "none" and sharded and sharded.needed_gib <= gib else None
-    return Decision(False, plain, sharded, gib, refusal(model_name, work, best, gib, where, how, shardable),
-                    refused=True)
+    would_fit = sharding == "none" and sharded is not None and max(sharded.needed_gib, publish) <= gib
+    return Decision(False, plain, sharded, gib, refusal(model_name, work, best, gib, where, how,
+                                                        sharded.needed_gib if would_fit else None), refused=True)
+
+
+def publish_gib(model: ModelShape, sharded: Estimate) -> float:
+    """What rank 0's GPU holds after sharded training (training/sharding.publishable_model): the whole base
+    loaded again in 16 bits, with the adapter, for eval and publishing, while its shard still lives."""
+    peak = weight_bytes(model, "none") + sharded.weights + sharded.lora
+    return peak / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
 
 
 def refusal(model_name: str, work: Workload, best: Estimate, gib: float, where: str, how: str,

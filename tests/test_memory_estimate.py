@@ -1,6 +1,8 @@
 """The per-GPU memory estimate and the sharding decision (issue 21 item 2; pure functions)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ade_mlflow_plugin.memory_estimate import (GIB, ModelShape, Workload, activation_bytes, decide, estimate,
@@ -48,9 +50,26 @@ def test_a_quantized_base_is_never_sharded():
     decision = decide("auto", CODER_33B, qlora, "ml.p4d.24xlarge")
     assert decision.sharded is None and not decision.fsdp
     assert decision.refused and "sharding=auto" not in decision.message and "more GPUs" not in decision.message
+    # (fsdp with quantization is refused by TrainingConfig; the job would train it unsharded)
     asked = decide("fsdp", CODER_1_3B, Workload(1, 512, quantization="4bit"), "ml.g5.12xlarge")
-    assert asked.refused and "quantization=4bit with sharding=fsdp is not supported" in asked.message
+    assert not asked.refused and not asked.fsdp and "fits unsharded" in asked.message
     assert not decide("auto", CODER_1_3B, Workload(1, 512, quantization="4bit"), "ml.g5.12xlarge").refused
+
+
+def test_fsdp_on_one_gpu_trains_unsharded_and_is_held_against_it():
+    decision = decide("fsdp", CODER_1_3B, Workload(1, 512), "ml.g5.2xlarge")
+    assert not decision.refused and not decision.fsdp and "fits unsharded" in decision.message
+    too_big = decide("fsdp", CODER_6_7B, Workload(4, 2048), "ml.g5.2xlarge")
+    assert too_big.refused and float(re.search(r"(-?[\d.]+) GiB too much", too_big.message).group(1)) > 0
+
+
+def test_sharding_is_approved_only_where_rank_0_can_publish_the_whole_model():
+    # after sharded training the job loads the whole bf16 base on one GPU to evaluate and publish
+    on_a100_40 = decide("auto", CODER_33B, Workload(1, 2048, checkpointed_layers=62), "ml.p4d.24xlarge")
+    assert on_a100_40.refused and "loads the whole base on one GPU to evaluate and publish" in on_a100_40.message
+    assert on_a100_40.sharded.needed_gib <= on_a100_40.gpu_gib  # training alone would have fit
+    on_a100_80 = decide("auto", CODER_33B, Workload(1, 2048), "ml.p4de.24xlarge")
+    assert on_a100_80.fsdp and not on_a100_80.refused
 
 
 def test_auto_keeps_a_model_that_fits_unsharded():

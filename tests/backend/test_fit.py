@@ -124,11 +124,22 @@ def test_the_defaults_fit_one_a10g_unsharded(no_hub_cache):
 
 
 def test_auto_shards_a_model_one_gpu_of_the_instance_cannot_hold(no_hub_cache):
-    plan = plan_fit(cloud(instance_type="ml.p4d.24xlarge"),
-                    training(base_model=CODER_33B, batch_size=1, gradient_checkpointing="true"))
+    plan = plan_fit(cloud(instance_type="ml.p4de.24xlarge"), training(base_model=CODER_33B, batch_size=1))
     assert plan.sharding == "fsdp" and plan.tags["ade.memory_fit"] == "sharded"
-    assert "sharded (FSDP) over ml.p4d.24xlarge (39.4 GiB per GPU, 8 GPU(s)); unsharded it would need" in plan.line
+    assert "sharded (FSDP) over ml.p4de.24xlarge (79.2 GiB per GPU, 8 GPU(s)); unsharded it would need" in plan.line
     assert plan.line.endswith("; sharding=auto -> fsdp")
+
+
+def test_sharding_is_refused_where_rank_0_cannot_then_hold_the_whole_base(no_hub_cache):
+    # 33B trains sharded over the 8 A100 40 GB of a p4d, but publishing loads the whole bf16 base (~62 GiB) on one
+    with pytest.raises(ConfigError, match="loads the whole base on one GPU to evaluate and publish"):
+        plan_fit(cloud(instance_type="ml.p4d.24xlarge"),
+                 training(base_model=CODER_33B, batch_size=1, gradient_checkpointing="true"))
+
+
+def test_sharding_fsdp_on_one_gpu_trains_unsharded_and_fits(no_hub_cache):
+    plan = plan_fit(cloud(instance_type="ml.g5.2xlarge"), training(sharding="fsdp"))
+    assert "fits unsharded" in plan.line and plan.sharding == "fsdp"  # the job trains one process unsharded
 
 
 def test_what_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_change(no_hub_cache):

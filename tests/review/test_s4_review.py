@@ -23,9 +23,6 @@ def training(**params) -> TrainingConfig:
 
 # ---- S2: memory_estimate.decide_on / backend/fit.py --------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="sharding=fsdp on one GPU that holds the plan is refused at submission with "
-                          "'-1.2 GiB too much' (memory_estimate.decide_on: no sharded estimate for one GPU)")
 def test_sharding_fsdp_on_one_gpu_that_fits_is_not_refused_with_a_negative_excess():
     # The job trains sharding=fsdp with one process unsharded (training/sharding.choose); the fit check must not
     # refuse what fits, least of all with a negative "too much".
@@ -33,18 +30,11 @@ def test_sharding_fsdp_on_one_gpu_that_fits_is_not_refused_with_a_negative_exces
     assert "fits" in plan.line
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="sharding=fsdp on this machine's one GPU (local mode, 80 GiB) is refused with "
-                          "'-59.2 GiB too much'")
 def test_sharding_fsdp_in_local_mode_on_one_big_gpu_is_not_refused():
     plan = plan_fit(cloud(mode="local"), training(sharding="fsdp"), local=Gpus(1, 80.0, "this machine's GPUs"))
     assert "fits" in plan.line
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the fit check approves deepseek-coder-33b sharding=fsdp on ml.p4d.24xlarge, "
-                                       "but after training sharding.publishable_model loads the whole bf16 base "
-                                       "(~62 GiB) onto rank 0's one 39.4 GiB GPU for eval and publishing")
 def test_a_sharded_plan_is_only_approved_when_the_job_can_publish_it():
     from ade_mlflow_plugin.backend.fit_models import KNOWN_MODELS
     from ade_mlflow_plugin.memory_estimate import GIB, GPU_MEMORY, weight_bytes
