@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +22,8 @@ MAX_RUNTIME_SLACK_S = 60.0
 DESCRIBE_TIMEOUT_S = 5
 ATTEMPT_TAG = "ade.attempt"
 STOP_TAGS = (contract.STOP_REASON_TAG, contract.STOP_DETAIL_TAG)
+#: How long a host waits to record its stop's reason on the run before it stops its entry anyway.
+RECORD_STOP_TIMEOUT_S = 10.0
 #: What a SIGTERM says when neither the local runner nor SageMaker can say why.
 SIGTERM_DETAIL = "stopped: SIGTERM to the launcher"
 
@@ -96,14 +99,25 @@ def _multi_host_run(env: Mapping[str, str], resource: Mapping[str, Any]) -> str 
     return env.get(contract.ENV_RUN_ID) if len(hosts) > 1 else None
 
 
-def record_stop(env: Mapping[str, str], resource: Mapping[str, Any], reason: str, detail: str) -> None:
+def record_stop(env: Mapping[str, str], resource: Mapping[str, Any], reason: str, detail: str,
+                timeout_s: float = RECORD_STOP_TIMEOUT_S) -> None:
     """Before any host of a multi-host job stops its entry (its SIGTERM, its budget): the reason goes on the
     run first. The other hosts' entries end without a SIGTERM of their own (their ranks stop at the same
     step, or lose their collective's partner), and their launchers read it here to end as stopped, not
-    failed. A reason already there stays: the first stop of the attempt is the job's."""
+    failed. A reason already there stays: the first stop of the attempt is the job's. Waits timeout_s at
+    most (MLflow's client retries for minutes; the stop's grace is 120 s): the stop goes on regardless."""
     run_id = _multi_host_run(env, resource)
     if run_id is None or reason not in contract.STOP_REASONS:
         return
+    writer = threading.Thread(target=_record_stop, args=(env, run_id, reason, detail), daemon=True)
+    writer.start()
+    writer.join(timeout_s)
+    if writer.is_alive():
+        print(f"launcher: recording the stop on MLflow run {run_id} takes over {timeout_s:g} s; stopping without "
+              "waiting (the other hosts may end the run FAILED)", file=sys.stderr, flush=True)
+
+
+def _record_stop(env: Mapping[str, str], run_id: str, reason: str, detail: str) -> None:
     try:
         client = _client(env)
         if client is None:

@@ -87,3 +87,38 @@ def test_a_relative_budget_clock_is_read_in_the_hosts_job_root(tmp_path):
     absolute = budget.budget_clock({contract.ENV_BUDGET_CLOCK_FILE: str(tmp_path / "algo-2" / "elapsed_s"),
                                     contract.ENV_BASE_DIR: str(tmp_path / "algo-1")})
     assert absolute() == 700.0
+
+
+def test_recording_a_stop_waits_a_bounded_time_for_a_server_that_does_not_answer(capsys, monkeypatch):
+    """MLflow's client waits and retries for minutes; a stop has 120 s: the SIGTERM goes on without the record."""
+    import http.server
+    import threading
+
+    # The writer left behind gives up soon after the test instead of retrying in the background for minutes.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+    release = threading.Event()
+
+    class Stuck(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            if self.path.startswith("/health"):  # the relay's probe: a live server
+                self.send_response(200)
+                self.end_headers()
+                return
+            release.wait(60)  # everything else: no answer while the test runs
+
+        def log_message(self, *args):  # noqa: ANN002 - quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = _env(f"http://127.0.0.1:{server.server_address[1]}", "0123456789abcdef0123456789abcdef")
+        record_stop(env, TWO_HOSTS, "budget", "budget: reached", timeout_s=0.5)
+        assert "takes over 0.5 s; stopping without waiting" in capsys.readouterr().err
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
