@@ -131,3 +131,19 @@ def test_a_sharded_plan_leaves_room_for_the_after_eval_on_rank_0():
     eval_logits_gib = 8 * config.max_seq_len * shape.vocab * (2 + 4 + 4) / GIB * (1 + FRAGMENTATION)
     assert after + eval_logits_gib <= gib, f"rank 0 after training: {after:.1f} + eval {eval_logits_gib:.1f} GiB " \
                                            f"on a {gib} GiB GPU"
+
+
+@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
+                   reason="a local base_model folder whose config.json says num_attention_heads 0 (a broken "
+                          "or hostile file) ends the submission with a ZeroDivisionError traceback "
+                          "(memory_estimate.ModelShape.kv_dim), not the 'skipped: ...' line")
+def test_a_broken_config_json_gives_the_skipped_line_not_a_traceback(tmp_path):
+    import json
+
+    folder = tmp_path / "my model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 0, "vocab_size": 300}))
+    plan = plan_fit(cloud(instance_type="ml.g5.2xlarge"), training(base_model=str(folder)))
+    assert plan.line.startswith("Memory estimate: skipped")
