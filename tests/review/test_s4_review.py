@@ -147,3 +147,27 @@ def test_a_broken_config_json_gives_the_skipped_line_not_a_traceback(tmp_path):
         "num_attention_heads": 0, "vocab_size": 300}))
     plan = plan_fit(cloud(instance_type="ml.g5.2xlarge"), training(base_model=str(folder)))
     assert plan.line.startswith("Memory estimate: skipped")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the refusal tells a user who passed gradient_checkpointing=true to use "
+                          "gradient_checkpointing=true (memory_estimate.refusal lists it whatever the workload)")
+def test_a_refusal_does_not_suggest_the_checkpointing_already_on():
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(instance_type="ml.g4dn.xlarge"),
+                 training(base_model="deepseek-ai/deepseek-coder-33b-instruct", gradient_checkpointing="true"))
+    assert "gradient_checkpointing=true" not in str(refused.value), str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="when the weights alone exceed the GPU (33B 4-bit: 16.7 GiB on a 14.6 GiB T4) the "
+                          "refusal still offers a smaller batch_size than 1, a shorter max_seq_len and "
+                          "checkpointing, none of which can make it fit")
+def test_a_refusal_offers_only_fixes_that_can_make_it_fit():
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(instance_type="ml.g4dn.xlarge"),
+                 training(base_model="deepseek-ai/deepseek-coder-33b-instruct", quantization="4bit", batch_size=1,
+                          gradient_checkpointing="true"))
+    message = str(refused.value)
+    assert "instance type with more GPU memory" in message
+    assert "smaller batch_size" not in message, message
