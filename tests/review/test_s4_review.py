@@ -171,3 +171,29 @@ def test_a_refusal_offers_only_fixes_that_can_make_it_fit():
     message = str(refused.value)
     assert "instance type with more GPU memory" in message
     assert "smaller batch_size" not in message, message
+
+
+# ---- S2: backend/fit.local_gpus, local mode -------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="local mode's fit check counts every GPU nvidia-smi lists, ignoring CUDA_VISIBLE_DEVICES "
+                          "(local_hosts.visible_gpus honours it): on a shared 8-GPU box with one GPU lent, a plan "
+                          "is approved sharded over 8 GPUs the job never gets")
+def test_local_fit_check_counts_only_the_gpus_the_job_may_use(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from ade_mlflow_plugin.backend.fit import local_gpus
+
+    # This machine has no GPU: a stand-in nvidia-smi that answers as an 8 x H100 host does (memory.total, MiB).
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n"
+                    "case \"$*\" in *memory.total*) for i in 0 1 2 3 4 5 6 7; do echo 81559; done;;\n"
+                    "*) for i in 0 1 2 3 4 5 6 7; do echo \"GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)\"; done;;\n"
+                    "esac\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    assert local_gpus().count == 8  # the stand-in works
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert local_gpus().count == 1
