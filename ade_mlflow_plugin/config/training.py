@@ -147,8 +147,9 @@ class TrainingConfig:
     compile_layers: bool = option(True, boolean(), "torch.compile each decoder layer (GPU)")
     fused_loss: bool = option(True, boolean(), "fused linear cross-entropy loss (GPU, liger)")
     bf16_adapters: bool = option(True, boolean(), "LoRA adapters in bf16 where the GPU has it (fp32 costs 13%)")
-    fused_lora: bool = option(True, boolean(), "one matmul for the LoRA A matrices (and the frozen base) of "
-                              "projections that share an input: q/k/v and gate/up (GPU)")
+    fused_lora: bool = option(False, boolean(), "one matmul for the frozen base and the LoRA A matrices of "
+                              "projections that share an input (q/k/v, gate/up; GPU); measured 1.01x under "
+                              "compile_layers (H100), +1.7 GB: off by default")
     fp8_base: bool = option(False, boolean(), "the frozen base's linear layers in fp8 with per-row scales "
                             "(H100/H200; off by default, see benchmarks/RESULTS.md)")
     # bookkeeping: intervals adapt to the run's length unless given (intervals() below)
