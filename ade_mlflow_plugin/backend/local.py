@@ -301,6 +301,8 @@ class LocalJob:
         except OSError as exc:  # the stop goes on; the launcher then says "stopped"
             self._log(f"local runner: cannot write {self.paths.stop_reason_file}: {exc}")
         with self._lock:
+            if self._status in ENDED:  # it ended meanwhile: a Stopping now would be its last word
+                return
             self._status, self._secondary = "Stopping", secondary
         self._save_state()
         threading.Thread(target=self._terminate_when_ready, daemon=True).start()

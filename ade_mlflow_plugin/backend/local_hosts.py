@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.local import STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count, _now
-from ade_mlflow_plugin.backend.local_root import HOST_LOGS_DIR, RUNNER_PID_FILE
+from ade_mlflow_plugin.backend.local_root import ENDED, HOST_LOGS_DIR, RUNNER_PID_FILE
 from ade_mlflow_plugin.errors import AdeError, ConfigError, first_line
 from ade_mlflow_plugin.job import contract
 
@@ -212,6 +212,8 @@ class LocalCluster(LocalJob):
             return
         self._stop_requested = True
         with self._lock:
+            if self._status in ENDED:  # it ended meanwhile: a Stopping now would be its last word
+                return
             self._status, self._secondary = "Stopping", secondary
         self._save_state()
         for host in self.hosts:
