@@ -92,3 +92,16 @@ class _nothing:
     def __exit__(self, *exc):
         return False
 
+
+
+def test_precision_turns_fp8_on_only_where_it_runs():
+    from ade_mlflow_plugin.training.speed import precision
+
+    on = TrainingConfig(fp8_base=True)
+    assert precision(on, "cuda", bf16_supported=True, capability=(9, 0)).fp8
+    assert not precision(TrainingConfig(), "cuda", bf16_supported=True, capability=(9, 0)).fp8  # off by default
+    older = precision(on, "cuda", bf16_supported=True, capability=(8, 0))
+    assert not older.fp8 and "fp8_base (needs sm89 or newer, this GPU is sm80)" in older.summary()
+    quantized = precision(on, "cuda", bf16_supported=True, capability=(9, 0), quantization="4bit")
+    assert not quantized.fp8 and "fp8_base (a quantized base" in quantized.summary()
+    assert not precision(on, "cpu", bf16_supported=False).fp8
