@@ -118,8 +118,9 @@ def registry_settings(registry_config: Any) -> ModelRegistryConfig:
 
         fix = _REGISTRY_ELSEWHERE.get(field.name, "it configures `ade-mlflow watch`/`webhook-server`/`sync`: "
                                                   "pass it to those")
-        raise ConfigError(f"registry_config {field.name}={getattr(config, field.name)!r} is not used by launch "
-                          f"(only registered_model_name and root/registry_path are): {fix}")
+        # The key only, never its value: a tracking_uri may carry a token (this line reaches terminals and CI logs).
+        raise ConfigError(f"registry_config {field.name} is not used by launch (only registered_model_name and "
+                          f"root/registry_path are): {fix}")
     return config
 
 
