@@ -120,3 +120,18 @@ def test_periodic_eval_and_load_best_run_sharded(base, sharded, tmp_path, monkey
     assert steps(results[0]["losses"]) == steps(whole[0]["losses"])  # eval leaves training as it was
     assert max(abs(v - whole[0]["losses"][k]) for k, v in results[0]["losses"].items()) <= LOSS_TOLERANCE
     assert (tmp_path / "published" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("run", ["sharded", "unsharded"])
+def test_the_complete_marker_lists_every_file_of_every_rank(run, request):
+    """The marker is written after a barrier: its manifest holds what each rank wrote (DDP: one RNG file per
+    rank; FSDP: rank 0's optimizer state) and matches the folder exactly."""
+    from ade_mlflow_plugin.job import manifest
+    from ade_mlflow_plugin.training.checkpoints import COMPLETE_MARKER, complete_checkpoints
+
+    out, _ = request.getfixturevalue(run)
+    for _, folder in complete_checkpoints(out / "checkpoints"):
+        listed = manifest.read((folder / COMPLETE_MARKER).read_text())
+        assert listed == manifest.files_of(folder)
+        wanted = {"optimizer.pt"} | ({"rng_state_0.pth", "rng_state_1.pth"} if run == "unsharded" else set())
+        assert wanted <= set(listed)
