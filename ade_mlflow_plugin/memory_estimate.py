@@ -17,7 +17,8 @@ What is counted, in bytes, for the peak of a training step (what torch.cuda.max_
 Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
 FRAGMENTATION below).
 
-Sharded (FSDP over every GPU of every host, as training/sharding.py runs it): the base weights are split over
+Sharded (FSDP over every GPU of every host, as training/sharding.py runs it; its loss is never fused, since
+training/speed.py fuses a plain nn.Linear head only): the base weights are split over
 the GPUs; each GPU also holds two unsharded decoder layers while it works (the one it computes, the one it
 prefetches); the LoRA adapter and its AdamW state stay whole on every GPU (replicated, their gradients
 averaged), and so do activations and the loss. A quantized base is never sharded (the job refuses
@@ -25,7 +26,7 @@ quantization with sharding=fsdp): a quantized plan is held against one GPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 GIB = float(1 << 30)
@@ -35,6 +36,11 @@ CONTEXT_GIB = 0.75
 FRAGMENTATION = 0.10
 BYTES_PER_PARAM = {"none": 2.0, "8bit": 1.0 + 4.0 / 4096, "4bit": 0.5 + 0.127 / 8}
 ADAM_COPIES = 4  # the LoRA weight, its gradient, AdamW's exp_avg and exp_avg_sq
+#: The evals after training (training/evaluation.py, which this stdlib module cannot import): eval_loss runs
+#: batches of EVAL_ROWS packed rows through the model's own loss (bf16 logits, an fp32 copy, fp32 log-softmax);
+#: exact_match generates for GENERATE_BATCH prompts at a time (their KV cache).
+EVAL_ROWS = 8
+GENERATE_BATCH = 16
 LOSS_BYTES_PER_LOGIT = 10  # bf16 logits + their fp32 upcast + the fp32 gradient
 
 #: instance type -> (GPUs, usable GiB per GPU) of SageMaker's GPU training instances.
@@ -71,9 +77,16 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "ModelShape":
-        heads = int(config["num_attention_heads"])
-        return cls(int(config["hidden_size"]), int(config["intermediate_size"]), int(config["num_hidden_layers"]),
-                   heads, int(config.get("num_key_value_heads") or heads), int(config["vocab_size"]),
+        """KeyError: not a Llama-style decoder's config; ValueError: a figure that is not a whole number > 0."""
+        def whole(key: str, default: Any = None) -> int:
+            value = config.get(key, default) if default is not None else config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{key} must be a whole number > 0, got {value!r}")
+            return value
+
+        heads = whole("num_attention_heads")
+        return cls(whole("hidden_size"), whole("intermediate_size"), whole("num_hidden_layers"), heads,
+                   whole("num_key_value_heads", config.get("num_key_value_heads") or heads), whole("vocab_size"),
                    bool(config.get("tie_word_embeddings", False)))
 
     @property
@@ -114,6 +127,7 @@ class Workload:
     adapter_bytes: int = 2  # bf16 adapters (4: fp32, on a GPU without bf16)
     checkpointed_layers: int = 0
     fused_loss: bool = False
+    eval_new_tokens: int = 0  # tokens generated per eval example after training (0: no generation)
 
     @property
     def tokens(self) -> int:
@@ -127,7 +141,8 @@ class Workload:
         return cls(batch_size=config.batch_size, seq_len=config.max_seq_len, lora_r=config.lora_r,
                    target_modules=config.target_modules, quantization=config.quantization,
                    adapter_bytes=2 if bf16 and config.bf16_adapters else 4,
-                   checkpointed_layers=config.checkpointed_layers(layers), fused_loss=config.fused_loss)
+                   checkpointed_layers=config.checkpointed_layers(layers), fused_loss=config.fused_loss,
+                   eval_new_tokens=config.max_new_tokens if config.eval_samples > 0 else 0)
 
 
 @dataclass(frozen=True)
@@ -187,8 +202,10 @@ def estimate(model: ModelShape, work: Workload, shards: int = 1) -> Estimate:
     if shards <= 1:
         return Estimate(weights, lora, activation_bytes(model, work), loss_bytes(model, work))
     layer = sum(a * b for a, b in model.linears().values()) * BYTES_PER_PARAM[work.quantization]
-    return Estimate(weights / shards, lora, activation_bytes(model, work), loss_bytes(model, work),
-                    gather=2 * layer)
+    # Sharded, the job cannot fuse the loss (training/speed.py fuses a plain nn.Linear head; FSDP wraps it):
+    # the logits are materialised whatever fused_loss says.
+    unfused = loss_bytes(model, replace(work, fused_loss=False))
+    return Estimate(weights / shards, lora, activation_bytes(model, work), unfused, gather=2 * layer)
 
 
 @dataclass(frozen=True)
@@ -216,29 +233,40 @@ def decide(sharding: str, model: ModelShape, work: Workload, instance_type: str,
 def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib: float, label: str,
               model_name: str = "the model") -> Decision:
     """decide() for any set of GPUs: ``shards`` GPUs in all (every host's), ``gib`` usable on each; ``label``
-    names them in the message (an instance type, or this machine's GPUs in local mode)."""
+    names them in the message (an instance type, or this machine's GPUs in local mode). Training and the evals
+    after it (on rank 0, with the whole model: after_gib) must both fit."""
     plain = estimate(model, work)
     # training/sharding.py shards a 16-bit base over several processes only; otherwise fsdp trains unsharded
     sharded = estimate(model, work, shards) if shards > 1 and work.quantization == "none" else None
     sharding = "none" if sharding == "fsdp" and sharded is None else sharding
     where = f"{label} ({gib:g} GiB per GPU, {shards} GPU(s))"
-    if sharding != "fsdp" and plain.needed_gib <= gib:
+    after_plain = after_gib(model, work, plain)
+    if sharding != "fsdp" and max(plain.needed_gib, after_plain) <= gib:
         return Decision(False, plain, sharded, gib, f"{model_name}: {plain.line()} on {where}: fits unsharded")
-    publish = publish_gib(model, sharded) if sharded is not None else None
+    after_sharded = after_gib(model, work, sharded) if sharded is not None else None
     if sharding != "none" and sharded is not None and sharded.needed_gib <= gib:
-        if publish > gib:
-            return Decision(False, plain, sharded, gib, refused=True, message=(
-                f"{model_name}: sharded (FSDP) over {where} training needs {sharded.line()}, but the job then "
-                f"loads the whole base on one GPU to evaluate and publish the model (~{publish:.1f} GiB): "
-                f"{publish - gib:.1f} GiB too much; use quantization=4bit with sharding=none, or an instance type "
-                "with more memory per GPU"))
+        if after_sharded > gib:
+            return Decision(False, plain, sharded, gib, refused=True, message=_after_refusal(
+                model_name, f"sharded (FSDP) over {where} training needs {sharded.line()}, but", after_sharded,
+                gib, work))
         return Decision(True, plain, sharded, gib, f"{model_name}: {sharded.line()} sharded (FSDP) over {where}; "
                                                    f"unsharded it would need {plain.needed_gib:.1f} GiB")
+    if sharding != "fsdp" and plain.needed_gib <= gib:  # training fits unsharded, the evals after it do not
+        return Decision(False, plain, sharded, gib, refused=True, message=_after_refusal(
+            model_name, f"on {where} training needs {plain.line()}, but", after_plain, gib, work))
     best = plain if sharding == "none" or sharded is None else sharded
-    how = "unsharded" if best is plain else "even sharded"
-    would_fit = sharding == "none" and sharded is not None and max(sharded.needed_gib, publish) <= gib
-    return Decision(False, plain, sharded, gib, refusal(model_name, work, best, gib, where, how,
-                                                        sharded.needed_gib if would_fit else None), refused=True)
+    would_fit = sharding == "none" and sharded is not None and max(sharded.needed_gib, after_sharded) <= gib
+    return Decision(False, plain, sharded, gib, refused=True, message=refusal(
+        model_name, model, work, best, gib, where, "unsharded" if best is plain else "even sharded",
+        sharded.needed_gib if would_fit else None, shards if best is not plain else 1))
+
+
+def eval_bytes(model: ModelShape, work: Workload) -> float:
+    """The larger of the two evals after training: eval_loss's logits, or exact_match's KV cache."""
+    logits = EVAL_ROWS * work.seq_len * model.vocab * LOSS_BYTES_PER_LOGIT
+    kv_per_token = 2 * model.layers * model.kv_dim * 2  # keys and values, bf16, every layer
+    cache = GENERATE_BATCH * (work.seq_len + work.eval_new_tokens) * kv_per_token if work.eval_new_tokens else 0
+    return float(max(logits, cache))
 
 
 def publish_gib(model: ModelShape, sharded: Estimate) -> float:
@@ -248,12 +276,38 @@ def publish_gib(model: ModelShape, sharded: Estimate) -> float:
     return peak / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
 
 
-def refusal(model_name: str, work: Workload, best: Estimate, gib: float, where: str, how: str,
-            sharded_gib: float | None = None) -> str:
+def after_gib(model: ModelShape, work: Workload, trained: Estimate) -> float:
+    """What one GPU must have free for the evals after training: the trained model (after sharded training:
+    publish_gib's whole copy on rank 0) and the larger eval."""
+    held = publish_gib(model, trained) if trained.gather else \
+        (trained.weights + trained.lora) / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
+    return held + eval_bytes(model, work) / GIB * (1 + FRAGMENTATION)
+
+
+def _after_refusal(model_name: str, what: str, after: float, gib: float, work: Workload) -> str:
+    return (f"{model_name}: {what} evaluating and publishing the model after training needs ~{after:.1f} GiB on one "
+            f"GPU (the whole model and the larger eval): {after - gib:.1f} GiB too much; use "
+            + ", ".join(([] if work.quantization == "4bit" else ["quantization=4bit with sharding=none"])
+                        + [f"a smaller max_seq_len (now {work.seq_len})", "an instance type with more memory per GPU"]))
+
+
+def refusal(model_name: str, model: ModelShape, work: Workload, best: Estimate, gib: float, where: str, how: str,
+            sharded_gib: float | None = None, shards: int = 1) -> str:
+    """The one line of a plan that does not fit: by how much, and only the changes that could make it fit."""
     fixes = [f"sharding=auto (sharded: ~{sharded_gib:.1f} GiB per GPU)"] if sharded_gib is not None else []
-    fixes += ["quantization=4bit"] if work.quantization != "4bit" else []
-    more = "more GPU memory" if work.quantization != "none" else "more GPU memory or more GPUs"
-    fixes += [f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})",
-              "gradient_checkpointing=true", f"an instance type with {more}"]
+    if work.quantization != "4bit" and _floor_gib(model, replace(work, quantization="4bit"), 1) <= gib:
+        fixes.append("quantization=4bit")
+    if _floor_gib(model, work, shards) <= gib:  # the weights leave room: less per step can fit
+        fixes.append(f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})")
+        if work.checkpointed_layers < model.layers:
+            fixes.append("gradient_checkpointing=true")
+    fixes.append("an instance type with " + ("more GPU memory" if work.quantization != "none"
+                                             else "more GPU memory or more GPUs"))
     return (f"{model_name} at batch_size {work.batch_size} x {work.seq_len} tokens needs {best.line()} {how} on "
             f"{where}: {best.needed_gib - gib:.1f} GiB too much; use " + ", ".join(fixes))
+
+
+def _floor_gib(model: ModelShape, work: Workload, shards: int) -> float:
+    """The least a step can need with these weights: one short sequence, every layer recomputed."""
+    least = replace(work, batch_size=1, seq_len=1, checkpointed_layers=model.layers)
+    return estimate(model, least, shards).needed_gib

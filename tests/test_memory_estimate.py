@@ -6,7 +6,7 @@ import re
 import pytest
 
 from ade_mlflow_plugin.memory_estimate import (GIB, ModelShape, Workload, activation_bytes, decide, estimate,
-                                                       lora_params)
+                                                       eval_bytes, lora_params)
 
 # deepseek-coder's published config.json figures.
 CODER_1_3B = ModelShape.from_config({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
@@ -66,10 +66,20 @@ def test_fsdp_on_one_gpu_trains_unsharded_and_is_held_against_it():
 def test_sharding_is_approved_only_where_rank_0_can_publish_the_whole_model():
     # after sharded training the job loads the whole bf16 base on one GPU to evaluate and publish
     on_a100_40 = decide("auto", CODER_33B, Workload(1, 2048, checkpointed_layers=62), "ml.p4d.24xlarge")
-    assert on_a100_40.refused and "loads the whole base on one GPU to evaluate and publish" in on_a100_40.message
+    assert on_a100_40.refused and "evaluating and publishing the model after training needs" in on_a100_40.message
     assert on_a100_40.sharded.needed_gib <= on_a100_40.gpu_gib  # training alone would have fit
-    on_a100_80 = decide("auto", CODER_33B, Workload(1, 2048), "ml.p4de.24xlarge")
-    assert on_a100_80.fsdp and not on_a100_80.refused
+    on_h200 = decide("auto", CODER_33B, Workload(2, 2048, fused_loss=True, eval_new_tokens=64), "ml.p5e.48xlarge")
+    assert on_h200.fsdp and not on_h200.refused
+
+
+def test_the_evals_after_training_must_fit_too():
+    # eval_loss: 8 rows x 2048 x 32256 logits at 10 bytes (~4.9 GiB); exact_match: 16 prompts' KV cache
+    assert eval_bytes(CODER_1_3B, Workload(1, 2048)) == 8 * 2048 * 32256 * 10
+    kv = 16 * (2048 + 64) * 2 * 24 * 2048 * 2
+    assert eval_bytes(CODER_1_3B, Workload(1, 2048, eval_new_tokens=64)) == max(kv, 8 * 2048 * 32256 * 10)
+    qwen_1_5b = ModelShape(1536, 8960, 28, 12, 2, 151936, tied_embeddings=True)  # 152k vocab: ~23 GiB of logits
+    decision = decide("auto", qwen_1_5b, Workload(1, 2048, fused_loss=True, checkpointed_layers=28), "ml.g5.2xlarge")
+    assert decision.refused and "evaluating and publishing the model after training" in decision.message
 
 
 def test_auto_keeps_a_model_that_fits_unsharded():
@@ -81,12 +91,13 @@ def test_auto_keeps_a_model_that_fits_unsharded():
 
 
 def test_auto_shards_a_model_that_fits_only_sharded():
-    decision = decide("auto", CODER_6_7B, Workload(1, 2048), "ml.g5.12xlarge")
+    work = Workload(4, 512, fused_loss=True)
+    decision = decide("auto", CODER_6_7B, work, "ml.g5.48xlarge")
     assert decision.fsdp and not decision.refused
     assert decision.sharded.needed_gib <= decision.gpu_gib < decision.plain.needed_gib
-    assert "sharded (FSDP) over ml.g5.12xlarge (22 GiB per GPU, 4 GPU(s))" in decision.message
-    # two single-GPU hosts shard as well (FSDP spans the hosts)
-    assert decide("auto", CODER_6_7B, Workload(1, 2048), "ml.g5.2xlarge", instance_count=2).fsdp
+    assert "sharded (FSDP) over ml.g5.48xlarge (22 GiB per GPU, 8 GPU(s))" in decision.message
+    # eight single-GPU hosts shard as well (FSDP spans the hosts)
+    assert decide("auto", CODER_6_7B, work, "ml.g5.2xlarge", instance_count=8).fsdp
 
 
 def test_a_plan_that_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_change():
@@ -96,12 +107,17 @@ def test_a_plan_that_cannot_fit_even_sharded_is_refused_with_how_much_and_what_t
     assert "\n" not in message and "unsharded on ml.g5.2xlarge" in message
     too_much = decision.plain.needed_gib - decision.gpu_gib
     assert f"{too_much:.1f} GiB too much" in message
-    for fix in ("quantization=4bit", "smaller batch_size (now 1)", "gradient_checkpointing=true", "more GPU memory"):
-        assert fix in message
+    # 62 GiB of bf16 weights: only a 4-bit base (~17 GiB) or a bigger card can help, not a smaller step
+    assert message.endswith("use quantization=4bit, an instance type with more GPU memory or more GPUs")
+    smaller_step = decide("auto", CODER_1_3B, Workload(8, 2048), "ml.g5.2xlarge").message
+    for fix in ("smaller batch_size (now 8)", "gradient_checkpointing=true"):
+        assert fix in smaller_step
+    recomputed = decide("auto", CODER_1_3B, Workload(16, 2048, checkpointed_layers=24), "ml.g4dn.xlarge").message
+    assert "gradient_checkpointing=true" not in recomputed  # already on
 
 
 def test_sharding_none_is_refused_when_only_sharding_fits_and_says_so():
-    decision = decide("none", CODER_6_7B, Workload(1, 2048), "ml.g5.12xlarge")
+    decision = decide("none", CODER_6_7B, Workload(4, 512, fused_loss=True), "ml.g5.48xlarge")
     assert decision.refused and "sharding=auto (sharded: ~" in decision.message
 
 

@@ -55,17 +55,23 @@ class FitPlan:
         return {name: value for name, value in decided.items() if value is not None}
 
 
-def local_gpus() -> Gpus | None:
-    """This machine's GPUs (nvidia-smi's memory.total, the smallest card's), None without any."""
+def local_gpus(environment: dict[str, str] | None = None) -> Gpus | None:
+    """The GPUs local mode lends the job (local_hosts.visible_gpus: CUDA_VISIBLE_DEVICES, also from the backend
+    config's environment, else every GPU nvidia-smi lists), the smallest card's memory; None without any."""
+    from ade_mlflow_plugin.backend.local_hosts import visible_gpus
+
     if shutil.which("nvidia-smi") is None:
         return None
+    ids = visible_gpus({"Environment": environment or {}})
+    if not ids:
+        return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits",
+                              f"--id={','.join(ids)}"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     mib = [float(line) for line in out.split() if line.replace(".", "", 1).isdigit()]
-    return Gpus(len(mib), round(min(mib) / 1024, 1), "this machine's GPUs") if mib else None
+    return Gpus(len(ids), round(min(mib) / 1024, 1), "this machine's GPUs") if mib else None
 
 
 def job_gpus(config: Any, local: Gpus | None) -> tuple[Gpus | None, str]:
@@ -99,7 +105,7 @@ def plan_fit(config: Any, training: Any, local: Gpus | None = None) -> FitPlan:
     asked = getattr(training, "sharding", None)  # None for a config without the option
     found = find_shape(training.base_model)
     if config.mode == "local" and local is None:
-        local = local_gpus()
+        local = local_gpus(getattr(config, "environment", None))
     on_cpu = config.mode == "local" and local is None  # nothing to shard over: unsharded
     if found.shape is None:
         resolved = _resolved(asked, False if on_cpu else None)
@@ -150,11 +156,14 @@ def _fewest_recomputed(sharding: str, found: FoundShape, work: Workload, gpus: G
                        name: str) -> tuple[int | None, Any]:
     """checkpoint_layers=auto, when the plan does not fit as it is: the fewest decoder layers recomputed in
     backward (least speed lost) with which it fits; (None, None) when even all of them are not enough."""
-    for layers in range(work.checkpointed_layers + 1, found.shape.layers + 1):
-        decision = decide_on(sharding, found.shape, replace(work, checkpointed_layers=layers), gpus.count,
-                             gpus.gib, gpus.label, name)
-        if not decision.refused:
-            return layers, decision
+    # Unsharded first: recomputing a few more layers costs less than FSDP's all-gather of the base every step
+    # (over PCIe on g4dn/g5), so auto shards only when no count of recomputed layers fits one GPU.
+    for mode in (["none", sharding] if sharding == "auto" else [sharding]):
+        for layers in range(work.checkpointed_layers + 1, found.shape.layers + 1):
+            decision = decide_on(mode, found.shape, replace(work, checkpointed_layers=layers), gpus.count,
+                                 gpus.gib, gpus.label, name)
+            if not decision.refused:
+                return layers, decision
     return None, None
 
 

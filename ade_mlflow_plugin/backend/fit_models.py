@@ -8,12 +8,13 @@ skips the estimate and says why.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -21,6 +22,8 @@ from ade_mlflow_plugin.errors import first_line
 from ade_mlflow_plugin.memory_estimate import ModelShape
 
 CONFIG = "config.json"
+#: mlflow.environment_variables read per request: one attempt, a short timeout.
+QUICK_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 MLMODEL = "MLmodel"
 # Keys of MLmodel's transformers flavor (mlflow.transformers.flavor_config.FlavorKey's values; the job's
 # training/base_model.py reads the same ones).
@@ -166,12 +169,29 @@ def _recorded_base(flavor: dict[str, Any], label: str) -> FoundShape:
     return FoundShape(None, f"{label} is not a transformers model with weights or a recorded base")
 
 
+@contextlib.contextmanager
+def _one_try() -> Iterator[None]:
+    """MLflow's REST calls without their retry series while the estimate looks: it is best effort (skipped when
+    the registry does not answer), and a submission must not wait minutes for it; the channel download after
+    the run exists keeps MLflow's retries."""
+    saved = {name: os.environ.get(name) for name in QUICK_MLFLOW}
+    os.environ.update(QUICK_MLFLOW)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def from_registry(uri: str) -> FoundShape:
     """A models:/ or runs:/ model: MLmodel, then its weights' config.json (two small downloads)."""
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    with tempfile.TemporaryDirectory(prefix="ade-fit-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="ade-fit-") as scratch, _one_try():
         try:
             repo = get_artifact_repository(uri)
             flavor = _flavor(Path(repo.download_artifacts(MLMODEL, scratch)))
