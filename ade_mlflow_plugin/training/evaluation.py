@@ -13,29 +13,69 @@ logger = logging.getLogger(__name__)
 MAX_LOG_PERPLEXITY = 50.0  # exp() of a random model's loss overflows nothing, but keep the metric finite
 
 
+#: The fallback path (a head the chunked loss cannot take) keeps each batch's float logits under this.
+LOGITS_BYTES = 1 << 30
+#: Bytes per logit in the fallback path, all live at once: 16-bit logits, their float32 copy, the log-softmax.
+BYTES_PER_LOGIT = 10
+
+
 def eval_loss(model: Any, rows: list[dict], pad_token_id: int, batch_size: int = 8) -> float | None:
-    """Mean loss per completion token over the eval rows (None when there are none)."""
+    """Mean loss per completion token over the eval rows (None when there are none).
+
+    The logits are never whole: the LM head and cross-entropy run in chunks over the target tokens
+    (speed.linear_cross_entropy, training's fused loss, exact), one chunk of float32 logits (512 MB) at a
+    time. Whole logits were batch x seq x vocab x 10 bytes: 23 GiB for 8 rows of 2048 with a 152k vocabulary
+    (Qwen2.5-Coder), more than training's peak. A head it cannot take (a bias, soft-capping) gets the
+    model's logits in batches of at most LOGITS_BYTES.
+    """
     import torch
+
+    from ade_mlflow_plugin.training.speed import causal_lm, linear_cross_entropy
 
     if not rows:
         return None
     collate = PackedCollator(pad_token_id)
     device = next(model.parameters()).device
+    lm = causal_lm(model)
+    head = _plain_head(lm)
+    if head is None:
+        width = max(len(r["input_ids"]) for r in rows)
+        batch_size = max(1, min(batch_size, LOGITS_BYTES // (width * lm.config.vocab_size * BYTES_PER_LOGIT)))
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(rows[start:start + batch_size]).items()}
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-            shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                       shift_labels.reshape(-1), ignore_index=IGNORE,
-                                                       reduction="sum")
-            total += losses.item()
-            count += int((shift_labels != IGNORE).sum())
+            labels = batch["labels"]
+            if head is not None:
+                hidden = lm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                  use_cache=False).last_hidden_state
+                total += linear_cross_entropy(hidden, head.weight, labels, num_items_in_batch=1).item()  # a sum
+            else:
+                total += _logits_loss_sum(model, batch)
+            count += int((labels[:, 1:] != IGNORE).sum())
     model.train(was_training)
     return total / count if count else None
+
+
+def _plain_head(lm: Any) -> Any:
+    """The LM head when logits are just hidden @ head.weight.T (what the chunked loss computes), else None."""
+    import torch
+
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    plain = type(head) is torch.nn.Linear and head.bias is None and hasattr(lm, "model")
+    scaled = any(getattr(lm.config, key, None) not in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale"))
+    return head if plain and not scaled else None
+
+
+def _logits_loss_sum(model: Any, batch: dict) -> float:
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                             shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum").item()
 
 
 def normalise(text: str) -> str:

@@ -97,3 +97,23 @@ def test_an_attention_the_model_cannot_run_leaves_it_on_its_own(tiny_lm, caplog)
             assert attn_implementation(model.config) == own
     assert attn_implementation(model.config) == own
     assert "flash_attention_2 unavailable" in caplog.text
+
+
+def test_eval_loss_without_whole_logits_equals_the_models_own_loss(tiny_model) -> None:
+    """eval_loss runs the LM head in chunks over the target tokens (no batch x seq x vocab logits): the same
+    figure as cross-entropy over the model's logits; a head it cannot take falls back to those logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ade_mlflow_plugin.training.packing import build_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    rows, _ = build_rows(tokenizer, EXAMPLES * 3, 128, True)
+    collate = evaluation.PackedCollator(tokenizer.pad_token_id)
+    batch = collate(rows)
+    expected = evaluation._logits_loss_sum(model, batch) / int((batch["labels"][:, 1:] != evaluation.IGNORE).sum())
+    assert evaluation._plain_head(model) is not None
+    assert evaluation.eval_loss(model, rows, tokenizer.pad_token_id, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    model.config.final_logit_softcapping = 30.0  # a head the chunked loss cannot take (Llama ignores the value)
+    assert evaluation._plain_head(model) is None
+    assert evaluation.eval_loss(model, rows, tokenizer.pad_token_id) == pytest.approx(expected, rel=1e-5)
