@@ -220,3 +220,16 @@ def test_an_approved_plan_leaves_room_for_the_eval_loss_pass():
     logits_gib = rows * config.max_seq_len * shape.vocab * (2 + 4 + 4) / GIB
     need = (weight_bytes(shape, "none") / GIB + logits_gib) * (1 + FRAGMENTATION) + CONTEXT_GIB
     assert need <= gib, f"eval_loss needs ~{need:.1f} GiB (logits {logits_gib:.1f}) on a {gib} GiB GPU"
+
+
+# ---- S6: launch.registry_settings ---------------------------------------------------------------------------
+
+# Fixed by S6 in b899d70 while this demo was being written: kept as a regression test.
+def test_the_unused_registry_key_refusal_does_not_echo_a_credential():
+    from ade_mlflow_plugin.launch import build_launch
+
+    with pytest.raises(ConfigError) as refused:
+        build_launch("src", None, "deepseek-ai/deepseek-coder-1.3b-instruct", {"mode": "local"},
+                     {"tracking_uri": "https://alice:s3cr3t-t0ken@mlflow.example.com"}, 10, 0.3, {})
+    assert "tracking_uri" in str(refused.value)
+    assert "s3cr3t-t0ken" not in str(refused.value), str(refused.value)
