@@ -46,6 +46,8 @@ for step in range(1, 1200):  # bounded: about 4 minutes
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item() > 0:
         print(f"rank {rank} on {host}: stopping at step {step}", flush=True)
+        # Left to the interpreter's exit, gloo's teardown may abort (SIGABRT) while the peer hangs up too.
+        dist.destroy_process_group()
         sys.exit(143)
     print(f"rank {rank} on {host}: step {step}", flush=True)
     time.sleep(0.2)
