@@ -13,7 +13,8 @@ What follows from a replicated adapter:
   unsharded run (adapter_model.safetensors, optimizer.pt, scheduler.pt): resume, finished_checkpoint,
   load_adapter_weights and load_best read them as they always did, with the same or another process count;
 - "gathering" the adapter for publishing needs no collective; `full_adapter` still gathers any sharded
-  (DTensor) adapter weight, every rank taking part, should a later FSDP plan shard the adapter too.
+  (DTensor) adapter weight, every rank taking part, should a later FSDP plan shard the adapter too;
+- the published model is built on rank 0 in host memory (publishable_model): no GPU has to hold the whole base.
 
 The Trainer refuses to checkpoint the optimizer of a model sharded at load time (it cannot know the trainable
 weights are replicated): training_arguments sets save_only_model and callbacks.SaveTrainingState writes the
@@ -176,9 +177,11 @@ def full_adapter(model: Any) -> dict[str, Any] | None:
 
 
 def publishable_model(model: Any, config: TrainingConfig) -> Any:
-    """After sharded training, the model rank 0 evaluates and publishes: the base loaded again unsharded with
-    the full adapter in it (a sharded model cannot run a forward pass on one rank alone). Every rank calls
-    it; ranks other than 0 get None. An unsharded model is returned as it is."""
+    """After sharded training, the model rank 0 publishes: the base loaded again unsharded, in host memory (a
+    sharded model cannot run a forward pass on one rank alone, and a base that needed sharding need not fit
+    one GPU), with the full adapter in it. Every rank calls it; ranks other than 0 get None. An unsharded model
+    is returned as it is. Evaluate a sharded model before this, on every rank (its forward passes gather the
+    shards together); an eval of the returned copy runs on the CPU."""
     if not is_sharded(model):
         return model
     from peft import set_peft_model_state_dict
@@ -188,10 +191,10 @@ def publishable_model(model: Any, config: TrainingConfig) -> Any:
     adapter = full_adapter(model)
     if adapter is None:
         return None
-    device, dtype = plain.device_and_dtype()
-    whole = plain.add_lora(plain.load_base_model(config, device, dtype), config, device)
+    _, dtype = plain.device_and_dtype()  # the training dtype (bf16 on a GPU): host memory of 2 bytes a weight
+    whole = plain.add_lora(plain.load_base_model(config, "cpu", dtype), config, "cpu")
     set_peft_model_state_dict(whole, adapter)
     whole.eval()
-    logger.info("sharded training done: the full adapter (%d tensors) is in an unsharded copy of the base on "
-                "rank 0 for eval and publishing", len(adapter))
+    logger.info("sharded training done: the full adapter (%d tensors) is in an unsharded copy of the base in host "
+                "memory on rank 0, for publishing", len(adapter))
     return whole
