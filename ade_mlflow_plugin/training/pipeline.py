@@ -343,11 +343,13 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, cloc
         model, tokenizer, device = load_for_training(config)
     with clock.phase("dataset"):
         rows, eval_rows, samples = _rows(config, tokenizer, prepared)
-    # The "before" figures, once per run; not of a sharded model: rank 0 alone would wait for ever for its
-    # peers' shards in the forward pass.
-    if latest_checkpoint(out_dir) is None and session.main and not is_sharded(model):
+    # A sharded model evaluates on every rank at once (each forward gathers the shards together) and does not
+    # generate: the ranks could stop decoding at different steps and wait for each other for ever.
+    sharded = is_sharded(model)
+    if latest_checkpoint(out_dir) is None and (session.main or sharded):  # the "before" figures, once per run
         with clock.phase("eval"):
-            before = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
+            before = evaluation.eval_metrics(model, tokenizer, eval_rows, [] if sharded else samples,
+                                             config.max_new_tokens)
         session.metrics.log(before, step=0)
     finished = finished_checkpoint(out_dir, config.max_steps)
     if finished is not None:
@@ -373,13 +375,21 @@ def _train_and_log(config: TrainingConfig, session: Session, prepared: Any, cloc
     if stopped:
         logger.warning("SIGTERM: checkpoint saved at step %d in %s; exiting", state.global_step, out_dir)
         raise Stopped()
+    after = None
+    if sharded:  # evaluated while sharded, on every rank: rank 0's publishable copy is in host memory
+        with clock.phase("eval"):
+            after = evaluation.eval_metrics(model, tokenizer, eval_rows, [], config.max_new_tokens)
+        if session.main and samples:
+            logger.info("exact_match skipped: a sharded model does not generate (its ranks could stop decoding "
+                        "at different steps)")
     with clock.phase("model_load"):  # every rank: sharded, rank 0 gets an unsharded copy with the full adapter
         model = publishable_model(model, config)
     outcome = Outcome(session.run_id, state.global_step, best_step=_best_step(config, state))
     if not session.main:
         return outcome
     with clock.phase("eval"):
-        outcome.metrics = evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
+        outcome.metrics = after if after is not None else \
+            evaluation.eval_metrics(model, tokenizer, eval_rows, samples, config.max_new_tokens)
     session.metrics.log(outcome.metrics, step=state.global_step)
     # Metrics land before the model: a server that is down now is waited for here, with nothing lost.
     session.metrics.flush(timeout=float(os.environ.get("ADE_METRICS_FLUSH_TIMEOUT_S", "300")))
