@@ -248,12 +248,12 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
         if after_sharded > gib:
             return Decision(False, plain, sharded, gib, refused=True, message=_after_refusal(
                 model_name, f"sharded (FSDP) over {where} training needs {sharded.line()}, but", after_sharded,
-                gib, work))
+                gib, model, work))
         return Decision(True, plain, sharded, gib, f"{model_name}: {sharded.line()} sharded (FSDP) over {where}; "
                                                    f"unsharded it would need {plain.needed_gib:.1f} GiB")
     if sharding != "fsdp" and plain.needed_gib <= gib:  # training fits unsharded, the evals after it do not
         return Decision(False, plain, sharded, gib, refused=True, message=_after_refusal(
-            model_name, f"on {where} training needs {plain.line()}, but", after_plain, gib, work))
+            model_name, f"on {where} training needs {plain.line()}, but", after_plain, gib, model, work))
     best = plain if sharding == "none" or sharded is None else sharded
     would_fit = sharding == "none" and sharded is not None and max(sharded.needed_gib, after_sharded) <= gib
     return Decision(False, plain, sharded, gib, refused=True, message=refusal(
@@ -284,18 +284,34 @@ def after_gib(model: ModelShape, work: Workload, trained: Estimate) -> float:
     return held + eval_bytes(model, work) / GIB * (1 + FRAGMENTATION)
 
 
-def _after_refusal(model_name: str, what: str, after: float, gib: float, work: Workload) -> str:
+def _after_refusal(model_name: str, what: str, after: float, gib: float, model: ModelShape, work: Workload) -> str:
+    """The one line of a plan whose training fits but whose evals after it do not; only fixes that can help."""
+    fixes = ["quantization=4bit with sharding=none"] if _quantized_fits(model, work, gib) else []
+    if _after_unsharded(model, replace(work, seq_len=1)) <= gib:  # the eval shrinks with the sequence
+        fixes.append(f"a smaller max_seq_len (now {work.seq_len})")
+    fixes.append("an instance type with more memory per GPU")
     return (f"{model_name}: {what} evaluating and publishing the model after training needs ~{after:.1f} GiB on one "
-            f"GPU (the whole model and the larger eval): {after - gib:.1f} GiB too much; use "
-            + ", ".join(([] if work.quantization == "4bit" else ["quantization=4bit with sharding=none"])
-                        + [f"a smaller max_seq_len (now {work.seq_len})", "an instance type with more memory per GPU"]))
+            f"GPU (the whole model and the larger eval): {after - gib:.1f} GiB too much; use " + ", ".join(fixes))
+
+
+def _after_unsharded(model: ModelShape, work: Workload) -> float:
+    return after_gib(model, work, estimate(model, work))
+
+
+def _quantized_fits(model: ModelShape, work: Workload, gib: float) -> bool:
+    """Whether quantization=4bit alone (every layer recomputed if need be) makes the plan fit, evals included."""
+    if work.quantization == "4bit":
+        return False
+    quantized = replace(work, quantization="4bit")
+    recomputed = replace(quantized, checkpointed_layers=model.layers)
+    return estimate(model, recomputed).needed_gib <= gib and _after_unsharded(model, quantized) <= gib
 
 
 def refusal(model_name: str, model: ModelShape, work: Workload, best: Estimate, gib: float, where: str, how: str,
             sharded_gib: float | None = None, shards: int = 1) -> str:
     """The one line of a plan that does not fit: by how much, and only the changes that could make it fit."""
     fixes = [f"sharding=auto (sharded: ~{sharded_gib:.1f} GiB per GPU)"] if sharded_gib is not None else []
-    if work.quantization != "4bit" and _floor_gib(model, replace(work, quantization="4bit"), 1) <= gib:
+    if _quantized_fits(model, work, gib):
         fixes.append("quantization=4bit")
     if _floor_gib(model, work, shards) <= gib:  # the weights leave room: less per step can fit
         fixes.append(f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})")

@@ -134,7 +134,7 @@ def _decided(config: Any, found: FoundShape, training: Any, gpus: Gpus, asked: s
     recomputed = None
     if decision.refused and _checkpointing_is_auto(training):
         recomputed, rescued = _fewest_recomputed(asked or "none", found, work, gpus, name)
-        decision = rescued or decision
+        decision = rescued or _binding(asked or "none", found, work, gpus, name) or decision
     if decision.refused:
         raise ConfigError(decision.message)
     resolved = _resolved(asked, decision.fsdp)
@@ -165,6 +165,15 @@ def _fewest_recomputed(sharding: str, found: FoundShape, work: Workload, gpus: G
             if not decision.refused:
                 return layers, decision
     return None, None
+
+
+def _binding(sharding: str, found: FoundShape, work: Workload, gpus: Gpus, name: str) -> Any:
+    """When no count of recomputed layers rescues the plan: the refusal with every layer recomputed, if its
+    training fits there (the evals after it are then what cannot fit, and its line says so); else None."""
+    full = decide_on(sharding, found.shape, replace(work, checkpointed_layers=found.shape.layers), gpus.count,
+                     gpus.gib, gpus.label, name)
+    trained = full.sharded if full.sharded is not None and sharding != "none" else full.plain
+    return full if trained.needed_gib <= gpus.gib else None
 
 
 def _sharding_tag(resolved: str | None) -> dict[str, str]:

@@ -148,8 +148,18 @@ def test_what_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_chang
     message = refused.value.message
     assert "\n" not in message and refused.value.exit_code == 2
     assert message.startswith(f"{CODER_33B} at batch_size 16 x 2048 tokens needs ~")
-    # 62 GiB of weights on a 22 GiB card: a smaller step cannot help, so it is not offered
-    assert message.endswith("GiB too much; use quantization=4bit, an instance type with more GPU memory or more GPUs")
+    # 62 GiB of weights on a 22 GiB card: a smaller step cannot help, nor 4-bit (its evals after training overflow)
+    assert message.endswith("GiB too much; use an instance type with more GPU memory or more GPUs")
+
+
+def test_a_refusal_where_the_evals_after_training_bind_offers_what_makes_them_fit(no_hub_cache):
+    # Qwen2.5-Coder's 152k vocabulary: eval_loss's logits at 2048 tokens (~23 GiB) overflow a 22 GiB A10G
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(), training(base_model="qwen/qwen2.5-coder-1.5b"))
+    message = refused.value.message
+    assert "evaluating and publishing the model after training needs ~" in message
+    assert message.endswith("use a smaller max_seq_len (now 2048), an instance type with more memory per GPU")
+    assert plan_fit(cloud(), training(base_model="qwen/qwen2.5-coder-1.5b", max_seq_len=1024))  # followed: fits
 
 
 def test_sharding_none_or_fsdp_as_asked_is_kept(no_hub_cache):

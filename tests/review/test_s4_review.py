@@ -230,10 +230,6 @@ def test_the_unused_registry_key_refusal_does_not_echo_a_credential():
 
 # ---- S2: the refusals after ac5cae6 (the evals after training counted) -----------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Qwen2.5-Coder-1.5B on ml.g5.2xlarge: the evals after training (~28 GiB) are what cannot "
-                          "fit, yet the refusal offers quantization=4bit, and following it is refused again "
-                          "(4bit's eval needs ~27.6 GiB): the user is sent round in a circle")
 @pytest.mark.parametrize("start", [{}, {"gradient_checkpointing": "true"}], ids=["defaults", "checkpointing-on"])
 def test_following_the_refusals_quantization_advice_makes_the_plan_fit(start):
     config = cloud(instance_type="ml.g5.2xlarge")
