@@ -1,7 +1,10 @@
 """The ``ade_`` hooks: their specifications, the plugin manager and the ``hookimpl`` marker (core).
 
-Both sides use this one module: the client fires ``ade_cost_alert`` while it follows a job
-(backend/monitor.py); the registry fires the promotion and sync hooks. Plugins implement hooks with
+Both sides use this one module: the client fires ``ade_cost_alert`` while it follows a job and
+``ade_job_completed`` when it sees a job complete (backend/monitor.py, backend/reconcile.py); the registry
+fires the promotion and sync hooks. A hook is also how one wing acts on another's event without importing
+it: the backend fires ``ade_job_completed``, the registry's built-in ``ade-output-dir`` plugin lands the
+model. Plugins implement hooks with
 ``ade_mlflow_plugin.hookimpl`` and are found through the entry-point group ``ade_mlflow_plugin``
 (pluggy's public ``load_setuptools_entrypoints``). Every hook is typed, documented here and in
 docs/hooks.md; a test fails when one is not. Hooks are called with keyword arguments only (pluggy's rule).
@@ -25,8 +28,10 @@ import pluggy
 PROJECT_NAME = "ade_mlflow_plugin"
 ENTRY_POINT_GROUP = PROJECT_NAME
 BUILTIN_SYNC_NAME = "ade-local-storage"
+BUILTIN_LANDING_NAME = "ade-output-dir"
 #: name -> "module:factory"; factory(config, plugin_manager) returns the plugin object.
-BUILTIN_PLUGINS = {BUILTIN_SYNC_NAME: "ade_mlflow_plugin.registry.plugins:builtin_sync_plugin"}
+BUILTIN_PLUGINS = {BUILTIN_SYNC_NAME: "ade_mlflow_plugin.registry.plugins:builtin_sync_plugin",
+                   BUILTIN_LANDING_NAME: "ade_mlflow_plugin.registry.plugins:builtin_landing_plugin"}
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -104,6 +109,20 @@ def ade_cost_alert(
     """
 
 
+@hookspec
+def ade_job_completed(run_id: str, job_name: str, tracking_uri: str, output_dir: Path | None) -> str | None:
+    """Training job ``job_name`` completed (SageMaker status ``Completed``, or a local job's) for MLflow run
+    ``run_id`` on the tracking server ``tracking_uri``.
+
+    Fired by the follower at the job's end, and by ``ade-mlflow status``/``reconcile`` when they bring a run
+    nobody followed level with its job, so one job may be seen more than once: keep the work idempotent.
+    Not fired for failed or stopped jobs. ``output_dir`` is the run's local output_dir (backend-config key
+    ``output_dir``, run tag ``ade.output_dir``), None without one. Return a one-line summary of what the
+    plugin did, which the caller prints, or None. The built-in ``ade-output-dir`` plugin lands the model
+    versions the run registered in ``output_dir``.
+    """
+
+
 def hook_names() -> list[str]:
     """Names of every ``ade_`` hook specification."""
     return sorted(n for n, f in globals().items() if n.startswith("ade_") and callable(f))
@@ -122,10 +141,12 @@ def _describe(exc: BaseException) -> str:
     return describe(exc)
 
 
-def get_plugin_manager(config: Any = None, *, builtin_sync: bool = True,
+def get_plugin_manager(config: Any = None, *, builtin_sync: bool = True, builtin_landing: bool = False,
                        load_entry_points: bool | None = None) -> pluggy.PluginManager:
-    """A plugin manager with every ``ade_`` hook, the built-in plugins and the installed plugins.
+    """A plugin manager with every ``ade_`` hook, the built-in plugins asked for and the installed plugins.
 
+    ``builtin_sync``: the sync to ADE storage on promotions (the registry's commands); ``builtin_landing``:
+    the model into a completed job's output_dir (the backend, which fires ``ade_job_completed``).
     ``config`` (the registry's ModelRegistryConfig, or None for its defaults) goes to the built-ins;
     ``load_entry_points`` defaults to ``config.load_entry_points`` (true without a config). Raises
     ConfigError when a plugin fails to load or implements a hook that does not exist (a misspelled
@@ -135,6 +156,8 @@ def get_plugin_manager(config: Any = None, *, builtin_sync: bool = True,
     pm.add_hookspecs(sys.modules[__name__])
     if builtin_sync:
         register_builtin(pm, BUILTIN_SYNC_NAME, config)
+    if builtin_landing:
+        register_builtin(pm, BUILTIN_LANDING_NAME, config)
     if getattr(config, "load_entry_points", True) if load_entry_points is None else load_entry_points:
         load_entry_point_plugins(pm)
     check_plugins(pm)
@@ -181,6 +204,6 @@ def load_entry_point_plugins(pm: pluggy.PluginManager) -> None:
                           "fix or uninstall that plugin", exc)
 
 
-__all__ = ["PROJECT_NAME", "ENTRY_POINT_GROUP", "BUILTIN_SYNC_NAME", "BUILTIN_PLUGINS", "hookspec", "hookimpl",
-           "hook_names", "get_plugin_manager", "register_builtin", "register_plugin", "check_plugins",
+__all__ = ["PROJECT_NAME", "ENTRY_POINT_GROUP", "BUILTIN_SYNC_NAME", "BUILTIN_LANDING_NAME", "BUILTIN_PLUGINS",
+           "hookspec", "hookimpl", "hook_names", "get_plugin_manager", "register_builtin", "register_plugin", "check_plugins",
            "load_entry_point_plugins", *hook_names()]

@@ -10,9 +10,10 @@
   here instead: StopTrainingJob at 100 % when ``on_budget`` is "stop", the run tagged ``ade.stop_reason=budget``.
 - :class:`CloudWatchMirror`: SageMaker's per-host system metrics (namespace /aws/sagemaker/TrainingJobs)
   into the run as ``system/sagemaker/<host>/<metric>`` with CloudWatch's timestamps, each datapoint once.
-- :class:`ModelLanding`: with a local ``output_dir``, the model versions the run registered land in
-  ``<output_dir>/registry/<name>-v<N>/`` when the job completes (registry/landing.py); the run is tagged
-  ``ade.output_dir`` at once, so ``status``/``reconcile`` land it if nobody follows the job.
+- :class:`JobCompletion`: the ``ade_job_completed`` hook when the job completes; the registry's built-in
+  ``ade-output-dir`` plugin lands the model versions the run registered in ``<output_dir>/registry/<name>-v<N>/``
+  (the backend imports no other wing); the run is tagged ``ade.output_dir`` at once, so ``status``/``reconcile``
+  land it if nobody follows the job.
 
 An observer failing (AWS, MLflow, a plugin) prints one warning (once per kind of failure, see
 :func:`ade_mlflow_plugin.errors.warning_key`) and never stops the follower (submitted_run.Guarded);
@@ -262,19 +263,18 @@ class CloudWatchMirror:
 
 
 @dataclass
-class ModelLanding:
-    """At a completed job's end, the run's registered model versions into the local output_dir."""
+class JobCompletion:
+    """At a completed job's end, the ``ade_job_completed`` hook; each plugin's line goes to the console.
 
-    output_dir: str
+    The built-in ``ade-output-dir`` plugin (the registry's) lands the run's model versions in the output_dir:
+    the backend fires the hook and imports no other wing.
+    """
+
+    hook: Callable[..., list[Any]]
     run_id: str
-    mlflow_client: Any
+    tracking_uri: str
+    output_dir: Path | None
     console: TextIO
-
-    def tag_run(self) -> None:
-        """Record the target on the run: whoever sees the job end later (status, reconcile) lands it."""
-        from ade_mlflow_plugin.registry.landing import OUTPUT_DIR_TAG  # registry: see landing_observer
-
-        self.mlflow_client.set_tag(self.run_id, OUTPUT_DIR_TAG, self.output_dir)
 
     def on_poll(self, description: dict[str, Any]) -> None:
         pass
@@ -282,29 +282,51 @@ class ModelLanding:
     def on_end(self, description: dict[str, Any]) -> None:
         if description["TrainingJobStatus"] != "Completed":
             return  # a failed or stopped job registered nothing worth landing
-        from ade_mlflow_plugin.registry.landing import land_run
-
-        landed = land_run(self.mlflow_client, self.mlflow_client.get_run(self.run_id),
-                          output_dir=Path(self.output_dir))
-        if landed is not None:
-            self.console.write(f"{description['TrainingJobName']}: {landed.line()}\n")
+        for line in job_completed(self.hook, self.run_id, description["TrainingJobName"], self.tracking_uri,
+                                  self.output_dir):
+            self.console.write(f"{description['TrainingJobName']}: {line}\n")
 
 
-def landing_observer(config: Any, run_id: str, mlflow_client: Any, console: TextIO) -> list[Any]:
-    """[the guarded ModelLanding] when the config has a local output_dir, else [].
+def job_completed(hook: Callable[..., list[Any]], run_id: str, job_name: str, tracking_uri: str,
+                  output_dir: Path | None) -> list[str]:
+    """Fire ``ade_job_completed`` (``hook`` is ``plugin_manager.hook.ade_job_completed``); the plugins' lines."""
+    results = hook(run_id=run_id, job_name=job_name, tracking_uri=tracking_uri, output_dir=output_dir)
+    return [str(line) for line in results if line]
 
-    The one place the backend reaches into the registry wing (lazily, at the job's end): landing is
-    registry/sync.py's copy into an ADE storage root, which the backend must not duplicate.
-    """
-    if not getattr(config, "output_dir", None):
-        return []
-    landing = ModelLanding(config.output_dir, run_id, mlflow_client, console)
+
+def backend_plugins(console: TextIO) -> Any:
+    """The backend's plugin manager: the installed plugins and the built-in landing (no sync on promotion:
+    nothing is promoted here). A plugin that fails to load costs one warning: the built-ins still run."""
+    from ade_mlflow_plugin.hooks import get_plugin_manager
+
     try:
-        landing.tag_run()
-    except Exception as exc:  # noqa: BLE001 - as any observer's failure: one warning, the job goes on
-        console.write(f"WARNING: model landing: {describe(exc)} (only this follower will land "
-                      "the model, at the job's end)\n")
-    return [Guarded(landing, console, "model landing")]
+        return get_plugin_manager(builtin_sync=False, builtin_landing=True)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the job being followed
+        console.write(f"WARNING: installed ade plugins are not loaded: {describe(exc)} (budget alerts go "
+                      "to the console only)\n")
+        return get_plugin_manager(builtin_sync=False, builtin_landing=True, load_entry_points=False)
+
+
+def completion_observer(config: Any, run_id: str, mlflow_client: Any, console: TextIO,
+                        plugin_manager: Any) -> list[Any]:
+    """[the guarded JobCompletion] when anyone listens (an output_dir to land in, or an installed plugin's
+    ``ade_job_completed``), else []. With an output_dir the run is tagged at once, so ``status``/``reconcile``
+    land the model if nobody follows the job to its end."""
+    from ade_mlflow_plugin.config.cloud import OUTPUT_DIR_TAG
+    from ade_mlflow_plugin.hooks import BUILTIN_LANDING_NAME
+
+    output_dir = Path(config.output_dir) if getattr(config, "output_dir", None) else None
+    hook = plugin_manager.hook.ade_job_completed
+    if output_dir is None and all(i.plugin_name == BUILTIN_LANDING_NAME for i in hook.get_hookimpls()):
+        return []
+    if output_dir is not None:
+        try:
+            mlflow_client.set_tag(run_id, OUTPUT_DIR_TAG, str(output_dir))
+        except Exception as exc:  # noqa: BLE001 - as any observer's failure: one warning, the job goes on
+            console.write(f"WARNING: model landing: {describe(exc)} (only this follower will land "
+                          "the model, at the job's end)\n")
+    completion = JobCompletion(hook, run_id, mlflow_client.tracking_uri, output_dir, console)
+    return [Guarded(completion, console, "job completed")]
 
 
 def _region(config: Any, clients: Any) -> str:
@@ -316,18 +338,6 @@ def _region(config: Any, clients: Any) -> str:
         return "us-east-1"
 
 
-def _cost_alert_hook(console: TextIO, plugin_manager: Any = None) -> Callable[..., Any] | None:
-    try:
-        if plugin_manager is None:
-            from ade_mlflow_plugin.hooks import get_plugin_manager
-
-            plugin_manager = get_plugin_manager(builtin_sync=False)
-        return plugin_manager.hook.ade_cost_alert
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the job being followed
-        console.write(f"WARNING: budget alerts go to the console only: {describe(exc)}\n")
-        return None
-
-
 def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: str, job: Any,
                     console: TextIO | None = None, price_book: PriceBook | None = None,
                     plugin_manager: Any = None, clock: Clock = utcnow) -> list[Any]:
@@ -336,10 +346,12 @@ def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: st
     from ade_mlflow_plugin.backend.checkpoint_sync import checkpoint_sync_observer
 
     console = console or sys.stderr
+    if plugin_manager is None:
+        plugin_manager = backend_plugins(console)
     # Checkpoints before the landing: at the end, the kept checkpoints are copied first (they are small
     # next to a merged model, and what a user resumes or compares from).
     landing = [*checkpoint_sync_observer(config, console, clients),
-               *landing_observer(config, run_id, mlflow_client, console)]
+               *completion_observer(config, run_id, mlflow_client, console, plugin_manager)]
     if config.mode == "local":
         return landing
     quote = (price_book or cost.default_price_book()).quote(clients, config.instance_type, _region(config, clients))
@@ -347,7 +359,7 @@ def build_observers(*, config: Any, clients: Any, mlflow_client: Any, run_id: st
     if config.max_cost_usd is not None:
         if quote.known:
             budget = BudgetGuard(config.max_cost_usd, config.on_budget, job, run_id, mlflow_client, console,
-                                 hook=_cost_alert_hook(console, plugin_manager))
+                                 hook=plugin_manager.hook.ade_cost_alert)
         else:
             console.write(f"WARNING: max_cost_usd ${config.max_cost_usd:g} cannot be enforced without a "
                           f"price for {config.instance_type}; watch the job's cost yourself\n")

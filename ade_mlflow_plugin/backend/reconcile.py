@@ -4,7 +4,8 @@ What the follower would have done at the job's end, done later and only once: th
 job's end state (submitted_run.run_end_status: the one table, and a stop reason kept), the sagemaker.*
 end tags, the final cost (SageMaker jobs), the job's logs as run artifacts when the run has none, the
 relay replay of `sync-run` (what the job kept while the tracking server was out of its reach), and, for a
-run with a local output_dir (tag ``ade.output_dir``), its registered model landed there. A run
+completed job, the ``ade_job_completed`` hook (the registry's built-in plugin lands the run's registered
+model in its local output_dir, tag ``ade.output_dir``). A run
 already ended by its job (the launcher ends it when it can reach the tracking server) keeps its status:
 the launcher knows the stop reason better than the job status does.
 """
@@ -116,25 +117,28 @@ def reconcile_run(client: Any, run: Any, job: Any, description: dict[str, Any], 
         client.set_terminated(run_id, end_status)
         outcome.after = end_status
     if status == "Completed":  # after the replay: a relayed job's model version is registered by it
-        outcome.landed = _land(client, fresh, console)
+        outcome.landed = _land(client, fresh, description["TrainingJobName"], console)
     return outcome
 
 
-def _land(client: Any, run: Any, console: TextIO) -> str | None:
-    """The run's model into its local output_dir (registry/landing.py), once; its line when it copied
-    something. A failure is one warning line: the next status/reconcile tries again."""
-    from ade_mlflow_plugin.registry.landing import land_run, output_dir_of  # see monitor.landing_observer
+def _land(client: Any, run: Any, job_name: str, console: TextIO) -> str | None:
+    """The ``ade_job_completed`` hook, as the follower fires it at a completed end (backend/monitor.py): the
+    registry's built-in plugin lands the run's model in its local output_dir (tag ``ade.output_dir``), once.
+    The plugins' lines; a failure is one warning line: the next status/reconcile tries again."""
+    from ade_mlflow_plugin.backend.monitor import backend_plugins, job_completed
+    from ade_mlflow_plugin.config.cloud import OUTPUT_DIR_TAG
 
-    target = output_dir_of(run)
-    if target is None:
-        return None
+    target = run.data.tags.get(OUTPUT_DIR_TAG)
     try:
-        landed = land_run(client, run)
+        hook = backend_plugins(console).hook.ade_job_completed
+        lines = job_completed(hook, run.info.run_id, job_name, client.tracking_uri,
+                              Path(target) if target else None)
     except Exception as exc:  # noqa: BLE001 - the run is level with its job already
-        console.write(f"WARNING: model landing in {target}: {describe(exc)} "
+        where = f" in {target}" if target else ""
+        console.write(f"WARNING: job completed{where}: {describe(exc)} "
                       f"(run `ade-mlflow status {run.info.run_id}` again)\n")
         return None
-    return landed.line() if landed and landed.landed else None
+    return "; ".join(lines) or None
 
 
 def _end_tags(client: Any, run_id: str, description: dict[str, Any]) -> None:

@@ -20,6 +20,9 @@ from ade_mlflow_plugin.options import (Invalid, Style, boolean, choice, from_map
 #: Keys MLflow adds to every backend config; they mean nothing to this backend.
 MLFLOW_KEYS = frozenset({"ENV_MANAGER", "SYNCHRONOUS", "DOCKER_ARGS", "STORAGE_DIR", "build_image", "docker_auth"})
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600  # SageMaker's cap on MaxRuntimeInSeconds
+#: The run tag that records ``output_dir`` (absolute) at submission: the backend writes it, and whatever sees
+#: the job end later (status, reconcile, `ade-mlflow sync RUN_ID`) reads it, the registry included.
+OUTPUT_DIR_TAG = "ade.output_dir"
 # A credential word as a whole part of the name (parts split by _): GITHUB_TOKEN, DB_PASSWORD, AWS_SECRET_ACCESS_KEY,
 # but not TOKENIZERS_PARALLELISM or MAX_TOKENS. Values are scanned too (secret_scan), whatever the name.
 _SECRETISH = re.compile(r"(^|_)(SECRETS?|TOKEN|PASSWORDS?|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY|API_?KEY)(_|$)",

@@ -1,9 +1,10 @@
 """A run's finished model into its local ``output_dir`` (the ADE Cloud Training API's output_dir).
 
-The run carries its target as the tag ``ade.output_dir`` (set when the job is submitted). Whatever sees
-the job end lands the model versions the run registered: the follower (backend/monitor.py's
-ModelLanding), ``ade-mlflow status`` and ``reconcile`` (backend/reconcile.py), or :func:`land_run` called
-later. The output_dir is an ADE storage root: each version goes to
+The run carries its target as the tag ``ade.output_dir`` (config/cloud.py's OUTPUT_DIR_TAG, set when the
+job is submitted). Whatever sees the job complete fires the ``ade_job_completed`` hook, which the built-in
+``ade-output-dir`` plugin (registry/plugins.py) answers with :func:`land_run`: the follower
+(backend/monitor.py), ``ade-mlflow status`` and ``reconcile`` (backend/reconcile.py); ``ade-mlflow sync
+RUN_ID`` calls it directly. The output_dir is an ADE storage root: each version goes to
 ``<output_dir>/registry/<name>-v<N>/{metadata.json, performance_metrics.json, model_artifacts/}`` through
 registry/sync.py's ModelSyncManager (download to a staging dir, checksums, atomic rename), so landing
 twice downloads nothing, and a reader never sees half a version.
@@ -16,11 +17,10 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
+from ade_mlflow_plugin.config.cloud import OUTPUT_DIR_TAG
 from ade_mlflow_plugin.config.registry import ModelRegistryConfig
 from ade_mlflow_plugin.errors import mlflow_error
 
-#: The run's local output_dir (absolute), set at submission.
-OUTPUT_DIR_TAG = "ade.output_dir"
 #: The versions landed there so far ("name/v1,name/v2"): a later status/reconcile does not check them again.
 LANDED_TAG = "ade.output_landed"
 #: The output_dir is the user's folder: a later run's model does not remove an earlier one's.

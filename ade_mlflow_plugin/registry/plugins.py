@@ -1,11 +1,13 @@
-"""The built-in local-storage sync plugin.
+"""The registry's built-in plugins: the sync to ADE provider storage, and the model landing in a job's output_dir.
 
 The plugin manager, the hook specifications and ``hookimpl`` live in the core (hooks.py); it finds this
 built-in by its path in ``hooks.BUILTIN_PLUGINS`` (``builtin_sync_plugin``), so the core never imports the
-registry.
+registry. The landing plugin is how the backend's "job completed" reaches the registry: the backend fires
+``ade_job_completed`` and imports nothing from here.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -41,6 +43,24 @@ class LocalStorageSyncPlugin:
         self._manager().reconcile_providers(name)
 
 
+class OutputDirLandingPlugin:
+    """Built-in plugin: a completed job's registered model versions into its run's local output_dir
+    (registry/landing.py: once each, verified by checksum)."""
+
+    @hookimpl
+    def ade_job_completed(self, run_id: str, job_name: str, tracking_uri: str, output_dir: Path | None) -> str | None:
+        if output_dir is None:
+            return None
+        from mlflow import MlflowClient
+
+        from ade_mlflow_plugin.registry.landing import land_run
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        landed = land_run(client, client.get_run(run_id), output_dir=Path(output_dir))
+        # Versions landed by an earlier look at this job say nothing new: silence then.
+        return None if landed is None or (landed.already and not landed.landed) else landed.line()
+
+
 def builtin_sync_plugin(config: ModelRegistryConfig | None, pm: pluggy.PluginManager) -> LocalStorageSyncPlugin:
     """The factory hooks.get_plugin_manager() calls for ``ade-local-storage``."""
     plugin = LocalStorageSyncPlugin(config or ModelRegistryConfig())
@@ -48,4 +68,10 @@ def builtin_sync_plugin(config: ModelRegistryConfig | None, pm: pluggy.PluginMan
     return plugin
 
 
-__all__ = ["LocalStorageSyncPlugin", "builtin_sync_plugin"]
+def builtin_landing_plugin(config: ModelRegistryConfig | None, pm: pluggy.PluginManager) -> OutputDirLandingPlugin:
+    """The factory hooks.get_plugin_manager() calls for ``ade-output-dir`` (landing needs no registry config:
+    the output_dir is the run's own)."""
+    return OutputDirLandingPlugin()
+
+
+__all__ = ["LocalStorageSyncPlugin", "OutputDirLandingPlugin", "builtin_sync_plugin", "builtin_landing_plugin"]
