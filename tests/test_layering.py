@@ -31,8 +31,6 @@ ALLOWED = {("training", "dataset"): "inside the job, the training entry builds i
 KNOWN = {
     ("ade_mlflow_plugin.backend.params", "ade_mlflow_plugin.dataset.user"):
         "the user-dataset check before submission (inspect, is_prepared) belongs in the core",
-    ("ade_mlflow_plugin.backend.ship_scan", "ade_mlflow_plugin.dataset.secrets"):
-        "ship_scan imports ade_mlflow_plugin.secret_scan once tests/backend/test_packaging_shipping.py patches it",
 }
 
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 import pathspec
 
 from ade_mlflow_plugin.errors import AdeError, ConfigError
-# Environment values are checked by the core scanner (config/cloud.py calls it); the name stays here too.
+# Environment values are checked by the core scanner (config/cloud.py calls it); the backend's name for it.
 from ade_mlflow_plugin.secret_scan import check_environment_values
 
 #: Where scan results are cached (``secret-scans/`` below it); default $XDG_CACHE_HOME/ade-mlflow.
@@ -79,9 +79,9 @@ def _chunks(handle: BinaryIO) -> Iterator[tuple[int, str]]:
 
 
 def _scanner() -> Callable[[str, list[str], str], set[int]]:
-    """The dataset's scanner, imported when first needed (detect-secrets loads its plugins)."""
+    """The core's scanner, imported when first needed (detect-secrets loads its plugins at the first scan)."""
     try:
-        from ade_mlflow_plugin.dataset.secrets import secret_rows
+        from ade_mlflow_plugin.secret_scan import secret_rows
     except ImportError as exc:
         raise AdeError(f"the secret scan of what ships needs detect-secrets ({exc.name} is missing): "
                        "pip install 'detect-secrets>=1.5,<1.6'") from exc
@@ -89,7 +89,7 @@ def _scanner() -> Callable[[str, list[str], str], set[int]]:
 
 
 def scan_stream(handle: BinaryIO, arcname: str) -> list[Finding]:
-    """Lines of one file's content that hold a secret, by the dataset's scanner."""
+    """Lines of one file's content that hold a secret, by the core's scanner (the dataset's too)."""
     secret_rows = _scanner()
     found: list[Finding] = []
     for first_row, text in _chunks(handle):

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from ade_mlflow_plugin.adapters import detect_secrets as adapter
-from ade_mlflow_plugin.dataset.secrets import configure, secret_rows
+from ade_mlflow_plugin.secret_scan import configure, secret_rows
 from tests.dataset.test_secrets import PLUGIN_LINES
 
 CHANGED = "detect-secrets changed {name}: update ade_mlflow_plugin/adapters/detect_secrets.py and docs/internals.md"

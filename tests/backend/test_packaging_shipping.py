@@ -205,7 +205,7 @@ def test_without_detect_secrets_the_scan_fails_in_one_line(tmp_path, monkeypatch
 
     from ade_mlflow_plugin.errors import AdeError
 
-    monkeypatch.setitem(sys.modules, "ade_mlflow_plugin.dataset.secrets", None)  # as if not installable
+    monkeypatch.setitem(sys.modules, "ade_mlflow_plugin.secret_scan", None)  # as if not installable
     (tmp_path / "a.py").write_text("x = 1\n")
     with pytest.raises(AdeError, match=r"^the secret scan of what ships needs detect-secrets .*pip install"):
         ship_scan.scan_files([("a.py", tmp_path / "a.py")])

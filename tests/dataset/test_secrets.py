@@ -10,7 +10,7 @@ from ade_mlflow_plugin.dataset import build_dataset, dedup, examples
 from ade_mlflow_plugin.dataset.mine import mine_file
 from ade_mlflow_plugin.dataset.pool import mine_all
 from ade_mlflow_plugin.dataset.prompts import Formatter
-from ade_mlflow_plugin.dataset.secrets import candidate_rows, configure, private_key_rows, secret_rows
+from ade_mlflow_plugin.secret_scan import candidate_rows, configure, private_key_rows, secret_rows
 from ade_mlflow_plugin.dataset.walk import SourceFile, walk_codebase
 from tests.dataset.conftest import PLANTED_SECRETS, all_text
 
@@ -111,7 +111,7 @@ def test_planted_secrets_never_appear_in_any_candidate(codebase, chat_tokenizer)
 
 
 def test_drop_secret_lines_and_rows_index_newline_split():
-    from ade_mlflow_plugin.dataset.secrets import drop_secret_lines
+    from ade_mlflow_plugin.secret_scan import drop_secret_lines
 
     text = 'a = 1\fb = 2\nDB_PASSWORD = "Tr0ub4dor-horse-Battery9"\r\nc = 3\n'
     assert secret_rows(text, text.split("\n"), "x.py") == {1}
