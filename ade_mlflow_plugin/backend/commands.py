@@ -199,7 +199,7 @@ def logs_command(ref: str, follow: bool, region: str | None, poll_interval: floa
     from ade_mlflow_plugin.backend.logs import LogTailer
     from ade_mlflow_plugin.backend.submitted_run import TERMINAL, SageMakerJob
 
-    clients = AwsClients(region=target.region)
+    clients = AwsClients(region=target.region, interactive=not follow)  # --follow keeps the long retry budget
     tailer = LogTailer(clients.logs, target.job_name, console=sys.stdout)
     job = SageMakerJob(clients.sagemaker, target.job_name)
     tailer.poll()

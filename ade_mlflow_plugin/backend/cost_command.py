@@ -86,7 +86,7 @@ class CostReport:
         if region not in self._clients:
             from ade_mlflow_plugin.backend.aws import AwsClients
 
-            self._clients[region] = AwsClients(region=region)
+            self._clients[region] = AwsClients(region=region, interactive=True)
         return self._clients[region]
 
     def row(self, target: Target, strict: bool = True) -> Row:

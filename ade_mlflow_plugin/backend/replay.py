@@ -136,7 +136,7 @@ def relay_of_job(job: Any, description: dict[str, Any]) -> Iterator[Path | None]
 
     region = description.get("TrainingJobArn", "::::").split(":")[3] or None
     with tempfile.TemporaryDirectory(prefix="ade-relay-") as tmp:
-        yield fetch_sagemaker_relay(AwsClients(region=region).s3, description, Path(tmp))
+        yield fetch_sagemaker_relay(AwsClients(region=region, interactive=True).s3, description, Path(tmp))
 
 
 def replay(client: Any, run_id: str, relay_dir: Path, end_status: str | None = None) -> ReplaySummary:

@@ -97,4 +97,5 @@ def sync_run_command(ref: str, region: str | None, job_root: Path | None) -> Non
         return
     from ade_mlflow_plugin.backend.aws import AwsClients
 
-    click.echo(sync_sagemaker(client, AwsClients(region=target.region), target.job_name, target.run_id))
+    clients = AwsClients(region=target.region, interactive=True)
+    click.echo(sync_sagemaker(client, clients, target.job_name, target.run_id))

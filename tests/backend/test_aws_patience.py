@@ -63,3 +63,35 @@ def test_follower_clients_keep_the_long_budget_and_interactive_ones_the_short():
     assert follower.retries == {"mode": "adaptive", "total_max_attempts": 11}
     assert interactive.retries == {"mode": "standard", "total_max_attempts": 3}
     assert interactive.connect_timeout == INTERACTIVE_CONFIG.connect_timeout <= 3
+
+
+@pytest.fixture
+def client_kinds(monkeypatch):
+    """(service, interactive) of every client a verb makes."""
+    made: list[tuple[str, bool]] = []
+    make = AwsClients.client
+
+    def spy(self, service):
+        made.append((service, self.interactive))
+        return make(self, service)
+
+    monkeypatch.setattr(AwsClients, "client", spy)
+    return made
+
+
+@pytest.mark.parametrize("argv, action", [
+    (["logs", "ade-unreachable", "--region", "us-east-1"], "Could not connect"),
+    (["cost", "ade-unreachable", "--region", "us-east-1"], "Could not connect"),
+])
+def test_logs_and_cost_ask_for_interactive_clients_and_fail_in_one_line(argv, action, closed_port, client_kinds,
+                                                                         tmp_path, monkeypatch, capsys):
+    from ade_mlflow_plugin.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert exited.value.code == 1 and len(lines) == 1 and action in lines[0], lines
+    aws = [kind for kind in client_kinds if kind[0] != "pricing"]  # prices have their own short budget
+    assert aws and all(interactive for _, interactive in aws), client_kinds
