@@ -118,11 +118,21 @@ def _run_for(target: Target, description: dict[str, Any]) -> Any | None:
         return None
 
 
+#: SageMaker's secondary statuses of a stop (a transition with one of them explains a Stopped job).
+_STOP_STATES = frozenset({"Stopping", "Stopped", "Interrupted", "MaxRuntimeExceeded", "MaxWaitTimeExceeded"})
+
+
 def _print_job(description: dict[str, Any]) -> None:
     status = description["TrainingJobStatus"]
     click.echo(f"job:       {description['TrainingJobName']}")
     click.echo(f"status:    {status} ({description.get('SecondaryStatus', '')}) -> MLflow "
                f"{_run_status(status)}")
+    last = (description.get("SecondaryStatusTransitions") or [{}])[-1]
+    if status == "Stopped" and last.get("Status") in _STOP_STATES and last.get("StatusMessage"):
+        from ade_mlflow_plugin.errors import first_line
+
+        # Why it stopped (a spot reclaim, a stop asked for, the budget): the stop's own transition says it.
+        click.echo(f"stopped:   {first_line(last['StatusMessage'])}")
     for key, label in (("FailureReason", "failure"), ("TrainingTimeInSeconds", "training s"),
                        ("BillableTimeInSeconds", "billable s")):
         if description.get(key) is not None:
