@@ -157,8 +157,8 @@ def _check_datasets(resolved: ResolvedParams) -> None:
     """A local `dataset` of the user's own (not a folder prepare-data wrote) is read here: wrong columns or
     no rows is one line before anything is submitted, not a failed job. s3:// and models:/ data is checked
     in the job, where it lands."""
-    # The dataset wing's reader is the job's own (pyarrow and json only; imported lazily, like ship_scan).
-    from ade_mlflow_plugin.dataset.user import inspect, is_prepared
+    # The core's reader, the one the job uses (pyarrow and json only; imported lazily, like ship_scan).
+    from ade_mlflow_plugin.dataset_format import inspect, is_prepared
 
     for name in _DATA_OPTIONS:
         path = resolved.paths.get(name)
