@@ -1,6 +1,6 @@
 """detect-secrets: scan chosen lines of a file with every plugin and the file-scan filters.
 
-dataset/secrets.py sends detect-secrets only the lines its pre-filter picks (a full scan of a codebase
+secret_scan.py sends detect-secrets only the lines its pre-filter picks (a full scan of a codebase
 is far too slow). The loop detect-secrets' file scan runs over lines,
 ``detect_secrets.core.scan._process_line_based_plugins(lines, filename)``, does exactly what is needed
 for a list of (line number, line) pairs, so it is used while it exists. detect-secrets' public per-line
