@@ -164,16 +164,4 @@ def train(config: TrainingConfig, model: Any, tokenizer: Any, rows: list[dict], 
         stop.training = False
     if timing.line():
         logger.info(timing.line())
-    if stop:
-        leave_process_group()
     return trainer.state, bool(stop)
-
-
-def leave_process_group() -> None:
-    """A stopped job exits 143 next, with nothing more to say to its peers: leave the process group now (every
-    rank stops at the same step, after the checkpoint's barrier). Left to the interpreter's exit, gloo's teardown
-    while the peers hang up too sometimes aborts (SIGABRT: exit -6, which reads as a failure, not a stop)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
