@@ -37,9 +37,12 @@ FRAGMENTATION = 0.10
 BYTES_PER_PARAM = {"none": 2.0, "8bit": 1.0 + 4.0 / 4096, "4bit": 0.5 + 0.127 / 8}
 ADAM_COPIES = 4  # the LoRA weight, its gradient, AdamW's exp_avg and exp_avg_sq
 #: The evals after training (training/evaluation.py, which this stdlib module cannot import): eval_loss runs
-#: batches of EVAL_ROWS packed rows through the model's own loss (bf16 logits, an fp32 copy, fp32 log-softmax);
-#: exact_match generates for GENERATE_BATCH prompts at a time (their KV cache).
+#: batches of EVAL_ROWS packed rows; its logits are never whole (a chunked loss, or batches whose logits at
+#: LOSS_BYTES_PER_LOGIT stay under EVAL_LOGITS_CAP, one row at least: evaluation.LOGITS_BYTES);
+#: exact_match generates for GENERATE_BATCH prompts at a time (their KV cache). A sharded model evaluates
+#: sharded on every rank and does not generate; rank 0 publishes from host memory (training/sharding.py).
 EVAL_ROWS = 8
+EVAL_LOGITS_CAP = 1 << 30
 GENERATE_BATCH = 16
 LOSS_BYTES_PER_LOGIT = 10  # bf16 logits + their fp32 upcast + the fp32 gradient
 
@@ -234,7 +237,7 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
               model_name: str = "the model") -> Decision:
     """decide() for any set of GPUs: ``shards`` GPUs in all (every host's), ``gib`` usable on each; ``label``
     names them in the message (an instance type, or this machine's GPUs in local mode). Training and the evals
-    after it (on rank 0, with the whole model: after_gib) must both fit."""
+    after it (after_gib) must both fit."""
     plain = estimate(model, work)
     # training/sharding.py shards a 16-bit base over several processes only; otherwise fsdp trains unsharded
     sharded = estimate(model, work, shards) if shards > 1 and work.quantization == "none" else None
@@ -261,27 +264,22 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
         sharded.needed_gib if would_fit else None, shards if best is not plain else 1))
 
 
-def eval_bytes(model: ModelShape, work: Workload) -> float:
-    """The larger of the two evals after training: eval_loss's logits, or exact_match's KV cache."""
-    logits = EVAL_ROWS * work.seq_len * model.vocab * LOSS_BYTES_PER_LOGIT
+def eval_bytes(model: ModelShape, work: Workload, generates: bool = True) -> float:
+    """The larger of the two evals after training: eval_loss's logits (batches capped near EVAL_LOGITS_CAP),
+    or exact_match's KV cache (unless the model does not generate: a sharded one)."""
+    row = work.seq_len * model.vocab * LOSS_BYTES_PER_LOGIT
+    logits = min(EVAL_ROWS * row, max(EVAL_LOGITS_CAP, row))
     kv_per_token = 2 * model.layers * model.kv_dim * 2  # keys and values, bf16, every layer
-    cache = GENERATE_BATCH * (work.seq_len + work.eval_new_tokens) * kv_per_token if work.eval_new_tokens else 0
+    cache = GENERATE_BATCH * (work.seq_len + work.eval_new_tokens) * kv_per_token \
+        if work.eval_new_tokens and generates else 0
     return float(max(logits, cache))
 
 
-def publish_gib(model: ModelShape, sharded: Estimate) -> float:
-    """What rank 0's GPU holds after sharded training (training/sharding.publishable_model): the whole base
-    loaded again in 16 bits, with the adapter, for eval and publishing, while its shard still lives."""
-    peak = weight_bytes(model, "none") + sharded.weights + sharded.lora
-    return peak / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
-
-
 def after_gib(model: ModelShape, work: Workload, trained: Estimate) -> float:
-    """What one GPU must have free for the evals after training: the trained model (after sharded training:
-    publish_gib's whole copy on rank 0) and the larger eval."""
-    held = publish_gib(model, trained) if trained.gather else \
-        (trained.weights + trained.lora) / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
-    return held + eval_bytes(model, work) / GIB * (1 + FRAGMENTATION)
+    """What one GPU must have free for the evals after training: the trained model as it trained (sharded:
+    its shard and the gathered layers, on every rank) and the larger eval."""
+    held = (trained.weights + trained.lora + trained.gather) / GIB * (1 + FRAGMENTATION) + CONTEXT_GIB
+    return held + eval_bytes(model, work, generates=not trained.gather) / GIB * (1 + FRAGMENTATION)
 
 
 def _after_refusal(model_name: str, what: str, after: float, gib: float, model: ModelShape, work: Workload) -> str:
@@ -290,8 +288,8 @@ def _after_refusal(model_name: str, what: str, after: float, gib: float, model: 
     if _after_unsharded(model, replace(work, seq_len=1)) <= gib:  # the eval shrinks with the sequence
         fixes.append(f"a smaller max_seq_len (now {work.seq_len})")
     fixes.append("an instance type with more memory per GPU")
-    return (f"{model_name}: {what} evaluating and publishing the model after training needs ~{after:.1f} GiB on one "
-            f"GPU (the whole model and the larger eval): {after - gib:.1f} GiB too much; use " + ", ".join(fixes))
+    return (f"{model_name}: {what} evaluating the model after training needs ~{after:.1f} GiB on one "
+            f"GPU (the model as it trained and the larger eval): {after - gib:.1f} GiB too much; use " + ", ".join(fixes))
 
 
 def _after_unsharded(model: ModelShape, work: Workload) -> float:

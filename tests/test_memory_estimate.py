@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from ade_mlflow_plugin.memory_estimate import (GIB, ModelShape, Workload, activation_bytes, decide, estimate,
-                                                       eval_bytes, lora_params)
+from ade_mlflow_plugin.memory_estimate import (EVAL_LOGITS_CAP, GIB, ModelShape, Workload, activation_bytes,
+                                               after_gib, decide, estimate, eval_bytes, lora_params)
 
 # deepseek-coder's published config.json figures.
 CODER_1_3B = ModelShape.from_config({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
@@ -63,23 +63,30 @@ def test_fsdp_on_one_gpu_trains_unsharded_and_is_held_against_it():
     assert too_big.refused and float(re.search(r"(-?[\d.]+) GiB too much", too_big.message).group(1)) > 0
 
 
-def test_sharding_is_approved_only_where_rank_0_can_publish_the_whole_model():
-    # after sharded training the job loads the whole bf16 base on one GPU to evaluate and publish
+def test_a_model_one_gpu_cannot_hold_shards_over_the_instance():
+    # 33B's bf16 base (~62 GiB) fits no A100 40 GB; sharded over the 8 of a p4d it trains, evaluates sharded on
+    # every rank, and rank 0 publishes from host memory (training/sharding.py): no GPU holds the whole model
     on_a100_40 = decide("auto", CODER_33B, Workload(1, 2048, checkpointed_layers=62), "ml.p4d.24xlarge")
-    assert on_a100_40.refused and "evaluating and publishing the model after training needs" in on_a100_40.message
-    assert on_a100_40.sharded.needed_gib <= on_a100_40.gpu_gib  # training alone would have fit
+    assert on_a100_40.fsdp and not on_a100_40.refused, on_a100_40.message
+    assert on_a100_40.plain.needed_gib > on_a100_40.gpu_gib
+    assert after_gib(CODER_33B, Workload(1, 2048, checkpointed_layers=62), on_a100_40.sharded) <= on_a100_40.gpu_gib
     on_h200 = decide("auto", CODER_33B, Workload(2, 2048, fused_loss=True, eval_new_tokens=64), "ml.p5e.48xlarge")
     assert on_h200.fsdp and not on_h200.refused
 
 
 def test_the_evals_after_training_must_fit_too():
-    # eval_loss: 8 rows x 2048 x 32256 logits at 10 bytes (~4.9 GiB); exact_match: 16 prompts' KV cache
-    assert eval_bytes(CODER_1_3B, Workload(1, 2048)) == 8 * 2048 * 32256 * 10
+    # eval_loss: batches of 8 rows x 2048, but their logits (10 bytes each) stay under 1 GiB, one row at least
+    # (training/evaluation.py); exact_match: 16 prompts' KV cache, unless the model is sharded (it does not generate)
+    assert eval_bytes(CODER_1_3B, Workload(1, 256)) == 8 * 256 * 32256 * 10  # 8 rows of 256: under the cap
+    assert eval_bytes(CODER_1_3B, Workload(1, 2048)) == EVAL_LOGITS_CAP
     kv = 16 * (2048 + 64) * 2 * 24 * 2048 * 2
-    assert eval_bytes(CODER_1_3B, Workload(1, 2048, eval_new_tokens=64)) == max(kv, 8 * 2048 * 32256 * 10)
-    qwen_1_5b = ModelShape(1536, 8960, 28, 12, 2, 151936, tied_embeddings=True)  # 152k vocab: ~23 GiB of logits
+    assert eval_bytes(CODER_1_3B, Workload(1, 2048, eval_new_tokens=64)) == max(kv, EVAL_LOGITS_CAP)
+    assert eval_bytes(CODER_1_3B, Workload(1, 2048, eval_new_tokens=64), generates=False) == EVAL_LOGITS_CAP
+    qwen_1_5b = ModelShape(1536, 8960, 28, 12, 2, 151936, tied_embeddings=True)  # 152k vocab: one row is 2.9 GiB
+    assert eval_bytes(qwen_1_5b, Workload(1, 2048)) == 2048 * 151936 * 10
     decision = decide("auto", qwen_1_5b, Workload(1, 2048, fused_loss=True, checkpointed_layers=28), "ml.g5.2xlarge")
-    assert decision.refused and "evaluating and publishing the model after training" in decision.message
+    assert not decision.refused, decision.message
+    assert after_gib(qwen_1_5b, Workload(1, 2048), decision.plain) > decision.plain.weights / GIB  # counted
 
 
 def test_auto_keeps_a_model_that_fits_unsharded():

@@ -59,8 +59,7 @@ def _job_params(job_name: str) -> dict[str, str]:
 @pytest.mark.parametrize("instance_type,params,words,sharding", [
     # the defaults (deepseek-coder-1.3b-instruct, batch 4 x 2048) on one A10G
     ("ml.g5.2xlarge", {}, ["deepseek-ai/deepseek-coder-1.3b-instruct: ~", "fits unsharded"], "none"),
-    # 33B LoRA at batch 2 x 2048 does not fit one 141 GB H200; sharded over the 8 of a p5e it does, and rank 0
-    # can then hold the whole base to evaluate and publish it (which a 40 GB p4d cannot: test_fit.py)
+    # 33B LoRA at batch 2 x 2048 does not fit one 141 GB H200; sharded over the 8 of a p5e it does
     ("ml.p5e.48xlarge", {"base_model": CODER_33B, "batch_size": 2},
      ["sharded (FSDP) over ml.p5e.48xlarge (139.8 GiB per GPU, 8 GPU(s)); unsharded it would need"], "fsdp"),
     # a hub name found in the Hugging Face cache: its config.json
