@@ -56,7 +56,7 @@ def test_sigterm_before_training_exits_143_during_training_sets_flag(restore_sig
 
 def test_only_rank_0_talks_to_mlflow(monkeypatch, restore_sigterm):
     from ade_mlflow_plugin.config.training import TrainingConfig
-    from ade_mlflow_plugin.training.pipeline import Session
+    from ade_mlflow_plugin.training.session import Session
     from ade_mlflow_plugin.training.tracking import NullLogger
 
     monkeypatch.setenv("RANK", "1")
