@@ -71,11 +71,21 @@ def scroll_values_grid(driver, grid, top_px: int) -> None:
         time.sleep(0.3)  # let React render the scroll before the next one
 
 
+def page_down(driver, grid) -> None:
+    """Scroll the values grid one window further (back to the top after the last): a run with many metrics
+    (the phase_seconds/* ones) has rows the grid has not rendered at all yet."""
+    top, window, bottom = driver.execute_script(
+        "return [arguments[0].scrollTop, arguments[0].clientHeight,"
+        " arguments[0].scrollHeight - arguments[0].clientHeight]", grid)
+    scroll_values_grid(driver, grid, 0 if top >= bottom else int(top + window))
+
+
 def metric_row(driver, name: str) -> list[str]:
     """Values of one metric, left to right, after scrolling its row into view.
 
     The metrics table is two react-virtualized grids (names, values) scrolled together; rows share their
-    `top` offset, and a row outside the grid's 300 px window is in the DOM but not visible. React
+    `top` offset; a row near the grid's 300 px window is in the DOM but not visible, one further away is not
+    rendered at all until the grid is scrolled near it. React
     re-renders after a scroll, so the row is looked up again until it shows.
     """
     from selenium.common.exceptions import StaleElementReferenceException
@@ -83,7 +93,11 @@ def metric_row(driver, name: str) -> list[str]:
 
     def visible_row(_driver) -> list[str] | None:
         metrics = section(driver, "Metrics")
-        link = metrics.find_element("xpath", f".//div[@role='grid']//a[normalize-space(.)='{name}']")
+        links = metrics.find_elements("xpath", f".//div[@role='grid']//a[normalize-space(.)='{name}']")
+        if not links:  # not rendered: the grids render only the rows near their window, so page down to it
+            page_down(driver, metrics.find_elements("xpath", ".//div[@role='grid']")[-1])
+            return None
+        link = links[0]
         top = link.find_element("xpath", "./..").value_of_css_property("top")
         values_grid = link.find_element("xpath",
                                         "./ancestor::div[@role='grid'][1]/following::div[@role='grid'][1]")
