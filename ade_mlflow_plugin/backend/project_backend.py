@@ -184,9 +184,16 @@ class AdeSageMakerBackend(AbstractBackend):
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
                 raise
         self.last_submission = submission
-        self._tag_run(client, run_id, submission, config, region, job, fit.tags if fit else {})
-        submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
-                                                                    job_name))
+        try:
+            self._tag_run(client, run_id, submission, config, region, job, fit.tags if fit else {})
+            submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
+                                                                        job_name))
+        except KeyboardInterrupt:  # Ctrl-C as the job starts, before anyone follows it: never leave it running
+            self.console.write(f"\nInterrupted: stopping {job_name} ...\n")
+            self._tag_run(client, run_id, submission, config, region, job, fit.tags if fit else {})
+            submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
+                                                                        job_name))
+            submitted.cancel()
         if config.wait and not synchronous:
             self._follow_from_cli(submitted)
         elif not synchronous:

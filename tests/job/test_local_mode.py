@@ -120,3 +120,34 @@ def test_a_failing_entry_fails_mlflow_run_and_the_run_says_why(tmp_path):
     reason = run.data.tags["sagemaker.failure_reason"]
     assert reason.startswith("AlgorithmError: RuntimeError: counter: failing at step 2 as asked")
     assert reason == "AlgorithmError: " + failure.strip()[:1024].rstrip()
+
+
+def test_ctrl_c_before_the_follower_starts_stops_the_job(tmp_path, monkeypatch):
+    """Ctrl-C that lands while the backend still tags the run (the job already running, nobody following it
+    yet): the job is stopped and the run KILLED, never left running on its own (seen on a loaded machine)."""
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+
+    tag_run, calls = AdeSageMakerBackend._tag_run, []
+
+    def interrupted_once(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(1)
+        tag_run(self, *args, **kwargs)
+        if len(calls) == 1:  # as in the flake: the user saw the entry counting, then pressed Ctrl-C
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                    "counter: step 1" in log.read_text() for log in (tmp_path / "jobs" / "jobs").glob("*/job.log")):
+                time.sleep(0.2)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(AdeSageMakerBackend, "_tag_run", interrupted_once)
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
+    with pytest.raises(mlflow.exceptions.ExecutionException, match="failed"):  # it ended Stopped
+        mlflow.projects.run(str(COUNTER), entry_point="main", backend="ade-sagemaker", backend_config=config,
+                            parameters={"steps": "400", "step_seconds": "0.25"}, env_manager="local")
+    run = _runs(tracking)[0]
+    assert run.info.status != "RUNNING"  # ended (in-process, MLflow's own handler marks a stopped job FAILED)
+    assert run.data.tags["sagemaker.job_name"]  # tagged all the same: status and reconcile find the job
+    log = next((tmp_path / "jobs" / "jobs").glob("*/job.log")).read_text()
+    assert "counter: SIGTERM, checkpoint at step" in log and "counter: step 400" not in log
