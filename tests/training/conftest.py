@@ -140,3 +140,21 @@ def new_run(tracking_uri: str, name: str) -> str:
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name) or client.get_experiment(client.create_experiment(name))
     return client.create_run(experiment.experiment_id).info.run_id
+
+
+@pytest.fixture
+def lora_model(tiny_model):
+    """The tiny model with LoRA on CPU in float32, its B matrices random (they start at zero) so every adapter
+    counts in the outputs and gradients the speed tests compare."""
+    import torch
+
+    from ade_mlflow_plugin.config.training import TrainingConfig
+    from ade_mlflow_plugin.training.model import add_lora, load_base_model
+
+    torch.manual_seed(0)
+    config = TrainingConfig(base_model=str(tiny_model), lora_dropout=0.0)
+    model = add_lora(load_base_model(config, "cpu", torch.float32), config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model.train()

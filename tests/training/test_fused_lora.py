@@ -12,19 +12,6 @@ from ade_mlflow_plugin.training import fused_lora as fl
 from ade_mlflow_plugin.training.fused_lora import fused_lora
 
 
-@pytest.fixture
-def lora_model(tiny_model):
-    from ade_mlflow_plugin.training.model import add_lora, load_base_model
-
-    torch.manual_seed(0)
-    config = TrainingConfig(base_model=str(tiny_model), lora_dropout=0.0)
-    model = add_lora(load_base_model(config, "cpu", torch.float32), config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero: make every adapter count in the outputs and gradients
-            torch.nn.init.normal_(param, std=0.05)
-    return model.train()
-
-
 def _batch(model, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)  # fresh inputs for each check
     ids = torch.randint(3, model.config.vocab_size, (2, 40), generator=generator)

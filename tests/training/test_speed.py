@@ -24,19 +24,6 @@ EXAMPLES = [
 
 
 @pytest.fixture
-def lora_model(tiny_model):
-    from ade_mlflow_plugin.training.model import add_lora, load_base_model
-
-    torch.manual_seed(0)
-    config = TrainingConfig(base_model=str(tiny_model), lora_dropout=0.0)
-    model = add_lora(load_base_model(config, "cpu", torch.float32), config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero; make the adapters matter for the gradients compared
-            torch.nn.init.normal_(param, std=0.05)
-    return model.train()
-
-
-@pytest.fixture
 def batch(tiny_tokenizer):
     rows, _ = build_rows(tiny_tokenizer, EXAMPLES * 3, 48)
     return PackedCollator(tiny_tokenizer.pad_token_id, pad_to_multiple_of=16)(rows[:3])
