@@ -18,7 +18,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -108,6 +110,7 @@ class _Progress:
         self._cancel = cancel
         self._unreported = [0] * len(ranges)
         self._cond = threading.Condition()
+        self._streams: set[urllib3.HTTPResponse] = set()
 
     def advance(self, index: int, nbytes: int) -> None:
         with self._cond:
@@ -121,7 +124,26 @@ class _Progress:
         with self._cond:
             if self.error is None:
                 self.error = error
+                for stream in self._streams:
+                    _abort(stream)
             self._cond.notify_all()
+
+    @contextmanager
+    def streaming(self, stream: urllib3.HTTPResponse) -> Iterator[None]:
+        """While the body streams, a failure elsewhere aborts its read at once.
+
+        A range blocks in a read of up to _STREAM_BYTES; on a slow store that is many seconds in which the
+        range would go on downloading bytes nobody will use after another range has failed.
+        """
+        with self._cond:
+            self._streams.add(stream)
+            if self.error is not None:
+                _abort(stream)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._streams.discard(stream)
 
     def stopped(self) -> bool:
         if self._cancel is not None and self._cancel.is_set() and self.error is None:
@@ -157,6 +179,14 @@ class _Progress:
         return self.ranges[-1].end + 1 if self.ranges else 0
 
 
+def _abort(stream: urllib3.HTTPResponse) -> None:
+    """Wake a read blocked on ``stream`` from another thread (urllib3's public shutdown, 2.3+)."""
+    try:
+        stream.shutdown()
+    except (ValueError, RuntimeError, OSError):
+        pass  # already released or closed: nothing is reading from it
+
+
 def split_ranges(size: int, piece_bytes: int) -> list[_Range]:
     """Consecutive inclusive byte ranges of at most ``piece_bytes`` covering ``size`` bytes."""
     if piece_bytes <= 0:
@@ -172,8 +202,9 @@ def fetch_presigned(first: PresignedUrl, dst: Path | str, size: int, *,
 
     Ranges are fetched by up to ``workers`` threads, lowest offsets first, so the hashed prefix keeps
     growing. ``renew`` gives a fresh URL when the store refuses one (expired). Setting ``cancel`` stops
-    the download within about a megabyte per range. Raises FetchError (the file is left incomplete;
-    the caller discards it) when the store answers with anything but the asked bytes of one object.
+    the download at once: a failure or a cancel aborts the reads in flight. Raises FetchError (the file is
+    left incomplete; the caller discards it) when the store answers with anything but the asked bytes of
+    one object.
     """
     ranges = split_ranges(size, piece_bytes)
     progress = _Progress(ranges, cancel)
@@ -238,6 +269,8 @@ def _fetch_range(source: _Source, fd: int, rng: _Range, size: int, progress: _Pr
             except _UrlExpired as exc:
                 source.renew(url, exc.status)
             except (*_BREAKS, _ShortRead) as exc:
+                if progress.stopped():
+                    return  # the break is our own abort after a failure elsewhere
                 breaks += 1
                 if breaks > RESUMES:
                     raise FetchError(f"bytes {rng.start}-{rng.end} kept breaking off ({type(exc).__name__}); "
@@ -269,15 +302,16 @@ def _stream_range(url: PresignedUrl, fd: int, rng: _Range, size: int, progress: 
     with resp:
         _check_answer(resp, pos, rng.end, size)
         progress.same_object(resp.headers.get("ETag"))
-        # Stored bytes as stored: urllib3 would otherwise gunzip a Content-Encoding: gzip object.
-        for chunk in resp.raw.stream(_STREAM_BYTES, decode_content=False):
-            if progress.stopped():
-                return
-            if pos + len(chunk) > rng.end + 1:
-                raise FetchError("the artifact store sent more bytes than asked; run the sync again")
-            _write_all(fd, chunk, pos)
-            pos += len(chunk)
-            progress.advance(rng.index, len(chunk))
+        with progress.streaming(resp.raw):
+            # Stored bytes as stored: urllib3 would otherwise gunzip a Content-Encoding: gzip object.
+            for chunk in resp.raw.stream(_STREAM_BYTES, decode_content=False):
+                if progress.stopped():
+                    return
+                if pos + len(chunk) > rng.end + 1:
+                    raise FetchError("the artifact store sent more bytes than asked; run the sync again")
+                _write_all(fd, chunk, pos)
+                pos += len(chunk)
+                progress.advance(rng.index, len(chunk))
     if pos <= rng.end:
         raise _ShortRead()
 

@@ -5,6 +5,8 @@ import gzip
 import hashlib
 import os
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -67,7 +69,10 @@ def test_empty_object_makes_an_empty_file(tmp_path):
     assert dst.read_bytes() == b"" and digest == hashlib.sha256(b"").hexdigest()
 
 
-SLOW_PIECE_S = 0.4
+#: How long a held range waits for the client to hang up before sending the rest (a client that never
+#: stops it). Generous: only a broken client waits it out, so a loaded machine cannot fake a stop.
+HOLD_S = 30
+PIECE = 256 << 10
 
 
 class _Blob:
@@ -80,11 +85,15 @@ class _Blob:
         self.ignore_range = False
         self.lie_length = False
         self.etags: list[str] = []  # one per request, in order; empty: no ETag header
-        # Ranges starting here are sent slowly, 256 KB every SLOW_PIECE_S: a range stopped early shows as bytes
-        # never sent. The pace leaves seconds of margin to a client that stops at its next piece, so a loaded
-        # machine (another test run beside this one) does not turn a stop into a finished range.
+        # Ranges starting here are held: one PIECE, then the rest only if the client has not hung up within
+        # HOLD_S. A range the client stops shows as bytes never sent, whatever the machine's load: the server
+        # waits on the connection's state, not on a clock.
         self.slow_from: int | None = None
         self.sent_slowly = 0
+        # The range starting at 0 answers only once a held range has sent a piece, with this ETag: the
+        # failure then lands while other ranges are mid-stream, the case a stop must handle.
+        self.late_first_etag: str | None = None
+        self.held_streaming = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
 
@@ -111,6 +120,9 @@ def _handler(blob: _Blob) -> type[BaseHTTPRequestHandler]:
             if ranged:
                 start, end = int(match[1]), int(match[2])
             body = blob.data[start:end + 1]
+            if blob.late_first_etag and start == 0:
+                blob.held_streaming.wait(HOLD_S)
+                etag = blob.late_first_etag
             self.send_response(206 if ranged else 200)
             self.send_header("Content-Length", str(len(body) + (1 if blob.lie_length else 0)))
             if ranged:
@@ -124,14 +136,19 @@ def _handler(blob: _Blob) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             if blob.slow_from is not None and start >= blob.slow_from:
-                for i in range(0, len(body), 256 << 10):
-                    self.wfile.write(body[i:i + (256 << 10)])
-                    self.wfile.flush()
-                    with blob.lock:
-                        blob.sent_slowly += len(body[i:i + (256 << 10)])
-                    time.sleep(SLOW_PIECE_S)
+                self._send_held(body)
                 return
             self.wfile.write(body)
+
+        def _send_held(self, body: bytes) -> None:
+            for i in range(0, len(body), PIECE):
+                if i and _hung_up(self.connection, HOLD_S if i == PIECE else 0):
+                    return
+                self.wfile.write(body[i:i + PIECE])
+                self.wfile.flush()
+                with blob.lock:
+                    blob.sent_slowly += len(body[i:i + PIECE])
+                blob.held_streaming.set()
 
         def _reply(self, code: int, body: bytes) -> None:
             self.send_response(code)
@@ -140,6 +157,17 @@ def _handler(blob: _Blob) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
     return Handler
+
+
+def _hung_up(conn: socket.socket, wait_s: float) -> bool:
+    """Whether the client closed the connection (within ``wait_s``): it sends nothing else while it reads."""
+    readable, _, _ = select.select([conn], [], [], wait_s)
+    if not readable:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True  # reset by the client
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -262,15 +290,15 @@ def test_errors_never_show_the_presigned_url(tmp_path):
 
 def test_one_failed_range_stops_the_others(blob_server, tmp_path):
     blob, url = blob_server
-    blob.slow_from = MB  # ranges 2 and 3 trickle in; range 1 gets a 200 for its range request
-    blob.ignore_range = False
-    blob.etags = ['"v1"', '"v2"', '"v2"', '"v2"']  # the second answer to arrive is from another object
+    blob.slow_from = MB  # ranges 2-4 are held after their first piece
+    blob.etags = ['"v2"'] * 4
+    blob.late_first_etag = '"v1"'  # range 1 answers last, from another version of the object
 
-    with pytest.raises(fetch.FetchError):
+    with pytest.raises(fetch.FetchError, match="file changed on the artifact store"):
         _fetch(f"{url}?token=t1", blob, tmp_path, workers=4)
 
-    # The slow ranges (2 MB + 99 bytes) stopped after the failure instead of finishing.
-    assert blob.sent_slowly < 2 * MB
+    # The held ranges (1 MB, 1 MB, 99 bytes) stopped at their first piece instead of finishing.
+    assert blob.sent_slowly <= 2 * PIECE + 99
 
 
 def test_cancel_stops_the_download(blob_server, tmp_path):
@@ -279,10 +307,10 @@ def test_cancel_stops_the_download(blob_server, tmp_path):
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
 
-    with pytest.raises(fetch.Cancelled):  # one range sent over ~5 s, cancelled after 0.2 s
+    with pytest.raises(fetch.Cancelled):  # one held range, cancelled after 0.2 s
         _fetch(f"{url}?token=t1", blob, tmp_path, piece_bytes=len(blob.data), cancel=cancel)
 
-    assert blob.sent_slowly < len(blob.data)
+    assert blob.sent_slowly == PIECE  # the first piece only: the cancel woke the blocked read
 
 
 def test_presigned_fetch_switch_reads_the_environment(monkeypatch, tmp_path):
