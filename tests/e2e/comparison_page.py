@@ -7,7 +7,6 @@ them through /usr/bin/chromedriver, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -19,12 +18,17 @@ METRICS = ("eval_loss", "tokens_per_second", "cost_usd", "train_loss", "perplexi
 LOAD_TIMEOUT_S = 90
 
 
-def format_metric(value: float) -> str:
-    """The MLflow UI's Utils.formatMetric, so expected text matches what a person reads on the page."""
+def format_metric(value: float | None) -> str:
+    """The MLflow UI's Utils.formatMetric, so expected text matches what a person reads on the page.
+
+    ``None`` is a run without the metric: the UI formats `undefined`, which prints "NaN".
+    """
     def js_round(x: float, scale: int) -> str:
         rounded = math.floor(x * scale + 0.5) / scale  # Math.round rounds halves up
         return str(int(rounded)) if rounded == int(rounded) else repr(rounded)
 
+    if value is None:
+        return "NaN"
     if value == 0:
         return "0"
     if abs(value) < 1e-3:
@@ -57,58 +61,79 @@ def param_row(driver, name: str) -> list[str]:
     return [cell.text for cell in sorted(cells, key=lambda cell: cell.rect["x"])]
 
 
-def scroll_values_grid(driver, grid, top_px: int) -> None:
-    """Scroll the metric values grid to a row; the names grid follows it.
+# Both metric grids to one scroll offset (each clamped to its own range: the values grid has a horizontal
+# scrollbar, so it scrolls 15 px further than the names grid). Returns whether both already were there;
+# when not, it moves the one that is not (values first, as a person's wheel does) and the caller polls again.
+_ALIGN_GRIDS = """
+const [names, values, target] = arguments;
+const clamp = (grid) => Math.max(0, Math.min(target, grid.scrollHeight - grid.clientHeight));
+for (const grid of [values, names]) {
+  if (grid.scrollTop !== clamp(grid)) { grid.scrollTop = clamp(grid); return false; }
+}
+return true;
+"""
 
-    MLflow 3.17's names column follows one scroll event late (it reads the values grid's scroll state
-    before React has updated it), so a single jump leaves names and values a jump apart. Two moves,
-    to 1 px above the row and then onto it, leave them 1 px apart.
-    """
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
-    target = min(top_px, driver.execute_script("return arguments[0].scrollHeight - arguments[0].clientHeight", grid))
-    for position in (max(target - 1, 0), target):
-        driver.execute_script("arguments[0].scrollTop = arguments[1]", grid, position)
-        time.sleep(0.3)  # let React render the scroll before the next one
+
+def metric_grids(driver) -> tuple:
+    """The metrics table's two react-virtualized grids: (names, values)."""
+    grids = section(driver, "Metrics").find_elements("xpath", ".//div[@role='grid']")
+    assert len(grids) == 2, f"expected the metrics table's names and values grids, found {len(grids)} grids"
+    return grids[0], grids[-1]
 
 
-def page_down(driver, grid) -> None:
-    """Scroll the values grid one window further (back to the top after the last): a run with many metrics
-    (the phase_seconds/* ones) has rows the grid has not rendered at all yet."""
+def _next_page(driver, values) -> int:
+    """The values grid's offset one window further down, back to 0 after the last window."""
     top, window, bottom = driver.execute_script(
         "return [arguments[0].scrollTop, arguments[0].clientHeight,"
-        " arguments[0].scrollHeight - arguments[0].clientHeight]", grid)
-    scroll_values_grid(driver, grid, 0 if top >= bottom else int(top + window))
+        " arguments[0].scrollHeight - arguments[0].clientHeight]", values)
+    return 0 if top >= bottom else int(top + window)
 
 
 def metric_row(driver, name: str) -> list[str]:
-    """Values of one metric, left to right, after scrolling its row into view.
+    """Values of one metric, left to right, once its name and its values are visible side by side.
 
-    The metrics table is two react-virtualized grids (names, values) scrolled together; rows share their
-    `top` offset; a row near the grid's 300 px window is in the DOM but not visible, one further away is not
-    rendered at all until the grid is scrolled near it. React
-    re-renders after a scroll, so the row is looked up again until it shows.
+    The metrics table is two react-virtualized grids (names, values) whose rows share their `top` offset;
+    each renders only the rows near its 300 px window. MLflow 3.17 scrolls the names grid after the values
+    grid's scroll event, but with the values grid's state from before that event (one event late), so the
+    two are out of step after any programmatic scroll. Each poll below therefore waits on page state, not
+    on time: it first brings both grids to one offset (the names grid scrolled to where MLflow's sync
+    would leave it after a person's continuous scroll), then looks for the name among the rendered rows:
+    absent, it pages down; present, it scrolls its row to the top of the window; visible, it reads the
+    values cells at the same `top`, and keeps them only if neither grid moved meanwhile.
     """
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    names, values = metric_grids(driver)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", values)
+    target = [driver.execute_script("return arguments[0].scrollTop", values)]
+
+    def in_step(grids: tuple) -> bool:
+        return driver.execute_script(_ALIGN_GRIDS, *grids, target[0])
+
     def visible_row(_driver) -> list[str] | None:
-        metrics = section(driver, "Metrics")
-        links = metrics.find_elements("xpath", f".//div[@role='grid']//a[normalize-space(.)='{name}']")
-        if not links:  # not rendered: the grids render only the rows near their window, so page down to it
-            page_down(driver, metrics.find_elements("xpath", ".//div[@role='grid']")[-1])
+        grids = metric_grids(driver)
+        if not in_step(grids):
             return None
-        link = links[0]
-        top = link.find_element("xpath", "./..").value_of_css_property("top")
-        values_grid = link.find_element("xpath",
-                                        "./ancestor::div[@role='grid'][1]/following::div[@role='grid'][1]")
-        if not link.is_displayed():
-            scroll_values_grid(driver, values_grid, int(float(top.removesuffix("px"))))
+        links = grids[0].find_elements("xpath", f".//a[normalize-space(.)='{name}']")
+        if not links:  # not rendered: the grids render only the rows near their window
+            target[0] = _next_page(driver, grids[1])
             return None
-        cells = [cell for cell in values_grid.find_elements("xpath", "./div/div")
+        top = links[0].find_element("xpath", "./..").value_of_css_property("top")
+        row_top = int(float(top.removesuffix("px")))
+        if target[0] != row_top:  # rendered: bring its row to the top of the window (as far as it goes)
+            target[0] = row_top
+            return None
+        if not links[0].is_displayed():
+            return None
+        cells = [cell for cell in grids[1].find_elements("xpath", "./div/div")
                  if cell.value_of_css_property("top") == top]
         if not cells or not all(cell.is_displayed() for cell in cells):
             return None
-        return [cell.text for cell in sorted(cells, key=lambda cell: cell.rect["x"])]
+        row = [cell.text for cell in sorted(cells, key=lambda cell: cell.rect["x"])]
+        return row if in_step(grids) else None
 
-    wait = WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,))
+    # Polls often: each poll that moves a grid returns at once and the next one checks where it landed.
+    wait = WebDriverWait(driver, LOAD_TIMEOUT_S, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,))
     return wait.until(visible_row, message=f"metric {name} and its values never became visible")

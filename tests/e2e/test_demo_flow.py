@@ -168,8 +168,7 @@ def test_comparison_view_shows_both_runs_params_and_metrics(demo_flow, browser, 
     shown = [name for name in METRICS if any(name in runs[r].data.metrics for r in columns)]
     assert {"eval_loss", "tokens_per_second"} <= set(shown)
     for name in shown:
-        expected = [format_metric(runs[run_id].data.metrics[name]) if name in runs[run_id].data.metrics else ""
-                    for run_id in columns]
+        expected = [format_metric(runs[run_id].data.metrics.get(name)) for run_id in columns]
         assert metric_row(browser, name) == expected, name
 
     # What a person saw: the metrics table as last scrolled, then the top of the page.
@@ -180,7 +179,8 @@ def test_comparison_view_shows_both_runs_params_and_metrics(demo_flow, browser, 
 
 
 def test_format_metric_matches_the_ui_rules():
-    # Expected strings are what the UI's own function printed for these values (node, MLflow 3.17.2 bundle).
-    values = (0.0, 8.793064e-06, 3.96e-4, 6.8250683, 920.63936, 10516.5873, 12.345, 7.0, 2.0005)
+    # Expected strings are what the UI's own function printed for these values (node, MLflow 3.17.2 bundle);
+    # None stands for a run without the metric, which the UI formats as undefined.
+    values = (0.0, 8.793064e-06, 3.96e-4, 6.8250683, 920.63936, 10516.5873, 12.345, 7.0, 2.0005, None)
     assert [format_metric(v) for v in values] == \
-        ["0", "8.793e-6", "3.960e-4", "6.825", "920.6", "10516.6", "12.35", "7", "2.001"]
+        ["0", "8.793e-6", "3.960e-4", "6.825", "920.6", "10516.6", "12.35", "7", "2.001", "NaN"]
