@@ -1,6 +1,7 @@
 """Local mode through the real `mlflow run` CLI: the same request runs here, ends the run, resumes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -24,8 +26,25 @@ COUNTER = FIXTURES / "projects" / "counter"
 def _mlflow_run(project: Path, config: dict, params: list[str], cwd: Path, tracking: str, entry: str = "main"):
     cmd = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry, "-b", "ade-sagemaker",
            "--backend-config", json.dumps(config), *params]
-    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with _ctrl_c_as_in_a_terminal():
+        return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@contextlib.contextmanager
+def _ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """The child starts with SIGINT's default action, as a command typed in a terminal does.
+
+    A test run started in the background (`make test &`, nohup) ignores SIGINT, and an ignored signal stays
+    ignored across exec: `mlflow run` would never see the Ctrl-C a test sends it (the job then ran to its
+    end). A handled signal is reset to its default at exec, so a handler here for the moment of the fork
+    gives the child the terminal's disposition.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _runs(tracking: str):
