@@ -104,7 +104,7 @@ def metric_row(driver, name: str) -> list[str]:
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    names, values = metric_grids(driver)
+    values = metric_grids(driver)[1]
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", values)
     target = [driver.execute_script("return arguments[0].scrollTop", values)]
 
