@@ -175,3 +175,15 @@ def test_the_memory_estimate_doc_examples_are_what_the_code_prints():
              for settings in ({}, {"batch_size": 1}, {"batch_size": 1, "gradient_checkpointing": "true"})]
     shown = approved.splitlines()[-1].split(": ~")[1].split(" sharded")[0]
     assert any(shown in line for line in lines), (shown, lines)
+
+
+# ---- what the estimate leaves out ---------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="the memory estimate ignores lora_dropout (TrainingConfig's own help: "
+                                       "0.05 costs ~40% activation memory), so the fit check approves plans that "
+                                       "run out of memory with the dropout README recommends for small datasets")
+def test_lora_dropout_counts_in_the_memory_estimate():
+    config = cloud(instance_type="ml.g5.2xlarge")
+    plain = plan_fit(config, training(checkpoint_layers=0)).tags["ade.memory_estimate_gib"]
+    dropped = plan_fit(config, training(checkpoint_layers=0, lora_dropout=0.05)).tags["ade.memory_estimate_gib"]
+    assert float(dropped) > float(plain)
