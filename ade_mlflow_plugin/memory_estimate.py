@@ -9,9 +9,11 @@ What is counted, in bytes, for the peak of a training step (what torch.cuda.max_
   dtype (torch's AdamW keeps its state in the parameter's dtype): 4 x 2 bytes/param in bf16, 4 x 4 in fp32;
 - activations kept for backward, per token and decoder layer (bf16, sdpa/flex attention: no seq^2 term):
   the inputs of both norms (in fp32: transformers' RMSNorm upcasts, so 2 x 2 h) and of every linear, q/k/v and
-  attention output, and the SwiGLU MLP's four intermediate tensors: (8 h + 2 kv + 4 i) x 2 bytes; a recomputed
-  (checkpointed) layer keeps only its input. Measured on an H100 (tests/measure_memory.py): see
-  docs/memory-estimate.md;
+  attention output, and the SwiGLU MLP's four intermediate tensors: (8 h + 2 kv + 4 i) x 2 bytes; with
+  lora_dropout > 0, each targeted linear's LoRA path also keeps its own dropped-out copy of the input (bf16,
+  saved by lora_A) and the dropout's mask (bool: torch's fused CUDA dropout), 3 bytes x in-features; without
+  dropout PEFT hands lora_A the input itself, already counted. A recomputed (checkpointed) layer keeps only its
+  input. Measured on an H100 (tests/measure_memory.py): see docs/memory-estimate.md;
 - the loss: logits in bf16, upcast to fp32 and their gradient (10 bytes per token x vocab), unless the fused
   linear cross-entropy (liger) computes it in chunks.
 Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
@@ -131,6 +133,7 @@ class Workload:
     checkpointed_layers: int = 0
     fused_loss: bool = False
     eval_new_tokens: int = 0  # tokens generated per eval example after training (0: no generation)
+    lora_dropout: float = 0.0  # > 0: every LoRA path keeps a dropped-out copy of its input and a mask
 
     @property
     def tokens(self) -> int:
@@ -145,7 +148,8 @@ class Workload:
                    target_modules=config.target_modules, quantization=config.quantization,
                    adapter_bytes=2 if bf16 and config.bf16_adapters else 4,
                    checkpointed_layers=config.checkpointed_layers(layers), fused_loss=config.fused_loss,
-                   eval_new_tokens=config.max_new_tokens if config.eval_samples > 0 else 0)
+                   eval_new_tokens=config.max_new_tokens if config.eval_samples > 0 else 0,
+                   lora_dropout=config.lora_dropout)
 
 
 @dataclass(frozen=True)
@@ -174,11 +178,15 @@ class Estimate:
         return f"~{self.needed_gib:.1f} GiB per GPU ({parts} GiB)"
 
 
-def lora_params(model: ModelShape, work: Workload) -> int:
+def targeted(model: ModelShape, work: Workload) -> dict[str, tuple[int, int]]:
+    """(in, out) of each linear of one decoder layer that gets a LoRA adapter."""
     linears = model.linears()
-    wanted = linears if work.target_modules == "all-linear" else {
+    return linears if work.target_modules == "all-linear" else {
         name: linears[name] for name in (m.strip() for m in work.target_modules.split(",")) if name in linears}
-    return model.layers * sum(work.lora_r * (a + b) for a, b in wanted.values())
+
+
+def lora_params(model: ModelShape, work: Workload) -> int:
+    return model.layers * sum(work.lora_r * (a + b) for a, b in targeted(model, work).values())
 
 
 def weight_bytes(model: ModelShape, quantization: str) -> float:
@@ -188,10 +196,19 @@ def weight_bytes(model: ModelShape, quantization: str) -> float:
 def activation_bytes(model: ModelShape, work: Workload) -> float:
     h, kv, i = model.hidden, model.kv_dim, model.intermediate
     kept = min(max(work.checkpointed_layers, 0), model.layers)
-    full_layer = (8 * h + 2 * kv + 4 * i) * 2.0
+    full_layer = (8 * h + 2 * kv + 4 * i) * 2.0 + dropout_bytes(model, work)
     # A checkpointed layer keeps its input; its full activations exist again, once, while it is recomputed.
     per_token = (model.layers - kept) * full_layer + kept * h * 2.0 + (full_layer if kept else 0.0)
     return per_token * work.tokens
+
+
+def dropout_bytes(model: ModelShape, work: Workload) -> float:
+    """Per token and decoder layer, what lora_dropout > 0 adds: PEFT runs lora_B(lora_A(dropout(x))) with one
+    dropout per targeted linear, so each keeps its dropped-out input (bf16, for lora_A's gradient) and its mask
+    (1 byte: torch's fused CUDA dropout saves a bool mask). Without dropout lora_A reads x itself (counted)."""
+    if work.lora_dropout <= 0:
+        return 0.0
+    return sum(a for a, _ in targeted(model, work).values()) * (2.0 + 1.0)
 
 
 def loss_bytes(model: ModelShape, work: Workload) -> float:

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from ade_mlflow_plugin.memory_estimate import (EVAL_LOGITS_CAP, GIB, ModelShape, Workload, activation_bytes,
-                                               after_gib, decide, estimate, eval_bytes, lora_params)
+                                               after_gib, decide, dropout_bytes, estimate, eval_bytes, lora_params)
 
 # deepseek-coder's published config.json figures.
 CODER_1_3B = ModelShape.from_config({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
@@ -24,6 +24,22 @@ def test_lora_counts_r_times_in_plus_out_of_each_targeted_linear():
     work = Workload(1, 128, lora_r=8, target_modules="q_proj,v_proj")
     assert lora_params(CODER_1_3B, work) == 24 * 8 * ((2048 + 2048) * 2)
     assert lora_params(CODER_1_3B, Workload(1, 128, lora_r=8)) > lora_params(CODER_1_3B, work)
+
+
+def test_lora_dropout_keeps_a_dropped_input_and_a_mask_per_targeted_linear():
+    # PEFT: lora_B(lora_A(dropout(x))), one dropout per targeted linear: its bf16 output (lora_A's saved input)
+    # and its bool mask, 3 bytes per input feature and token; no dropout: lora_A reads x, already counted
+    plain, dropped = Workload(1, 2048), Workload(1, 2048, lora_dropout=0.05)
+    assert dropout_bytes(CODER_1_3B, plain) == 0
+    assert dropout_bytes(CODER_1_3B, dropped) == (6 * 2048 + 5504) * 3
+    assert dropout_bytes(CODER_1_3B, Workload(1, 2048, target_modules="q_proj,v_proj", lora_dropout=0.1)) == 2 * 2048 * 3
+    extra = activation_bytes(CODER_1_3B, dropped) - activation_bytes(CODER_1_3B, plain)
+    assert extra == 24 * 2048 * (6 * 2048 + 5504) * 3  # every layer, every token
+    assert extra / activation_bytes(CODER_1_3B, plain) > 0.4  # TrainingConfig's help: ~40 % at least
+    # a recomputed layer keeps its input only: the dropout costs once, in the layer being recomputed
+    recomputed = [activation_bytes(CODER_1_3B, Workload(1, 2048, checkpointed_layers=24, lora_dropout=p))
+                  for p in (0.0, 0.05)]
+    assert recomputed[1] - recomputed[0] == 2048 * (6 * 2048 + 5504) * 3
 
 
 def test_quantization_and_checkpointing_shrink_what_they_should():

@@ -218,6 +218,19 @@ def test_checkpoint_layers_auto_recomputes_the_fewest_layers_that_make_it_fit(no
     assert plan_fit(cloud(), training()).checkpoint_layers is None  # fits as it is: left to the job
 
 
+def test_lora_dropout_counts_in_the_estimate_and_can_refuse(no_hub_cache):
+    # 1.3b, batch 4 x 2048 on one A10G with no layer recomputed: ~20.8 GiB fits without dropout; the 0.05 the
+    # README suggests for small datasets keeps a dropped-out input per LoRA path and would run out of memory
+    config = cloud(instance_type="ml.g5.2xlarge")
+    plain = plan_fit(config, training(checkpoint_layers=0))
+    with pytest.raises(ConfigError, match="gradient_checkpointing=true"):
+        plan_fit(config, training(checkpoint_layers=0, lora_dropout=0.05))
+    # with checkpoint_layers=auto (the default) it fits with more layers recomputed than without dropout
+    auto = plan_fit(config, training(lora_dropout=0.05))
+    assert plain.checkpoint_layers is None and int(auto.checkpoint_layers) > 0
+    assert float(auto.tags["ade.memory_estimate_gib"]) <= 22
+
+
 def test_a_local_model_folder_is_named_by_its_folder_name(tmp_path):
     folder = model_folder(tmp_path / "models" / "tiny-coder", TINY)
     plan = plan_fit(cloud(), training(base_model=str(folder)))
