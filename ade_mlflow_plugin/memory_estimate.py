@@ -251,10 +251,11 @@ def decide(sharding: str, model: ModelShape, work: Workload, instance_type: str,
 
 
 def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib: float, label: str,
-              model_name: str = "the model") -> Decision:
+              model_name: str = "the model", *, local: bool = False) -> Decision:
     """decide() for any set of GPUs: ``shards`` GPUs in all (every host's), ``gib`` usable on each; ``label``
     names them in the message (an instance type, or this machine's GPUs in local mode). Training and the evals
-    after it (after_gib) must both fit."""
+    after it (after_gib) must both fit. ``local``: the GPUs are this machine's (local mode), so a refusal offers
+    bigger GPUs, not an instance type (local mode has none)."""
     plain = estimate(model, work)
     # training/sharding.py shards a 16-bit base over several processes only; otherwise fsdp trains unsharded
     sharded = estimate(model, work, shards) if shards > 1 and work.quantization == "none" else None
@@ -267,29 +268,35 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
     if sharding != "none" and sharded is not None and sharded.needed_gib <= gib:
         if after_sharded > gib:
             return Decision(False, plain, sharded, gib, refused=True, message=_after_refusal(
-                model_name, f"sharded (FSDP) over {where} training needs {sharded.line()}, but", after_sharded,
-                gib, model, work))
+                model_name, f"sharded (FSDP) over {where} training needs {sharded.line()}, but", sharded,
+                gib, model, work, local))
         return Decision(True, plain, sharded, gib, f"{model_name}: {sharded.line()} sharded (FSDP) over {where}; "
                                                    f"unsharded it would need {plain.needed_gib:.1f} GiB")
     if sharding != "fsdp" and plain.needed_gib <= gib:  # training fits unsharded, the evals after it do not
         return Decision(False, plain, sharded, gib, refused=True, message=_after_refusal(
-            model_name, f"on {where} training needs {plain.line()}, but", after_plain, gib, model, work))
+            model_name, f"on {where} training needs {plain.line()}, but", plain, gib, model, work, local))
     best = plain if sharding == "none" or sharded is None else sharded
     would_fit = sharding == "none" and sharded is not None and max(sharded.needed_gib, after_sharded) <= gib
     return Decision(False, plain, sharded, gib, refused=True, message=refusal(
         model_name, model, work, best, gib, where, "unsharded" if best is plain else "even sharded",
-        sharded.needed_gib if would_fit else None, shards if best is not plain else 1))
+        sharded.needed_gib if would_fit else None, shards if best is not plain else 1, local))
 
 
 def eval_bytes(model: ModelShape, work: Workload, generates: bool = True) -> float:
     """The larger of the two evals after training: eval_loss's logits (batches capped near EVAL_LOGITS_CAP),
     or exact_match's KV cache (unless the model does not generate: a sharded one)."""
+    return float(max(_eval_logits(model, work), _kv_cache(model, work) if generates else 0))
+
+
+def _eval_logits(model: ModelShape, work: Workload) -> int:
     row = work.seq_len * model.vocab * LOSS_BYTES_PER_LOGIT
-    logits = min(EVAL_ROWS * row, max(EVAL_LOGITS_CAP, row))
+    return min(EVAL_ROWS * row, max(EVAL_LOGITS_CAP, row))
+
+
+def _kv_cache(model: ModelShape, work: Workload) -> int:
+    """exact_match's KV cache: GENERATE_BATCH prompts of up to max_seq_len + max_new_tokens tokens."""
     kv_per_token = 2 * model.layers * model.kv_dim * 2  # keys and values, bf16, every layer
-    cache = GENERATE_BATCH * (work.seq_len + work.eval_new_tokens) * kv_per_token \
-        if work.eval_new_tokens and generates else 0
-    return float(max(logits, cache))
+    return GENERATE_BATCH * (work.seq_len + work.eval_new_tokens) * kv_per_token if work.eval_new_tokens else 0
 
 
 def after_gib(model: ModelShape, work: Workload, trained: Estimate) -> float:
@@ -299,14 +306,29 @@ def after_gib(model: ModelShape, work: Workload, trained: Estimate) -> float:
     return held + eval_bytes(model, work, generates=not trained.gather) / GIB * (1 + FRAGMENTATION)
 
 
-def _after_refusal(model_name: str, what: str, after: float, gib: float, model: ModelShape, work: Workload) -> str:
-    """The one line of a plan whose training fits but whose evals after it do not; only fixes that can help."""
+def _after_refusal(model_name: str, what: str, trained: Estimate, gib: float, model: ModelShape, work: Workload,
+                   local: bool = False) -> str:
+    """The one line of a plan whose training fits but whose evals after it do not: which eval binds, and only
+    fixes that can help."""
+    after = after_gib(model, work, trained)
+    generates = not trained.gather
+    cache_binds = generates and _kv_cache(model, work) > _eval_logits(model, work)
     fixes = ["quantization=4bit with sharding=none"] if _quantized_fits(model, work, gib) else []
+    if cache_binds and after_gib(model, replace(work, eval_new_tokens=0), trained) <= gib:
+        fixes.append("eval_samples=0 (no exact_match generation after training)")
     if _after_unsharded(model, replace(work, seq_len=1)) <= gib:  # the eval shrinks with the sequence
         fixes.append(f"a smaller max_seq_len (now {work.seq_len})")
-    fixes.append("an instance type with more memory per GPU")
+    fixes.append(_bigger(local, "an instance type with more memory per GPU", "GPUs with more memory"))
+    binding = (f"exact_match's KV cache for {GENERATE_BATCH} prompts of up to {work.seq_len + work.eval_new_tokens} "
+               f"tokens" if cache_binds else "eval_loss's logits")
     return (f"{model_name}: {what} evaluating the model after training needs ~{after:.1f} GiB on one "
-            f"GPU (the model as it trained and the larger eval): {after - gib:.1f} GiB too much; use " + ", ".join(fixes))
+            f"GPU (the model as it trained and {binding}): {after - gib:.1f} GiB too much; use " + ", ".join(fixes))
+
+
+def _bigger(local: bool, instance: str, gpus: str) -> str:
+    """The hardware fix: on SageMaker ``instance``; local mode has no instance type, it trains on this
+    machine's GPUs: ``gpus`` than those, or SageMaker."""
+    return f"{gpus} than this machine's (or mode=sagemaker on a bigger GPU instance)" if local else instance
 
 
 def _after_unsharded(model: ModelShape, work: Workload) -> float:
@@ -323,7 +345,7 @@ def _quantized_fits(model: ModelShape, work: Workload, gib: float) -> bool:
 
 
 def refusal(model_name: str, model: ModelShape, work: Workload, best: Estimate, gib: float, where: str, how: str,
-            sharded_gib: float | None = None, shards: int = 1) -> str:
+            sharded_gib: float | None = None, shards: int = 1, local: bool = False) -> str:
     """The one line of a plan that does not fit: by how much, and only the changes that could make it fit."""
     fixes = [f"sharding=auto (sharded: ~{sharded_gib:.1f} GiB per GPU)"] if sharded_gib is not None else []
     if _quantized_fits(model, work, gib):
@@ -332,8 +354,9 @@ def refusal(model_name: str, model: ModelShape, work: Workload, best: Estimate, 
         fixes.append(f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})")
         if work.checkpointed_layers < model.layers:
             fixes.append("gradient_checkpointing=true")
-    fixes.append("an instance type with " + ("more GPU memory" if work.quantization != "none"
-                                             else "more GPU memory or more GPUs"))
+    quantized = work.quantization != "none"  # a quantized base is never sharded: more GPUs cannot help
+    fixes.append(_bigger(local, "an instance type with more GPU memory" + ("" if quantized else " or more GPUs"),
+                         "GPUs with more memory" if quantized else "more or bigger GPUs"))
     return (f"{model_name} at batch_size {work.batch_size} x {work.seq_len} tokens needs {best.line()} {how} on "
             f"{where}: {best.needed_gib - gib:.1f} GiB too much; use " + ", ".join(fixes))
 

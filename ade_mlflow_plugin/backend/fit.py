@@ -2,7 +2,8 @@
 
 Before any run exists, for a training entry (`main`, `train`): the base model's shape (fit_models.py),
 the workload its TrainingConfig trains per GPU, and the GPUs the job gets (the instance type's, times
-the instance count; in local mode this machine's, from nvidia-smi) go through memory_estimate.decide().
+the instance count; in local mode this machine's, from nvidia-smi, as local_hosts shares them among
+`instance_count` hosts; more hosts than GPUs is refused) go through memory_estimate.decide().
 The outcome is one line printed next to the cost estimate; `sharding=auto` is resolved to `none` or
 `fsdp` for the job; a plan that cannot fit even sharded is refused (ConfigError, exit 2) with decide()'s
 line. A plan that fits only with some decoder layers recomputed in backward gets the fewest that make it
@@ -20,6 +21,7 @@ from typing import Any
 
 from ade_mlflow_plugin.backend.fit_models import FoundShape, find_shape
 from ade_mlflow_plugin.errors import ConfigError
+from ade_mlflow_plugin.job import contract
 from ade_mlflow_plugin.memory_estimate import GPU_MEMORY, Workload, decide_on, estimate, has_bf16
 
 PREFIX = "Memory estimate: "
@@ -74,10 +76,33 @@ def local_gpus(environment: dict[str, str] | None = None) -> Gpus | None:
     return Gpus(len(ids), round(min(mib) / 1024, 1), "this machine's GPUs") if mib else None
 
 
+def check_local_hosts(hosts: int, local: Gpus | None) -> None:
+    """Local mode with more hosts than GPUs: local_hosts.host_devices gives no host a share, so every host's
+    rank 0 loads a whole copy onto the first GPU, and NCCL refuses two ranks on one device ("Duplicate GPU
+    detected"). Refused in one line before anything runs; on CPU (no GPU lent) the hosts train over gloo."""
+    if local is not None and hosts > local.count:
+        raise ConfigError(
+            f"instance_count {hosts} in local mode needs a GPU for each host, and only {local.count} of "
+            f"{local.label} are visible: "
+            f"the hosts would share one card (a whole model copy each; NCCL refuses two ranks on one GPU); use "
+            f"instance_count <= {local.count}, or train the hosts on CPU with \"environment\": "
+            f"{{\"CUDA_VISIBLE_DEVICES\": \"\"}} in the backend config")
+
+
 def job_gpus(config: Any, local: Gpus | None) -> tuple[Gpus | None, str]:
-    """The GPUs the job gets, or None and why they cannot be checked."""
+    """The GPUs the job gets, or None and why they cannot be checked. Local mode with several hosts: the GPUs
+    local_hosts.host_devices hands them (len // hosts each; the rest stay idle), as the job trains on those."""
     if config.mode == "local":
-        return (local, "") if local else (None, "local mode on this machine's CPU: no GPU to check")
+        if not local:
+            return None, "local mode on this machine's CPU: no GPU to check"
+        hosts = max(config.instance_count, 1)
+        if hosts == 1:
+            return local, ""
+        from ade_mlflow_plugin.backend.local_hosts import host_devices  # as local_gpus: only for local mode
+
+        shares = host_devices(hosts, [str(i) for i in range(local.count)])  # what each host's job is lent
+        each = [int(share.get(contract.ENV_NUM_GPUS, 0)) for share in shares]
+        return Gpus(sum(each), local.gib, f"{local.label}, {min(each)} for each of {hosts} hosts"), ""
     if config.instance_type not in GPU_MEMORY:
         return None, f"{config.instance_type} is not a GPU instance type this plugin knows: not checked"
     gpus, gib = GPU_MEMORY[config.instance_type]
@@ -103,9 +128,11 @@ def plan_fit(config: Any, training: Any, local: Gpus | None = None) -> FitPlan:
     """See the module docstring. ``training``: the entry's TrainingConfig; ``local``: this machine's GPUs
     (local mode; found with nvidia-smi when not given)."""
     asked = getattr(training, "sharding", None)  # None for a config without the option
-    found = find_shape(training.base_model)
     if config.mode == "local" and local is None:
         local = local_gpus(getattr(config, "environment", None))
+    if config.mode == "local":
+        check_local_hosts(config.instance_count, local)
+    found = find_shape(training.base_model)
     on_cpu = config.mode == "local" and local is None  # nothing to shard over: unsharded
     if found.shape is None:
         resolved = _resolved(asked, False if on_cpu else None)
@@ -130,11 +157,12 @@ def _decided(config: Any, found: FoundShape, training: Any, gpus: Gpus, asked: s
     bf16 = has_bf16(config.instance_type) if config.mode == "sagemaker" else True
     work = Workload.from_training(training, found.shape.layers, bf16=bf16)
     name = _short(training.base_model)
-    decision = decide_on(asked or "none", found.shape, work, gpus.count, gpus.gib, gpus.label, name)
+    decision = decide_on(asked or "none", found.shape, work, gpus.count, gpus.gib, gpus.label, name,
+                         local=config.mode == "local")
     recomputed = None
     if decision.refused and _checkpointing_is_auto(training):
-        recomputed, rescued = _fewest_recomputed(asked or "none", found, work, gpus, name)
-        decision = rescued or _binding(asked or "none", found, work, gpus, name) or decision
+        recomputed, rescued = _fewest_recomputed(asked or "none", found, work, gpus, name, config.mode == "local")
+        decision = rescued or _binding(asked or "none", found, work, gpus, name, config.mode == "local") or decision
     if decision.refused:
         raise ConfigError(decision.message)
     resolved = _resolved(asked, decision.fsdp)
@@ -153,7 +181,7 @@ def _checkpointing_is_auto(training: Any) -> bool:
 
 
 def _fewest_recomputed(sharding: str, found: FoundShape, work: Workload, gpus: Gpus,
-                       name: str) -> tuple[int | None, Any]:
+                       name: str, local: bool) -> tuple[int | None, Any]:
     """checkpoint_layers=auto, when the plan does not fit as it is: the fewest decoder layers recomputed in
     backward (least speed lost) with which it fits; (None, None) when even all of them are not enough."""
     # Unsharded first: recomputing a few more layers costs less than FSDP's all-gather of the base every step
@@ -161,17 +189,17 @@ def _fewest_recomputed(sharding: str, found: FoundShape, work: Workload, gpus: G
     for mode in (["none", sharding] if sharding == "auto" else [sharding]):
         for layers in range(work.checkpointed_layers + 1, found.shape.layers + 1):
             decision = decide_on(mode, found.shape, replace(work, checkpointed_layers=layers), gpus.count,
-                                 gpus.gib, gpus.label, name)
+                                 gpus.gib, gpus.label, name, local=local)
             if not decision.refused:
                 return layers, decision
     return None, None
 
 
-def _binding(sharding: str, found: FoundShape, work: Workload, gpus: Gpus, name: str) -> Any:
+def _binding(sharding: str, found: FoundShape, work: Workload, gpus: Gpus, name: str, local: bool) -> Any:
     """When no count of recomputed layers rescues the plan: the refusal with every layer recomputed, if its
     training fits there (the evals after it are then what cannot fit, and its line says so); else None."""
     full = decide_on(sharding, found.shape, replace(work, checkpointed_layers=found.shape.layers), gpus.count,
-                     gpus.gib, gpus.label, name)
+                     gpus.gib, gpus.label, name, local=local)
     trained = full.sharded if full.sharded is not None and sharding != "none" else full.plain
     return full if trained.needed_gib <= gpus.gib else None
 

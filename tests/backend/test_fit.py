@@ -20,6 +20,7 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300}
 CODER_33B = "deepseek-ai/deepseek-coder-33b-instruct"
+CODER_6_7B = "deepseek-ai/deepseek-coder-6.7b-instruct"
 
 
 def cloud(**overrides) -> CloudTrainingConfig:
@@ -190,6 +191,53 @@ def test_local_mode_with_gpus_is_checked_against_them(no_hub_cache):
                     training(base_model="deepseek-ai/deepseek-coder-6.7b-base", max_seq_len=512, checkpoint_layers=0),
                     local=Gpus(8, 22.0, "this machine's GPUs"))
     assert plan.sharding == "fsdp" and "over this machine's GPUs (22 GiB per GPU, 8 GPU(s))" in plan.line
+
+
+def test_local_hosts_are_checked_against_the_gpus_each_host_gets(no_hub_cache):
+    # local_hosts.host_devices gives each of 2 hosts 3 // 2 = 1 GPU: the job shards over 2, not 3
+    plan = plan_fit(cloud(mode="local", instance_count=2), training(base_model=CODER_6_7B),
+                    local=Gpus(3, 22.0, "this machine's GPUs"))
+    assert "over this machine's GPUs, 1 for each of 2 hosts (22 GiB per GPU, 2 GPU(s))" in plan.line, plan.line
+    one_host = plan_fit(cloud(mode="local"), training(base_model=CODER_6_7B), local=Gpus(3, 22.0, "this machine's GPUs"))
+    assert "(22 GiB per GPU, 3 GPU(s))" in one_host.line
+
+
+def test_more_local_hosts_than_gpus_are_refused_naming_the_fixes(no_hub_cache):
+    # no share for any host: each host's rank 0 would load a whole copy on the one card (NCCL: duplicate GPU)
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(mode="local", instance_count=2), training(), local=Gpus(1, 22.0, "this machine's GPUs"))
+    message = refused.value.message
+    assert "\n" not in message and refused.value.exit_code == 2
+    assert message.startswith("instance_count 2 in local mode needs a GPU for each host, and only 1 of")
+    assert message.endswith('use instance_count <= 1, or train the hosts on CPU with "environment": '
+                            '{"CUDA_VISIBLE_DEVICES": ""} in the backend config')
+    # an unknown model too: the hosts' GPUs are wrong whatever the model
+    with pytest.raises(ConfigError, match="instance_count <= 1"):
+        plan_fit(cloud(mode="local", instance_count=2), training(base_model="someorg/mystery-coder-7b"),
+                 local=Gpus(1, 22.0, "this machine's GPUs"))
+
+
+def test_a_local_refusal_offers_fixes_that_exist_in_local_mode(no_hub_cache):
+    gpus = Gpus(1, 22.0, "this machine's GPUs")
+    with pytest.raises(ConfigError) as after:  # the evals after training bind
+        plan_fit(cloud(mode="local"), training(base_model=CODER_6_7B), local=gpus)
+    with pytest.raises(ConfigError) as training_binds:
+        plan_fit(cloud(mode="local"), training(base_model=CODER_33B, checkpoint_layers=0), local=gpus)
+    for refused in (after, training_binds):
+        assert "instance type" not in refused.value.message
+        assert "than this machine's (or mode=sagemaker on a bigger GPU instance)" in refused.value.message
+
+
+def test_the_after_eval_refusal_names_the_kv_cache_and_offers_eval_samples_0(no_hub_cache):
+    # 6.7b QLoRA on one A10G: training fits, exact_match's KV cache (16 prompts x 2048+64 tokens) does not
+    config = cloud(instance_type="ml.g5.xlarge")
+    assert "fits" in plan_fit(config, training(base_model=CODER_6_7B, quantization="4bit", eval_samples=0)).line
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(config, training(base_model=CODER_6_7B, quantization="4bit"))
+    message = refused.value.message
+    assert "(the model as it trained and exact_match's KV cache for 16 prompts of up to 2112 tokens)" in message
+    assert message.endswith("use eval_samples=0 (no exact_match generation after training), a smaller "
+                            "max_seq_len (now 2048), an instance type with more memory per GPU"), message
 
 
 def test_an_instance_type_without_gpu_figures_is_not_checked(no_hub_cache):
