@@ -189,27 +189,6 @@ def test_lora_dropout_counts_in_the_memory_estimate():
     assert float(dropped) > float(plain)
 
 
-@pytest.mark.xfail(strict=True, reason="README's sharding example names a cloud.json that exists nowhere; with the "
-                                       "project's realistic config (examples/sagemaker.json, one ml.g5.2xlarge) "
-                                       "the 33b example is refused at submission")
-def test_the_readme_sharding_example_runs_as_typed():
-    import json
-    import re
-    import shlex
-
-    root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    example = next(m.group(0) for m in re.finditer(r"mlflow run [^\n]*\\\n[^\n]*sharding=fsdp", readme))
-    words = shlex.split(example.replace("\\\n", " "))
-    config_file = words[words.index("--backend-config") + 1]
-    params = dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "-P")
-    named = root / config_file
-    config = named if named.is_file() else root / "examples" / "sagemaker.json"  # what a reader would pick
-    plan = plan_fit(CloudTrainingConfig.from_backend_config(json.loads(config.read_text())),
-                    training(**{k: v for k, v in params.items() if k != "codebase"}))
-    assert named.is_file() and plan.sharding == "fsdp"
-
-
 # ---- the multi-host knobs the docs hand the user --------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="ADE_RENDEZVOUS_TIMEOUT_S (the knob the rendezvous failure line tells the "
