@@ -61,11 +61,22 @@ GPU_MEMORY: dict[str, tuple[int, float]] = {
 }
 #: Instance families whose GPUs lack bf16 (T4, V100): LoRA adapters train in fp32 there.
 NO_BF16_FAMILIES = ("g4dn", "p3", "p3dn")
+#: Instance families whose GPUs talk over NVLink/NVSwitch (the g families' go over PCIe): FSDP's all-gather
+#: of the base every step is cheap there, so sharding beats recomputing layers.
+NVLINK_FAMILIES = ("p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en")
+
+
+def _family(instance_type: str) -> str:
+    parts = instance_type.split(".")  # ml.<family>.<size>
+    return parts[1] if len(parts) == 3 else ""
 
 
 def has_bf16(instance_type: str) -> bool:
-    parts = instance_type.split(".")  # ml.<family>.<size>
-    return len(parts) != 3 or parts[1] not in NO_BF16_FAMILIES
+    return _family(instance_type) not in NO_BF16_FAMILIES
+
+
+def has_nvlink(instance_type: str) -> bool:
+    return _family(instance_type) in NVLINK_FAMILIES
 
 
 @dataclass(frozen=True)

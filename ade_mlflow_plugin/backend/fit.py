@@ -22,7 +22,7 @@ from typing import Any
 from ade_mlflow_plugin.backend.fit_models import FoundShape, find_shape
 from ade_mlflow_plugin.errors import ConfigError
 from ade_mlflow_plugin.job import contract
-from ade_mlflow_plugin.memory_estimate import GPU_MEMORY, Workload, decide_on, estimate, has_bf16
+from ade_mlflow_plugin.memory_estimate import GPU_MEMORY, Workload, decide_on, estimate, has_bf16, has_nvlink
 
 PREFIX = "Memory estimate: "
 #: Run tags the MLflow UI shows: the per-GPU GiB needed on the path the job takes, the card's, the outcome.
@@ -156,13 +156,15 @@ def _decided(config: Any, found: FoundShape, training: Any, gpus: Gpus, asked: s
     """decide() against the job's GPUs: the line, or the refusal (ConfigError)."""
     bf16 = has_bf16(config.instance_type) if config.mode == "sagemaker" else True
     work = Workload.from_training(training, found.shape.layers, bf16=bf16)
-    name = _short(training.base_model)
-    decision = decide_on(asked or "none", found.shape, work, gpus.count, gpus.gib, gpus.label, name,
-                         local=config.mode == "local")
-    recomputed = None
-    if decision.refused and _checkpointing_is_auto(training):
-        recomputed, rescued = _fewest_recomputed(asked or "none", found, work, gpus, name, config.mode == "local")
-        decision = rescued or _binding(asked or "none", found, work, gpus, name, config.mode == "local") or decision
+    name, mode, local = _short(training.base_model), asked or "none", config.mode == "local"
+    decision = decide_on(mode, found.shape, work, gpus.count, gpus.gib, gpus.label, name, local=local)
+    recomputed, order = None, _rescue_order(config, mode, decision) if _checkpointing_is_auto(training) else []
+    if order:
+        recomputed, rescued = _fewest_recomputed(order, found, work, gpus, name, local)
+        if decision.refused:
+            decision = rescued or _binding(mode, found, work, gpus, name, local) or decision
+        elif rescued is not None:  # FSDP fitted as it is, but recomputing layers on one GPU costs less here
+            decision = rescued
     if decision.refused:
         raise ConfigError(decision.message)
     resolved = _resolved(asked, decision.fsdp)
@@ -180,13 +182,25 @@ def _checkpointing_is_auto(training: Any) -> bool:
     return getattr(training, "checkpoint_layers", None) == "auto" and not training.gradient_checkpointing
 
 
-def _fewest_recomputed(sharding: str, found: FoundShape, work: Workload, gpus: Gpus,
+def _rescue_order(config: Any, mode: str, decision: Any) -> list[str]:
+    """checkpoint_layers=auto: the sharding modes to try with more layers recomputed, in order ([]: none).
+    Over PCIe (the g families), between hosts, or on local GPUs, FSDP's all-gather of the whole base every step
+    costs more than recomputing layers, so `auto` trains unsharded when any count of recomputed layers fits
+    one GPU, even where FSDP fits as it is; over NVLink (one p3/p4d/p5 instance) the all-gather is cheap:
+    FSDP as it is stands, and a refused plan takes the fewest recomputed layers, sharded or not."""
+    fast = config.mode == "sagemaker" and config.instance_count == 1 and has_nvlink(config.instance_type)
+    if mode != "auto":
+        return [mode] if decision.refused else []
+    if decision.refused:
+        return ["auto"] if fast else ["none", "auto"]
+    return ["none"] if decision.fsdp and not fast else []
+
+
+def _fewest_recomputed(order: list[str], found: FoundShape, work: Workload, gpus: Gpus,
                        name: str, local: bool) -> tuple[int | None, Any]:
-    """checkpoint_layers=auto, when the plan does not fit as it is: the fewest decoder layers recomputed in
-    backward (least speed lost) with which it fits; (None, None) when even all of them are not enough."""
-    # Unsharded first: recomputing a few more layers costs less than FSDP's all-gather of the base every step
-    # (over PCIe on g4dn/g5), so auto shards only when no count of recomputed layers fits one GPU.
-    for mode in (["none", sharding] if sharding == "auto" else [sharding]):
+    """The fewest decoder layers recomputed in backward (least speed lost) with which the plan fits, trying
+    each sharding mode of ``order`` in turn; (None, None) when even all of them are not enough."""
+    for mode in order:
         for layers in range(work.checkpointed_layers + 1, found.shape.layers + 1):
             decision = decide_on(mode, found.shape, replace(work, checkpointed_layers=layers), gpus.count,
                                  gpus.gib, gpus.label, name, local=local)

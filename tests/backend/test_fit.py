@@ -292,6 +292,25 @@ def test_checkpoint_layers_auto_prefers_recomputing_to_sharding(no_hub_cache):
     assert plan.sharding == "none" and plan.checkpoint_layers == "11"
 
 
+def test_auto_prefers_recomputed_layers_to_fsdp_over_pcie_even_when_fsdp_fits_as_it_is(no_hub_cache):
+    # 6.7b batch 1 on 4 A10G (PCIe): FSDP fits as it is, but 14 of 32 layers recomputed fit one GPU unsharded
+    config, work = cloud(instance_type="ml.g5.12xlarge"), {"base_model": CODER_6_7B, "batch_size": 1, "eval_samples": 0}
+    plan = plan_fit(config, training(**work))
+    assert (plan.sharding, plan.checkpoint_layers) == ("none", "14"), plan.line
+    assert plan.options == plan_fit(config, training(sharding="none", **work)).options
+    assert plan_fit(config, training(checkpoint_layers=0, **work)).sharding == "fsdp"  # a count given: kept
+
+
+def test_auto_keeps_fsdp_as_it_is_over_nvlink_but_not_between_hosts(no_hub_cache):
+    # 13b batch 1 on one p4d (8 A100, NVSwitch): the all-gather is cheap, FSDP with nothing recomputed stands
+    work = {"base_model": "codellama/codellama-13b-hf", "batch_size": 1, "eval_samples": 0}
+    one = plan_fit(cloud(instance_type="ml.p4d.24xlarge"), training(**work))
+    assert (one.sharding, one.checkpoint_layers) == ("fsdp", None), one.line
+    # two p4d: FSDP would all-gather over the network; unsharded (DDP: only LoRA gradients cross) is cheaper
+    two = plan_fit(cloud(instance_type="ml.p4d.24xlarge", instance_count=2), training(**work))
+    assert two.sharding == "none" and int(two.checkpoint_layers) > 0, two.line
+
+
 def test_a_broken_config_json_is_skipped_with_why(tmp_path):
     folder = model_folder(tmp_path / "broken", {**TINY, "num_attention_heads": 0})
     plan = plan_fit(cloud(), training(base_model=str(folder)))
