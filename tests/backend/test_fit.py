@@ -311,6 +311,26 @@ def test_auto_keeps_fsdp_as_it_is_over_nvlink_but_not_between_hosts(no_hub_cache
     assert two.sharding == "none" and int(two.checkpoint_layers) > 0, two.line
 
 
+def test_a_registry_that_does_not_answer_is_skipped_without_its_credentials(monkeypatch, no_hub_cache):
+    import socket
+
+    import mlflow
+
+    with socket.socket() as probe:  # a port nothing listens on: MLflow's error repeats the URL it called
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://alice:s3cret@127.0.0.1:{port}/?token=t0ken"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        plan = plan_fit(cloud(), training(base_model="models:/coder@champion"))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert plan.line.startswith("Memory estimate: skipped: cannot read models:/coder@champion's config.json (")
+    assert f"http://127.0.0.1:{port}/" in plan.line, plan.line
+    assert not any(secret in plan.line for secret in ("alice", "s3cret", "t0ken")), plan.line
+
+
 def test_a_broken_config_json_is_skipped_with_why(tmp_path):
     folder = model_folder(tmp_path / "broken", {**TINY, "num_attention_heads": 0})
     plan = plan_fit(cloud(), training(base_model=str(folder)))
