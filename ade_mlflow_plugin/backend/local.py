@@ -13,6 +13,7 @@ re-exported here, where callers have always found them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
 from ade_mlflow_plugin.backend.local_detached import runner_main, start_detached
@@ -51,6 +52,33 @@ STOP_DETAIL = "stopped: StopTrainingJob (the local job was stopped on request)"
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) that lands inside the block is raised as it ends, not halfway through it: a job's
+    processes and the threads that supervise them start together, or (interrupted before) not at all. A
+    handler, not a blocked signal mask, so that the processes started inside inherit SIGINT's default
+    action (a caught signal is reset at exec). Nested blocks defer to the outermost; off the main thread,
+    where no signal handler runs, it does nothing."""
+    if (threading.current_thread() is not threading.main_thread() or _deferred_sigints
+            or signal.getsignal(signal.SIGINT) is None):  # None: a handler Python did not set cannot be put back
+        yield
+        return
+    _deferred_sigints.append(0)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: _deferred_sigints.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        pending = len(_deferred_sigints) > 1
+        _deferred_sigints.clear()
+        if pending:  # delivered again under the handler the caller had: KeyboardInterrupt, as usual
+            signal.raise_signal(signal.SIGINT)
+
+
+#: While a sigint_deferred() block is active: a marker, then each SIGINT it holds back.
+_deferred_sigints: list[int] = []
 
 
 def _instance_count(request: dict[str, Any]) -> int:
@@ -139,13 +167,15 @@ class LocalJob:
         """Start the launcher in a session of its own and supervise it from threads of this process."""
         (self.root / RUNNER_PID_FILE).write_text(f"{os.getpid()}\n")  # who keeps job.json current
         self._transition("Training", "Training in progress on this machine")
-        self._started = _now()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", contract.LAUNCHER_MODULE], cwd=self.root, env=self._env(),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
-        self._pump = threading.Thread(target=self._pump_output, daemon=True)
-        self._pump.start()
-        threading.Thread(target=self._supervise, daemon=True).start()
+        with sigint_deferred():  # a Ctrl-C here would leave a launcher running that nothing supervises
+            self._started = _now()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", contract.LAUNCHER_MODULE], cwd=self.root, env=self._env(),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                start_new_session=True)
+            self._pump = threading.Thread(target=self._pump_output, daemon=True)
+            self._pump.start()
+            threading.Thread(target=self._supervise, daemon=True).start()
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -239,10 +269,10 @@ class LocalJob:
         except Exception as exc:
             self._failure = f"ClientError: uploading the model failed: {describe(exc)}"
             code = code or 1
-        if self._stop_requested or self._stopped_itself(code):
-            status = "Stopped"
-        elif code == 0:
+        if code == 0:  # the entry completed and its run ended FINISHED: a stop that came later changes nothing
             status = "Completed"
+        elif self._stop_requested or self._stopped_itself(code):
+            status = "Stopped"
         else:
             status = "Failed"
             self._failure = self._failure or self._failure_reason(code)
@@ -292,8 +322,9 @@ class LocalJob:
 
     def stop(self, reason: str = "stopped", detail: str = STOP_DETAIL, secondary: str = "Stopping") -> None:
         """SIGTERM to the launcher's process group, its reason written first (a SIGTERM alone cannot say
-        why: the launcher reads it to tag the run); SIGKILL after the grace period."""
-        if self.proc is None or self._done.is_set():
+        why: the launcher reads it to tag the run); SIGKILL after the grace period. A no-op once the launcher
+        has exited: the job is over (its model may still be uploading) and ends as the launcher said."""
+        if self.proc is None or self._done.is_set() or self.exited:
             return
         self._stop_requested = True
         try:
@@ -343,6 +374,16 @@ class LocalJob:
                 self._log(f"local runner: processes {sorted(left)} still running {KILL_WAIT_S:g} s after SIGKILL")
         finally:
             self._killed.set()
+
+    @property
+    def launched(self) -> bool:
+        """Whether the job's launcher was started (it then runs until stopped, whoever follows it)."""
+        return self._started is not None
+
+    @property
+    def exited(self) -> bool:
+        """Whether the launcher has exited (the job may still be packing and uploading its model)."""
+        return self.proc is not None and self.proc.poll() is not None
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         self._done.wait(timeout)

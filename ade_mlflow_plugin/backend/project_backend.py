@@ -31,11 +31,14 @@ from ade_mlflow_plugin.backend.images import resolve_image_uri
 from ade_mlflow_plugin.backend.params import ResolvedParams, resolve_params
 from ade_mlflow_plugin.backend.submitted_run import AdeSubmittedRun, Guarded, JobFollower, SageMakerJob
 from ade_mlflow_plugin.config import CloudTrainingConfig
-from ade_mlflow_plugin.errors import AdeError, ConfigError, JobFailedError, mlflow_error, registry_error
+from ade_mlflow_plugin.errors import (AdeError, AwsError, ConfigError, JobFailedError, mlflow_error,
+                                     registry_error)
 from ade_mlflow_plugin.job import contract
 
 _logger = logging.getLogger(__name__)
 BACKEND_NAME = "ade-sagemaker"
+#: ade.submit_error of a run whose submission a Ctrl-C ended before any job existed (the run ends KILLED).
+INTERRUPTED_BEFORE_JOB = "interrupted (Ctrl-C) before the training job was created"
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Submission:
     code: packaging.Upload
     bytes_uploaded: int  # code, data channels and wheels together
     wheels: wheelhouse.Shipped | None = None  # its bytes_uploaded: the wheels' share
+    interrupted: bool = False  # a Ctrl-C landed once the job existed: the backend stops it
 
 
 def _fetch_project(project_uri: str, version: str | None, entry_point: str, params: dict[str, Any]) -> Path:
@@ -134,6 +138,7 @@ class AdeSageMakerBackend(AbstractBackend):
         self.clients_factory = clients_factory
         self.console = console or sys.stderr
         self.last_submission: Submission | None = None
+        self._started: Any = None  # the job being started, set by _start as soon as it may exist
 
     def run(self, project_uri: str, entry_point: str, params: dict[str, Any], version: str | None,
             backend_config: dict[str, Any] | str | None, tracking_uri: str | None,
@@ -175,31 +180,48 @@ class AdeSageMakerBackend(AbstractBackend):
                                        entry_point, params or {})
             run_id = active.info.run_id
             client = mlflow.MlflowClient()
+            self._started = None
             try:
                 submission, job = self._submit(config, clients, tarball, entry_point, resolved, job_name,
                                                image, spec.RunInfo(run_id, experiment_id, job_uri), region, cost,
                                                wheels)
             except BaseException as exc:
-                client.set_tag(run_id, "ade.submit_error", str(getattr(exc, "message", exc))[:5000])
-                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                # A Ctrl-C before the job existed: nothing runs, the user ended it (no failure to look into).
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                error = INTERRUPTED_BEFORE_JOB if interrupted else str(getattr(exc, "message", exc)) or repr(exc)
+                client.set_tag(run_id, "ade.submit_error", error[:5000])
+                status = RunStatus.KILLED if interrupted else RunStatus.FAILED
+                client.set_terminated(run_id, RunStatus.to_string(status))
                 raise
         self.last_submission = submission
+        fit_tags = fit.tags if fit else {}
         try:
-            self._tag_run(client, run_id, submission, config, region, job, fit.tags if fit else {})
+            if submission.interrupted:
+                raise KeyboardInterrupt
+            self._tag_run(client, run_id, submission, config, region, job, fit_tags)
             submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
                                                                         job_name))
         except KeyboardInterrupt:  # Ctrl-C as the job starts, before anyone follows it: never leave it running
-            self.console.write(f"\nInterrupted: stopping {job_name} ...\n")
-            self._tag_run(client, run_id, submission, config, region, job, fit.tags if fit else {})
-            submitted = AdeSubmittedRun(run_id, job_name, self._follower(config, clients, client, run_id, job,
-                                                                        job_name))
-            submitted.cancel()
+            self._stop_unfollowed(config, clients, client, run_id, submission, region, job, fit_tags)
+            raise
         if config.wait and not synchronous:
             self._follow_from_cli(submitted)
         elif not synchronous:
             self.console.write(f"Submitted {job_name} (run {run_id}); follow it with: "
                                f"ade-mlflow logs {run_id} --follow\n")
         return submitted
+
+    def _stop_unfollowed(self, config: CloudTrainingConfig, clients: AwsClients, client: Any, run_id: str,
+                         submission: Submission, region: str, job: Any, fit_tags: dict[str, str]) -> None:
+        """The job a Ctrl-C interrupted the submission of is stopped and followed to its end: its run is
+        tagged (status and reconcile find the job) and ends as the job does, KILLED. The interrupt then goes on:
+        nothing was submitted to follow. A second Ctrl-C leaves the job stopping (StopTrainingJob already sent)."""
+        self.console.write(f"\nInterrupted: stopping {submission.job_name} ...\n")
+        job.stop()
+        self._tag_run(client, run_id, submission, config, region, job, fit_tags)
+        submitted = AdeSubmittedRun(run_id, submission.job_name,
+                                    self._follower(config, clients, client, run_id, job, submission.job_name))
+        submitted.wait_stopped()
 
     @staticmethod
     def _job_stem(config: CloudTrainingConfig, project_name: str | None) -> str:
@@ -274,9 +296,34 @@ class AdeSageMakerBackend(AbstractBackend):
                                 params=resolved.values, channel_params=channels, cost=cost,
                                 wheelhouse_uri=shipped.uri if shipped else None)
         request = spec.build_training_job_request(config, inputs, region)
-        job = self._start(config, clients, request)
+        interrupted = False
+        try:
+            job = self._start(config, clients, request)
+        except KeyboardInterrupt:  # handed back when the job exists: the caller stops it, tags and ends its run
+            job = self._started
+            if job is None or not self._left_behind(job):
+                raise
+            interrupted = True
         wheel_bytes = shipped.bytes_uploaded if shipped else 0
-        return Submission(job_name, request, code, code.bytes_uploaded + sent + wheel_bytes, shipped), job
+        return Submission(job_name, request, code, code.bytes_uploaded + sent + wheel_bytes, shipped,
+                          interrupted), job
+
+    def _left_behind(self, job: Any) -> bool:
+        """Whether a start that a Ctrl-C cut short left a job behind: a local job once its launcher started;
+        a SageMaker job once CreateTrainingJob reached SageMaker (asked: its answer may never have come
+        back). When SageMaker cannot say, one line names the job to check."""
+        if not isinstance(job, SageMakerJob):
+            return getattr(job, "launched", True)  # a detached job is handed over only once its runner started
+        from ade_mlflow_plugin.backend.reconcile import JOB_NOT_FOUND
+
+        try:
+            job.describe()
+        except AwsError as exc:
+            if exc.code not in JOB_NOT_FOUND:
+                self.console.write(f"WARNING: cannot tell whether {job.name} was created ({exc.message}); if it "
+                                   f"was, stop it: aws sagemaker stop-training-job --training-job-name {job.name}\n")
+            return False
+        return True
 
     def _locations(self, config: CloudTrainingConfig, clients: AwsClients,
                    job_name: str) -> tuple[Any, str, str]:
@@ -315,12 +362,15 @@ class AdeSageMakerBackend(AbstractBackend):
 
             root = Path(config.job_root or ".ade").resolve() / "jobs" / request["TrainingJobName"]
             if not config.wait:  # nobody follows it from here: it must outlive this process
-                return start_detached(request, root, clients)
-            job = LocalJob(request, job_root=root, clients=clients, stream=sys.stdout)
+                self._started = start_detached(request, root, clients)
+                return self._started
+            job = self._started = LocalJob(request, job_root=root, clients=clients, stream=sys.stdout)
             job.start()
             return job
+        # Named before the call: CreateTrainingJob may create the job though a Ctrl-C beats its answer back.
+        job = self._started = SageMakerJob(clients.sagemaker, request["TrainingJobName"])
         aws_call("CreateTrainingJob")(clients.sagemaker.create_training_job)(**request)
-        return SageMakerJob(clients.sagemaker, request["TrainingJobName"])
+        return job
 
     def _tag_run(self, client: Any, run_id: str, submission: Submission, config: CloudTrainingConfig,
                  region: str, job: Any, fit_tags: dict[str, str] | None = None) -> None:

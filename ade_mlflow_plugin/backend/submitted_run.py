@@ -243,7 +243,11 @@ class AdeSubmittedRun(SubmittedRun):
         if self.final is not None:
             return
         self.follower.job.stop()
-        while True:
+        self.wait_stopped()
+
+    def wait_stopped(self) -> None:
+        """Poll a job already told to stop until it reports an end state; its run then ends as the job did."""
+        while self.final is None:
             description = self.follower.poll()
             if description["TrainingJobStatus"] in TERMINAL:
                 self.final = self.follower.finish(description)

@@ -143,7 +143,8 @@ def test_a_failing_entry_fails_mlflow_run_and_the_run_says_why(tmp_path):
 
 def test_ctrl_c_before_the_follower_starts_stops_the_job(tmp_path, monkeypatch):
     """Ctrl-C that lands while the backend still tags the run (the job already running, nobody following it
-    yet): the job is stopped and the run KILLED, never left running on its own (seen on a loaded machine)."""
+    yet): the job is stopped and the run KILLED, never left running on its own (seen on a loaded machine);
+    then the interrupt goes on (nothing was submitted)."""
     from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
 
     tag_run, calls = AdeSageMakerBackend._tag_run, []
@@ -162,11 +163,91 @@ def test_ctrl_c_before_the_follower_starts_stops_the_job(tmp_path, monkeypatch):
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
-    with pytest.raises(mlflow.exceptions.ExecutionException, match="failed"):  # it ended Stopped
+    with pytest.raises(KeyboardInterrupt):
         mlflow.projects.run(str(COUNTER), entry_point="main", backend="ade-sagemaker", backend_config=config,
                             parameters={"steps": "400", "step_seconds": "0.25"}, env_manager="local")
     run = _runs(tracking)[0]
-    assert run.info.status != "RUNNING"  # ended (in-process, MLflow's own handler marks a stopped job FAILED)
+    assert run.info.status == "KILLED" and run.data.tags["ade.stop_reason"] == "stopped"
     assert run.data.tags["sagemaker.job_name"]  # tagged all the same: status and reconcile find the job
     log = next((tmp_path / "jobs" / "jobs").glob("*/job.log")).read_text()
     assert "counter: SIGTERM, checkpoint at step" in log and "counter: step 400" not in log
+
+
+def _kept_jobs(monkeypatch) -> list:
+    """Every job the backend starts, kept for the test (the backend hands none back when interrupted)."""
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+
+    start, jobs = AdeSageMakerBackend._start, []
+
+    def kept(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        jobs.append(start(self, *args, **kwargs))
+        return jobs[-1]
+
+    monkeypatch.setattr(AdeSageMakerBackend, "_start", kept)
+    return jobs
+
+
+def test_ctrl_c_as_the_job_starts_stops_the_job(tmp_path, monkeypatch):
+    """Ctrl-C that lands once the job exists but before the backend's submission returns (SageMaker:
+    CreateTrainingJob's answer on its way back; local: the launcher just started, in a session of its own that
+    the terminal's SIGINT never reaches): the job is stopped, its run tagged and KILLED, and the interrupt goes
+    on. Before, the run was FAILED (submit_error) while the job trained on, unfollowed."""
+    from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
+
+    start, started = AdeSageMakerBackend._start, []
+
+    def interrupted(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        started.append(start(self, *args, **kwargs))  # the job exists ...
+        raise KeyboardInterrupt  # ... and the user's Ctrl-C lands before the submission returns
+
+    monkeypatch.setattr(AdeSageMakerBackend, "_start", interrupted)
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mlflow.projects.run(str(COUNTER), entry_point="main", backend="ade-sagemaker", backend_config=config,
+                                parameters={"steps": "400", "step_seconds": "0.25"}, env_manager="local")
+        [job] = started
+        assert job.describe()["TrainingJobStatus"] == "Stopped"
+        run = _runs(tracking)[0]
+        assert run.info.status == "KILLED" and run.data.tags["ade.stop_reason"] == "stopped"
+        assert run.data.tags["sagemaker.job_name"] == job.name and "ade.submit_error" not in run.data.tags
+        assert "counter: step 400" not in job.log_path.read_text()
+    finally:
+        for job in started:  # never leave the counter running after the test
+            job.stop()
+            job.wait(timeout=120)
+
+
+def test_a_stop_while_the_model_uploads_does_not_turn_a_completed_job_stopped(tmp_path, monkeypatch):
+    """A stop (Ctrl-C in the follower, `ade-mlflow stop`, MaxRuntime) that lands after the entry exited 0, while
+    the model is packed and uploaded (long for a merged model): the job completed and its run, which the
+    launcher ended FINISHED with the model registered, stays FINISHED. Before, the job read Stopped and the
+    follower turned the run KILLED (CLI) or FAILED (in-process)."""
+    from ade_mlflow_plugin.backend.local import LocalJob
+
+    upload = LocalJob._upload_model
+
+    def stopped_while_uploading(self):  # noqa: ANN001, ANN202
+        self.stop()  # the user's stop as the finished job's model is packed and sent
+        return upload(self)
+
+    monkeypatch.setattr(LocalJob, "_upload_model", stopped_while_uploading)
+    jobs = _kept_jobs(monkeypatch)
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    config = {"mode": "local", "job_root": str(tmp_path / "jobs"), "checkpoint_s3_uri": str(tmp_path / "ckpt")}
+    try:
+        submitted = mlflow.projects.run(str(COUNTER), entry_point="main", backend="ade-sagemaker",
+                                        backend_config=config, parameters={"steps": "2"}, env_manager="local")
+        [job] = jobs
+        log = job.log_path.read_text()
+        assert "counter: step 2" in log and "SIGTERM" not in log  # the entry ran to its end, exit 0
+        assert job.describe()["TrainingJobStatus"] == "Completed" and submitted.get_status() == "FINISHED"
+        assert _runs(tracking)[0].info.status == "FINISHED"
+        assert job.describe()["ModelArtifacts"]["S3ModelArtifacts"]  # the model was uploaded all the same
+    finally:
+        for job in jobs:
+            job.stop()
+            job.wait(timeout=120)
