@@ -324,7 +324,8 @@ def _after_refusal(model_name: str, what: str, trained: Estimate, gib: float, mo
     after = after_gib(model, work, trained)
     generates = not trained.gather
     cache_binds = generates and _kv_cache(model, work) > _eval_logits(model, work)
-    fixes = ["quantization=4bit with sharding=none"] if _quantized_fits(model, work, gib) else []
+    quantize = _quantized_fix(model, work, gib)
+    fixes = [quantize.replace("quantization=4bit", "quantization=4bit with sharding=none")] if quantize else []
     if cache_binds and after_gib(model, replace(work, eval_new_tokens=0), trained) <= gib:
         fixes.append("eval_samples=0 (no exact_match generation after training)")
     if _after_unsharded(model, replace(work, seq_len=1)) <= gib:  # the eval shrinks with the sequence
@@ -355,21 +356,37 @@ def _quantized_fits(model: ModelShape, work: Workload, gib: float) -> bool:
     return estimate(model, recomputed).needed_gib <= gib and _after_unsharded(model, quantized) <= gib
 
 
+def _quantized_fix(model: ModelShape, work: Workload, gib: float) -> str | None:
+    """The QLoRA fix, if one fits: 4-bit alone, or 4-bit without exact_match's generation after training
+    (its KV cache is what a 4-bit base on one small GPU most often cannot hold)."""
+    if _quantized_fits(model, work, gib):
+        return "quantization=4bit"
+    if work.eval_new_tokens and _quantized_fits(model, replace(work, eval_new_tokens=0), gib):
+        return "quantization=4bit with eval_samples=0"
+    return None
+
+
 def refusal(model_name: str, model: ModelShape, work: Workload, best: Estimate, gib: float, where: str, how: str,
             sharded_gib: float | None = None, shards: int = 1, local: bool = False) -> str:
     """The one line of a plan that does not fit: by how much, and only the changes that could make it fit."""
     fixes = [f"sharding=auto (sharded: ~{sharded_gib:.1f} GiB per GPU)"] if sharded_gib is not None else []
-    if _quantized_fits(model, work, gib):
-        fixes.append("quantization=4bit")
+    quantize = _quantized_fix(model, work, gib)
+    fixes += [quantize] if quantize else []
     if _floor_gib(model, work, shards) <= gib:  # the weights leave room: less per step can fit
         fixes.append(f"a smaller batch_size (now {work.batch_size}) or max_seq_len (now {work.seq_len})")
-        if work.checkpointed_layers < model.layers:
-            fixes.append("gradient_checkpointing=true")
+    if work.checkpointed_layers < model.layers and _recomputed_fits(model, work, gib, shards):
+        fixes.append("gradient_checkpointing=true")
     quantized = work.quantization != "none"  # a quantized base is never sharded: more GPUs cannot help
     fixes.append(_bigger(local, "an instance type with more GPU memory" + ("" if quantized else " or more GPUs"),
                          "GPUs with more memory" if quantized else "more or bigger GPUs"))
     return (f"{model_name} at batch_size {work.batch_size} x {work.seq_len} tokens needs {best.line()} {how} on "
             f"{where}: {best.needed_gib - gib:.1f} GiB too much; use " + ", ".join(fixes))
+
+
+def _recomputed_fits(model: ModelShape, work: Workload, gib: float, shards: int) -> bool:
+    """Whether recomputing every layer (gradient_checkpointing=true) alone makes the plan fit, evals included."""
+    recomputed = estimate(model, replace(work, checkpointed_layers=model.layers), shards)
+    return recomputed.needed_gib <= gib and after_gib(model, work, recomputed) <= gib
 
 
 def _floor_gib(model: ModelShape, work: Workload, shards: int) -> float:

@@ -331,6 +331,28 @@ def test_a_registry_that_does_not_answer_is_skipped_without_its_credentials(monk
     assert not any(secret in plan.line for secret in ("alice", "s3cret", "t0ken")), plan.line
 
 
+def test_the_docs_example_lines_are_what_the_code_prints(no_hub_cache):
+    # docs/memory-estimate.md's two blocks: the approval and the refusal, with the settings its text names
+    text = (Path(__file__).resolve().parents[2] / "docs" / "memory-estimate.md").read_text(encoding="utf-8")
+    approved, refused = [block.strip() for block in text.split("```")[1::2]][:2]
+    plan = plan_fit(cloud(instance_type="ml.p4d.24xlarge"), training(base_model=CODER_33B))
+    assert approved.splitlines()[-1] == plan.line
+    with pytest.raises(ConfigError) as refusal:
+        plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_33B, batch_size=16))
+    assert refused == f"ade-sagemaker: error: {refusal.value.message}"
+
+
+def test_a_refusal_offers_only_fixes_that_fit_on_their_own(no_hub_cache):
+    # 33b 4-bit at batch 1 on one A10G: every layer recomputed is still too much, so no gradient_checkpointing
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_33B, batch_size=1, quantization="4bit"))
+    assert "gradient_checkpointing" not in refused.value.message and "max_seq_len" in refused.value.message
+    # 6.7b bf16 at batch 2 with nothing recomputed: a 4-bit base fits, but not with exact_match's KV cache after
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_6_7B, batch_size=2, checkpoint_layers=0))
+    assert "use quantization=4bit with eval_samples=0, a smaller batch_size" in refused.value.message
+
+
 def test_a_broken_config_json_is_skipped_with_why(tmp_path):
     folder = model_folder(tmp_path / "broken", {**TINY, "num_attention_heads": 0})
     plan = plan_fit(cloud(), training(base_model=str(folder)))
