@@ -270,6 +270,7 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
     plain = estimate(model, work)
     # training/sharding.py shards a 16-bit base over several processes only; otherwise fsdp trains unsharded
     sharded = estimate(model, work, shards) if shards > 1 and work.quantization == "none" else None
+    lone = sharding == "fsdp" and shards <= 1  # asked to shard with nothing to shard over: say so if refused
     sharding = "none" if sharding == "fsdp" and sharded is None else sharding
     where = f"{label} ({gib:g} GiB per GPU, {shards} GPU(s))"
     after_plain = after_gib(model, work, plain)
@@ -289,7 +290,9 @@ def decide_on(sharding: str, model: ModelShape, work: Workload, shards: int, gib
     best = plain if sharding == "none" or sharded is None else sharded
     would_fit = sharding == "none" and sharded is not None and max(sharded.needed_gib, after_sharded) <= gib
     return Decision(False, plain, sharded, gib, refused=True, message=refusal(
-        model_name, model, work, best, gib, where, "unsharded" if best is plain else "even sharded",
+        model_name, model, work, best, gib, where,
+        ("unsharded (sharding=fsdp needs more than one GPU in all)" if lone else "unsharded") if best is plain
+        else "even sharded",
         sharded.needed_gib if would_fit else None, shards if best is not plain else 1, local))
 
 
@@ -377,7 +380,8 @@ def refusal(model_name: str, model: ModelShape, work: Workload, best: Estimate, 
     if work.checkpointed_layers < model.layers and _recomputed_fits(model, work, gib, shards):
         fixes.append("gradient_checkpointing=true")
     quantized = work.quantization != "none"  # a quantized base is never sharded: more GPUs cannot help
-    fixes.append(_bigger(local, "an instance type with more GPU memory" + ("" if quantized else " or more GPUs"),
+    fixes.append(_bigger(local, "an instance type with more GPU memory" + ("" if quantized else
+                                                                          " or more GPUs (or instance_count > 1)"),
                          "GPUs with more memory" if quantized else "more or bigger GPUs"))
     return (f"{model_name} at batch_size {work.batch_size} x {work.seq_len} tokens needs {best.line()} {how} on "
             f"{where}: {best.needed_gib - gib:.1f} GiB too much; use " + ", ".join(fixes))

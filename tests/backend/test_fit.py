@@ -142,6 +142,11 @@ def test_a_model_no_gpu_of_the_instance_holds_shards_over_all_of_them(no_hub_cac
 def test_sharding_fsdp_on_one_gpu_trains_unsharded_and_fits(no_hub_cache):
     plan = plan_fit(cloud(instance_type="ml.g5.2xlarge"), training(sharding="fsdp"))
     assert "fits unsharded" in plan.line and plan.sharding == "fsdp"  # the job trains one process unsharded
+    # what does not fit one GPU unsharded is refused saying why sharding=fsdp did not help
+    with pytest.raises(ConfigError) as refused:
+        plan_fit(cloud(instance_type="ml.g5.2xlarge"), training(base_model=CODER_33B, sharding="fsdp"))
+    assert "unsharded (sharding=fsdp needs more than one GPU in all) on ml.g5.2xlarge" in refused.value.message
+    assert refused.value.message.endswith("more GPUs (or instance_count > 1)")
 
 
 def test_what_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_change(no_hub_cache):
@@ -151,7 +156,7 @@ def test_what_cannot_fit_even_sharded_is_refused_with_how_much_and_what_to_chang
     assert "\n" not in message and refused.value.exit_code == 2
     assert message.startswith(f"{CODER_33B} at batch_size 16 x 2048 tokens needs ~")
     # 62 GiB of weights on a 22 GiB card: a smaller step cannot help, nor 4-bit (its evals after training overflow)
-    assert message.endswith("GiB too much; use an instance type with more GPU memory or more GPUs")
+    assert message.endswith("GiB too much; use an instance type with more GPU memory or more GPUs (or instance_count > 1)")
 
 
 def test_a_big_vocabulary_no_longer_makes_the_evals_after_training_bind(no_hub_cache):

@@ -98,7 +98,7 @@ def test_a_plan_that_cannot_fit_even_sharded_is_refused_before_any_run(tmp_path,
     errors = [line for line in done.stderr.splitlines() if line.startswith("ade-sagemaker: error: ")]
     assert len(errors) == 1 and "Traceback" not in done.stderr
     assert f"{CODER_33B} at batch_size 16 x 2048 tokens needs ~" in errors[0]
-    assert errors[0].endswith("GiB too much; use an instance type with more GPU memory or more GPUs")
+    assert errors[0].endswith("GiB too much; use an instance type with more GPU memory or more GPUs (or instance_count > 1)")
     assert not boto3.client("s3").list_objects_v2(Bucket=s3_bucket).get("Contents")  # nothing uploaded
     mlflow.set_tracking_uri(tracking)
     try:
