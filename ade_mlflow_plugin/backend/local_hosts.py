@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.local import STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count, _now
+from ade_mlflow_plugin.backend.local import (STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count, _now,
+                                            sigint_deferred)
 from ade_mlflow_plugin.backend.local_root import ENDED, HOST_LOGS_DIR, RUNNER_PID_FILE
-from ade_mlflow_plugin.errors import AdeError, ConfigError, first_line
+from ade_mlflow_plugin.errors import AdeError, ConfigError, describe, first_line
 from ade_mlflow_plugin.job import contract
 
 #: Hosts of one machine start together: a peer missing this long is not coming (SageMaker keeps torch's 600 s).
@@ -128,12 +129,35 @@ class LocalCluster(LocalJob):
                 raise
 
     def launch(self) -> None:
+        """Every host's launcher, then the job's supervisor: all of them or, when a host cannot start, none
+        left running (a Ctrl-C meanwhile waits until they all run; the caller then stops the job whole)."""
         (self.root / RUNNER_PID_FILE).write_text(f"{os.getpid()}\n")
         self._transition("Training", f"Training in progress on {len(self.hosts)} hosts of this machine")
-        self._started = _now()
-        for host in self.hosts:
-            host.launch()
-        threading.Thread(target=self._supervise, daemon=True).start()
+        with sigint_deferred():
+            self._started = _now()
+            for host in self.hosts:
+                try:
+                    host.launch()
+                except Exception as exc:
+                    self._abort_launch(host, exc)
+                    raise
+            threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _abort_launch(self, host: LocalJob, exc: Exception) -> None:
+        """A host could not start: the hosts already running are stopped and waited for (nothing would
+        supervise them once the caller gives up), and the job ends Failed naming that host."""
+        reason = f"ClientError: {host.host}: its launcher could not start: {describe(exc)}"
+        running = [h for h in self.hosts if h.launched and h is not host]
+        for other in running:
+            other.stop(contract.PEER_FAILED, f"host {host.host} of the job could not start")
+        for other in running:
+            other.wait()
+        self._end("Failed", reason)
+
+    @property
+    def exited(self) -> bool:
+        """Whether every host's launcher has exited."""
+        return all(host.exited for host in self.hosts)
 
     def restore(self) -> None:
         super().restore()
@@ -179,12 +203,12 @@ class LocalCluster(LocalJob):
         lead = self.hosts[0].describe()
         self._model_uri = (lead.get("ModelArtifacts") or {}).get("S3ModelArtifacts", "")
         first_bad = next((h for h in self._end_order if h.describe()["TrainingJobStatus"] != "Completed"), None)
-        if self._stop_requested or (first_bad is not None and first_bad.describe()["TrainingJobStatus"] == "Stopped"):
-            self._end("Stopped")
-        elif first_bad is not None:
-            self._end("Failed", self._host_failure(first_bad))
-        else:
+        if first_bad is None:  # every host completed: a stop that came after their entries ended changes nothing
             self._end("Completed")
+        elif self._stop_requested or first_bad.describe()["TrainingJobStatus"] == "Stopped":
+            self._end("Stopped")
+        else:
+            self._end("Failed", self._host_failure(first_bad))
 
     def _end(self, status: str, failure: str | None = None) -> None:
         self._failure, self._ended = failure, _now()
@@ -207,8 +231,9 @@ class LocalCluster(LocalJob):
         return (stopped or self.hosts)[0].stop_message()
 
     def stop(self, reason: str = "stopped", detail: str = STOP_DETAIL, secondary: str = "Stopping") -> None:
-        """Every host is stopped as SageMaker stops a job: SIGTERM, its reason first, SIGKILL after the grace."""
-        if self._started is None or self._done.is_set():
+        """Every host is stopped as SageMaker stops a job: SIGTERM, its reason first, SIGKILL after the grace.
+        A no-op once every host's launcher has exited (the job ends as they said)."""
+        if self._started is None or self._done.is_set() or self.exited:
             return
         self._stop_requested = True
         with self._lock:
