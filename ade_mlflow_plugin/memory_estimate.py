@@ -9,11 +9,10 @@ What is counted, in bytes, for the peak of a training step (what torch.cuda.max_
   dtype (torch's AdamW keeps its state in the parameter's dtype): 4 x 2 bytes/param in bf16, 4 x 4 in fp32;
 - activations kept for backward, per token and decoder layer (bf16, sdpa/flex attention: no seq^2 term):
   the inputs of both norms (in fp32: transformers' RMSNorm upcasts, so 2 x 2 h) and of every linear, q/k/v and
-  attention output, and the SwiGLU MLP's four intermediate tensors: (8 h + 2 kv + 4 i) x 2 bytes; with
-  lora_dropout > 0, each targeted linear's LoRA path also keeps its own dropped-out copy of the input (bf16,
-  saved by lora_A) and the dropout's mask (bool: torch's fused CUDA dropout), 3 bytes x in-features; without
-  dropout PEFT hands lora_A the input itself, already counted. A recomputed (checkpointed) layer keeps only its
-  input. Measured on an H100 (tests/measure_memory.py): see docs/memory-estimate.md;
+  attention output, and the SwiGLU MLP's four intermediate tensors: (8 h + 2 kv + 4 i) x 2 bytes; plus what
+  the LoRA path keeps instead of a linear's input when it is not that input itself (lora_dropout > 0, or fp32
+  adapters: lora_path_bytes). A recomputed (checkpointed) layer keeps only its input. Measured on an H100
+  (tests/measure_memory.py): see docs/memory-estimate.md;
 - the loss: logits in bf16, upcast to fp32 and their gradient (10 bytes per token x vocab), unless the fused
   linear cross-entropy (liger) computes it in chunks.
 Not counted in the peak but in what must fit: the CUDA context and the allocator's slack (CONTEXT_GIB and
@@ -207,19 +206,35 @@ def weight_bytes(model: ModelShape, quantization: str) -> float:
 def activation_bytes(model: ModelShape, work: Workload) -> float:
     h, kv, i = model.hidden, model.kv_dim, model.intermediate
     kept = min(max(work.checkpointed_layers, 0), model.layers)
-    full_layer = (8 * h + 2 * kv + 4 * i) * 2.0 + dropout_bytes(model, work)
+    full_layer = (8 * h + 2 * kv + 4 * i) * 2.0 + lora_path_bytes(model, work)
     # A checkpointed layer keeps its input; its full activations exist again, once, while it is recomputed.
     per_token = (model.layers - kept) * full_layer + kept * h * 2.0 + (full_layer if kept else 0.0)
     return per_token * work.tokens
 
 
-def dropout_bytes(model: ModelShape, work: Workload) -> float:
-    """Per token and decoder layer, what lora_dropout > 0 adds: PEFT runs lora_B(lora_A(dropout(x))) with one
-    dropout per targeted linear, so each keeps its dropped-out input (bf16, for lora_A's gradient) and its mask
-    (1 byte: torch's fused CUDA dropout saves a bool mask). Without dropout lora_A reads x itself (counted)."""
-    if work.lora_dropout <= 0:
+#: Inputs each group of linears shares, and whether anything but their LoRA paths keeps it for backward:
+#: the frozen base linear does not; attention keeps its output (o_proj's input) for its own backward.
+_SHARED_INPUTS = ((("q_proj", "k_proj", "v_proj"), "hidden", True), (("o_proj",), "hidden", False),
+                  (("gate_proj", "up_proj"), "hidden", True), (("down_proj",), "intermediate", True))
+
+
+def lora_path_bytes(model: ModelShape, work: Workload) -> float:
+    """Per token and decoder layer, what the LoRA paths keep for backward beyond the layer's own tensors.
+
+    PEFT runs lora_B(lora_A(dropout(x cast to the adapter dtype))) in each targeted linear, and lora_A keeps its
+    input for its weight's gradient. With 16-bit adapters and no dropout that input is x itself (counted: 0).
+    With lora_dropout > 0 each linear keeps its own dropped-out copy (16-bit: under autocast lora_A casts an
+    fp32 one back) and the dropout's mask (1 byte, CUDA's fused dropout): 3 bytes per input feature. With fp32
+    adapters (no bf16, or bf16_adapters=false) and no dropout, autocast's 16-bit copy of the fp32-cast input:
+    2 bytes. Either way x itself is then kept by nothing else, and its counted copy goes, except o_proj's input,
+    which attention keeps. Checked on CPU with autograd's saved tensors (tests/test_lora_path_memory.py)."""
+    per_feature = 3.0 if work.lora_dropout > 0 else 2.0 if work.adapter_bytes > 2 else 0.0
+    if not per_feature:
         return 0.0
-    return sum(a for a, _ in targeted(model, work).values()) * (2.0 + 1.0)
+    wanted = targeted(model, work)
+    freed = sum(getattr(model, size) for names, size, only_lora in _SHARED_INPUTS
+                if only_lora and any(name in wanted for name in names))
+    return sum(a for a, _ in wanted.values()) * per_feature - freed * 2.0
 
 
 def loss_bytes(model: ModelShape, work: Workload) -> float:

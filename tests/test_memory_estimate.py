@@ -6,7 +6,7 @@ import re
 import pytest
 
 from ade_mlflow_plugin.memory_estimate import (EVAL_LOGITS_CAP, GIB, ModelShape, Workload, activation_bytes,
-                                               after_gib, decide, dropout_bytes, estimate, eval_bytes, lora_params)
+                                               after_gib, decide, lora_path_bytes, estimate, eval_bytes, lora_params)
 
 # deepseek-coder's published config.json figures.
 CODER_1_3B = ModelShape.from_config({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
@@ -27,19 +27,33 @@ def test_lora_counts_r_times_in_plus_out_of_each_targeted_linear():
 
 
 def test_lora_dropout_keeps_a_dropped_input_and_a_mask_per_targeted_linear():
-    # PEFT: lora_B(lora_A(dropout(x))), one dropout per targeted linear: its bf16 output (lora_A's saved input)
-    # and its bool mask, 3 bytes per input feature and token; no dropout: lora_A reads x, already counted
+    # PEFT: lora_B(lora_A(dropout(x))), one dropout per targeted linear: its 16-bit output (lora_A's saved input)
+    # and its bool mask, 3 bytes per input feature and token; x itself is then kept by nobody (the frozen base
+    # does not save it) but o_proj's input, which attention keeps: q/k/v's, gate/up's and down's copies go.
+    # (Checked on CPU with autograd's saved tensors: tests/test_lora_path_memory.py.)
+    h, i = 2048, 5504
     plain, dropped = Workload(1, 2048), Workload(1, 2048, lora_dropout=0.05)
-    assert dropout_bytes(CODER_1_3B, plain) == 0
-    assert dropout_bytes(CODER_1_3B, dropped) == (6 * 2048 + 5504) * 3
-    assert dropout_bytes(CODER_1_3B, Workload(1, 2048, target_modules="q_proj,v_proj", lora_dropout=0.1)) == 2 * 2048 * 3
+    assert lora_path_bytes(CODER_1_3B, plain) == 0
+    assert lora_path_bytes(CODER_1_3B, dropped) == (6 * h + i) * 3 - (2 * h + i) * 2
+    assert lora_path_bytes(CODER_1_3B, Workload(1, 2048, target_modules="q_proj,v_proj", lora_dropout=0.1)) == \
+        2 * h * 3 - h * 2
     extra = activation_bytes(CODER_1_3B, dropped) - activation_bytes(CODER_1_3B, plain)
-    assert extra == 24 * 2048 * (6 * 2048 + 5504) * 3  # every layer, every token
-    assert extra / activation_bytes(CODER_1_3B, plain) > 0.4  # TrainingConfig's help: ~40 % at least
+    assert extra == 24 * 2048 * (14 * h + i)  # every layer, every token
+    assert extra / activation_bytes(CODER_1_3B, plain) == pytest.approx(0.40, abs=0.01)  # TrainingConfig's ~40 %
     # a recomputed layer keeps its input only: the dropout costs once, in the layer being recomputed
     recomputed = [activation_bytes(CODER_1_3B, Workload(1, 2048, checkpointed_layers=24, lora_dropout=p))
                   for p in (0.0, 0.05)]
-    assert recomputed[1] - recomputed[0] == 2048 * (6 * 2048 + 5504) * 3
+    assert recomputed[1] - recomputed[0] == 2048 * (14 * h + i)
+
+
+def test_fp32_adapters_keep_autocasts_copy_of_each_linears_input():
+    # fp32 LoRA weights (no bf16 on the GPU, or bf16_adapters=false): PEFT casts x to fp32 and autocast casts
+    # it back to 16 bits for lora_A, which keeps that copy (2 bytes per input feature); x's own copy goes
+    h, i = 2048, 5504
+    assert lora_path_bytes(CODER_1_3B, Workload(1, 2048, adapter_bytes=4)) == (6 * h + i) * 2 - (2 * h + i) * 2
+    # with dropout the dropped-out copy is what lora_A keeps, as with 16-bit adapters
+    assert lora_path_bytes(CODER_1_3B, Workload(1, 2048, adapter_bytes=4, lora_dropout=0.1)) == \
+        lora_path_bytes(CODER_1_3B, Workload(1, 2048, lora_dropout=0.1))
 
 
 def test_quantization_and_checkpointing_shrink_what_they_should():
