@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +56,7 @@ def env_vars(value: Any) -> dict[str, str]:
             raise Invalid("", detail=f"'{name}' looks like a credential; job environments are visible in "
                                      "DescribeTrainingJob, so give the job an IAM role or read it from Secrets "
                                      "Manager")
+    _check_launcher_knobs(env)
     if env:
         # Values too, by the core's secret scanner, the one that checks what ships (detect-secrets loads
         # at the first scan); its ConfigError is the one line, naming the variable, never echoing the value.
@@ -62,6 +64,22 @@ def env_vars(value: Any) -> dict[str, str]:
 
         check_environment_values(env)
     return env
+
+
+#: The launcher's multi-host knobs a user may set (job/contract.py): name -> (lowest, highest, what, example). The
+#: launcher reads them with int() on every host once the instances started: a bad value is refused here instead.
+_LAUNCHER_KNOBS = {
+    "ADE_RENDEZVOUS_TIMEOUT_S": (1, 10**9, "whole seconds > 0 (how long each host waits for the others)", "1200"),
+    "ADE_MASTER_PORT": (1, 65535, "a TCP port 1-65535 (where the hosts meet)", "29500"),
+    "ADE_NPROC_PER_NODE": (1, 1024, "a count of training processes per host, 1-1024", "8"),
+}
+
+
+def _check_launcher_knobs(env: dict[str, str]) -> None:
+    for name, (lowest, highest, what, example) in _LAUNCHER_KNOBS.items():
+        value = env.get(name)
+        if value is not None and not (re.fullmatch(r"[0-9]{1,10}", value) and lowest <= int(value) <= highest):
+            raise Invalid("", detail=f"{name}={value!r} must be {what}, such as \"{example}\": fix or remove it")
 
 
 def path_patterns(value: Any) -> list[str]:
@@ -73,12 +91,19 @@ def path_patterns(value: Any) -> list[str]:
     return [v.strip() for v in value]
 
 
+def _tag_text(text: str) -> bool:
+    """AWS's tag pattern [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*: letters, separators (spaces), numbers and _.:/=+-@."""
+    return all(unicodedata.category(char)[0] in "LZN" or char in "_.:/=+-@" for char in text)
+
+
 def aws_tags(value: Any) -> dict[str, str]:
     """AWS resource tags, within AWS's limits (checked here rather than by a failed CreateTrainingJob)."""
     parsed = string_map(value)
     for name, tag_value in parsed.items():
         if not 1 <= len(name) <= 128 or len(tag_value) > 256 or name.lower().startswith("aws:"):
             raise Invalid("tag keys of 1-128 chars (not aws:...) and values <= 256 chars", got={name: tag_value})
+        if not (_tag_text(name) and _tag_text(tag_value)):
+            raise Invalid("tag keys and values of letters, digits, spaces and _.:/=+-@", got={name: tag_value})
     return parsed
 
 
@@ -263,6 +288,10 @@ class CloudTrainingConfig:
             raise _error(f"backend config 'environment': {', '.join(reserved)} belong to the job's contract (SageMaker "
                          "and the launcher set them; a value here would override the run, paths or the budget "
                          "guard): remove them")
+        if "ADE_MASTER_ADDR" in self.environment:
+            raise _error("backend config 'environment': ADE_MASTER_ADDR is for local mode (its hosts meet on this "
+                         "machine); on SageMaker the hosts meet at the first host, algo-1, and any other address "
+                         "(127.0.0.1: each host's own) leaves them waiting until the rendezvous timeout: remove it")
         if self.checkpoint_s3_uri and not self.checkpoint_s3_uri.startswith("s3://"):
             # SageMaker syncs checkpoints to S3 only; found here, before the project is uploaded
             raise _bad("checkpoint_s3_uri", self.checkpoint_s3_uri, "an s3://bucket/prefix URI in sagemaker "
