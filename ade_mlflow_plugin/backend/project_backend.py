@@ -217,7 +217,14 @@ class AdeSageMakerBackend(AbstractBackend):
         tagged (status and reconcile find the job) and ends as the job does, KILLED. The interrupt then goes on:
         nothing was submitted to follow. A second Ctrl-C leaves the job stopping (StopTrainingJob already sent)."""
         self.console.write(f"\nInterrupted: stopping {submission.job_name} ...\n")
-        job.stop()
+        try:
+            job.stop()
+        except AdeError as exc:  # it runs on: the run stays RUNNING, tagged, for status and reconcile to end
+            self.console.write(f"WARNING: {exc.message}; {submission.job_name} runs on: stop it with aws sagemaker "
+                               f"stop-training-job --training-job-name {submission.job_name}; `ade-mlflow status "
+                               f"{run_id}` ends its run once it ends\n")
+            self._tag_run(client, run_id, submission, config, region, job, fit_tags)
+            return
         self._tag_run(client, run_id, submission, config, region, job, fit_tags)
         submitted = AdeSubmittedRun(run_id, submission.job_name,
                                     self._follower(config, clients, client, run_id, job, submission.job_name))

@@ -60,6 +60,14 @@ class _Submitter:
             return original(config, clients, tarball, entry_point, resolved, job_name, *rest)
 
         backend._submit = submit
+        make_follower = backend._follower
+
+        def follower(*args):  # noqa: ANN002, ANN202 - polls and the final log drain without real sleeps
+            made = make_follower(*args)
+            made.sleep = lambda seconds: None
+            return made
+
+        backend._follower = follower
         config = {"role_arn": ROLE, "bucket": bucket, "region": "us-east-1", "instance_type": "ml.g5.2xlarge",
                   "poll_interval_s": 1, "wait": False, "SYNCHRONOUS": False}
         self.experiment = mlflow.create_experiment(f"interrupted-{uuid.uuid4().hex[:8]}")
@@ -117,3 +125,28 @@ def test_ctrl_c_before_create_training_job_left_a_job_stops_nothing(tracking_uri
     text = submitter.console.getvalue()
     # SageMaker could not say: one line names the job and how to stop it, should it exist after all.
     assert (f"aws sagemaker stop-training-job --training-job-name {names[0]}" in text) is warned
+
+
+def test_a_refused_stop_leaves_the_run_running_with_the_job_named(tracking_uri, s3_bucket):
+    names = []
+
+    def created_stop_refused(stubber: Stubber, job: str) -> None:
+        names.append(job)
+        stubber.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:::training-job/{job}"})
+        stubber.add_response("describe_training_job", _describe(job, "InProgress", "Starting"),
+                             {"TrainingJobName": job})
+        stubber.add_client_error("stop_training_job", "AccessDeniedException", "not allowed to sagemaker:Stop...",
+                                 expected_params={"TrainingJobName": job})
+        stubber.add_response("describe_training_job", _describe(job, "InProgress", "Training"),
+                             {"TrainingJobName": job})  # the run's tags
+
+    submitter = _Submitter(created_stop_refused, "after-call.sagemaker.CreateTrainingJob")
+    with pytest.raises(KeyboardInterrupt):
+        submitter.run(s3_bucket)
+    submitter.stubber.assert_no_pending_responses()
+    run = _only_run(submitter)
+    # The job runs on: its run says so, tagged, for `ade-mlflow status` / reconcile to end when the job ends.
+    assert run.info.status == "RUNNING" and run.data.tags["sagemaker.job_name"] == names[0]
+    text = submitter.console.getvalue()
+    assert "StopTrainingJob" in text and f"stop-training-job --training-job-name {names[0]}" in text
+    assert f"ade-mlflow status {run.info.run_id}" in text
