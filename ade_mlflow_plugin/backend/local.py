@@ -13,7 +13,6 @@ re-exported here, where callers have always found them.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -23,9 +22,10 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
+from ade_mlflow_plugin.backend.interrupts import sigint_deferred
 from ade_mlflow_plugin.backend.local_detached import runner_main, start_detached
 from ade_mlflow_plugin.backend.local_location import Location, materialise_channels, upload_model
 from ade_mlflow_plugin.backend.local_root import (ENDED, HOST_LOGS_DIR, REQUEST_FILE, RUNNER_LOG, RUNNER_PID_FILE,
@@ -52,33 +52,6 @@ STOP_DETAIL = "stopped: StopTrainingJob (the local job was stopped on request)"
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """A Ctrl-C (SIGINT) that lands inside the block is raised as it ends, not halfway through it: a job's
-    processes and the threads that supervise them start together, or (interrupted before) not at all. A
-    handler, not a blocked signal mask, so that the processes started inside inherit SIGINT's default
-    action (a caught signal is reset at exec). Nested blocks defer to the outermost; off the main thread,
-    where no signal handler runs, it does nothing."""
-    if (threading.current_thread() is not threading.main_thread() or _deferred_sigints
-            or signal.getsignal(signal.SIGINT) is None):  # None: a handler Python did not set cannot be put back
-        yield
-        return
-    _deferred_sigints.append(0)
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: _deferred_sigints.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        pending = len(_deferred_sigints) > 1
-        _deferred_sigints.clear()
-        if pending:  # delivered again under the handler the caller had: KeyboardInterrupt, as usual
-            signal.raise_signal(signal.SIGINT)
-
-
-#: While a sigint_deferred() block is active: a marker, then each SIGINT it holds back.
-_deferred_sigints: list[int] = []
 
 
 def _instance_count(request: dict[str, Any]) -> int:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ade_mlflow_plugin.backend.aws import AwsClients
-from ade_mlflow_plugin.backend.local import (STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count, _now,
-                                            sigint_deferred)
+from ade_mlflow_plugin.backend.interrupts import sigint_deferred
+from ade_mlflow_plugin.backend.local import STOP_DETAIL, STOP_REASONS, LocalJob, _instance_count, _now
 from ade_mlflow_plugin.backend.local_root import ENDED, HOST_LOGS_DIR, RUNNER_PID_FILE
 from ade_mlflow_plugin.errors import AdeError, ConfigError, describe, first_line
 from ade_mlflow_plugin.job import contract

@@ -1,4 +1,4 @@
-"""backend.local.sigint_deferred: a Ctrl-C inside a job's start is raised once the start is whole, never halfway
+"""backend.interrupts.sigint_deferred: a Ctrl-C inside a job's start is raised once the start is whole, never halfway
 (a launcher running with nothing to supervise it), and what starts inside still hears SIGINT."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ade_mlflow_plugin.backend.local import sigint_deferred
+from ade_mlflow_plugin.backend.interrupts import sigint_deferred
 
 
 @pytest.fixture(autouse=True)
