@@ -39,10 +39,12 @@ def free_port() -> int:
 
 
 def visible_gpus(request: dict[str, Any]) -> list[str]:
-    """The GPUs this machine lends its jobs: CUDA_VISIBLE_DEVICES when set (empty: none), else nvidia-smi's."""
+    """The GPUs this machine lends its jobs: CUDA_VISIBLE_DEVICES when set (empty: none), read as CUDA reads it,
+    up to its first invalid entry ("0,-1,1" lends one GPU, as gpu_count and the fit check count), else
+    nvidia-smi's."""
     given = {**os.environ, **(request.get("Environment") or {})}.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
-        return [d.strip() for d in given.split(",") if d.strip()]
+        return [d.strip() for d in given.split(",")][:contract.visible_device_count(given)]
     return [str(i) for i in range(contract.gpu_count())]
 
 
