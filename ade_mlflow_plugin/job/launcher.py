@@ -145,7 +145,7 @@ def build_command(launch: Launch) -> str:
 def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
     """Wrap a `python script.py ...` command in torchrun for >1 GPU/process or >1 host."""
     hosts = resource.get("hosts", ["algo-1"])
-    nproc = int(os.environ.get(contract.ENV_NPROC_PER_NODE) or max(num_gpus, 1))
+    nproc = _knob(contract.ENV_NPROC_PER_NODE, max(num_gpus, 1))
     if nproc <= 1 and len(hosts) <= 1:
         return command
     parts = shlex.split(command)
@@ -154,13 +154,25 @@ def distributed(command: str, resource: dict[str, Any], num_gpus: int) -> str:
         return command
     current = resource.get("current_host", hosts[0])
     master, port = rendezvous_address(hosts)
-    timeout = int(os.environ.get(contract.ENV_RENDEZVOUS_TIMEOUT_S) or RENDEZVOUS_TIMEOUT_S)
+    timeout = _knob(contract.ENV_RENDEZVOUS_TIMEOUT_S, RENDEZVOUS_TIMEOUT_S)
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={len(hosts)}",
                 f"--node_rank={hosts.index(current)}", f"--nproc_per_node={nproc}",
                 f"--master_addr={master}", f"--master_port={port}",
                 # The static rendezvous waits this long for every host, then fails: never for ever.
                 f"--rdzv_conf=timeout={timeout}"]
     return shlex.join(torchrun + parts[1:])
+
+
+def _knob(name: str, default: int) -> int:
+    """A whole number > 0 from the environment (the backend checks the config's; the shell's reaches a local job
+    unchecked): a bad one is one line naming the variable, not int()'s "invalid literal"."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    if not value.strip().isdigit() or int(value) < 1:
+        raise LaunchError(f"{name}={value!r} is not a whole number > 0: fix or unset it (backend config "
+                          "\"environment\", or this machine's environment in local mode)")
+    return int(value)
 
 
 def rendezvous_address(hosts: list[str]) -> tuple[str, str]:
