@@ -63,7 +63,18 @@ def first_line(error: BaseException | str | None, limit: int = FIRST_LINE_CHARS)
             return type(error).__name__
     else:
         text = str(error or "").strip()
-    return _short_transport(re.split(r"[\r\n]", text, maxsplit=1)[0])[:limit]
+    # Credentials go before the cut, so no half password survives it.
+    return without_credentials(_short_transport(re.split(r"[\r\n]", text, maxsplit=1)[0]))[:limit]
+
+
+#: A URL: its scheme, its userinfo (user:password@, up to the netloc's last @), the rest, its query/fragment.
+_URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/?#]*@)?(?P<rest>[^\s?#]*)(?:[?#][^\s]*)?")
+
+
+def without_credentials(text: str) -> str:
+    """Every URL in ``text`` without its userinfo (user:password@), query and fragment (tokens, presigned
+    signatures): MLflow's REST errors repeat the tracking URI as it was given, credentials included."""
+    return _URL.sub(r"\g<scheme>\g<rest>", text)
 
 
 # MLflow's REST client words an unreachable server as urllib3's whole retry story, which cuts off before

