@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ade_mlflow_plugin.backend.aws import AwsClients
+from ade_mlflow_plugin.backend.interrupts import sigint_deferred
 from ade_mlflow_plugin.backend.local_root import ENDED, REQUEST_FILE, RUNNER_LOG, RUNNER_PID_FILE, JobRoot
 
 if TYPE_CHECKING:
@@ -31,10 +32,11 @@ def start_detached(request: dict[str, Any], root: Path, clients: AwsClients | No
     region, profile = (clients.region, clients.profile) if clients else (None, None)
     (job.root / REQUEST_FILE).write_text(json.dumps({"request": request, "region": region, "profile": profile}))
     code = "from ade_mlflow_plugin.backend.local_detached import runner_main; runner_main()"
-    with open(job.root / RUNNER_LOG, "ab") as log:
+    # A Ctrl-C between the runner's start and its pid file would leave a runner nobody knows of.
+    with sigint_deferred(), open(job.root / RUNNER_LOG, "ab") as log:
         runner = subprocess.Popen([sys.executable, "-c", code, str(job.root)], cwd=job.root, stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    (job.root / RUNNER_PID_FILE).write_text(f"{runner.pid}\n")  # until the runner writes its own
+        (job.root / RUNNER_PID_FILE).write_text(f"{runner.pid}\n")  # until the runner writes its own
     return JobRoot(job.root)
 
 
