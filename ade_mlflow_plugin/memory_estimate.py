@@ -40,8 +40,10 @@ ADAM_COPIES = 4  # the LoRA weight, its gradient, AdamW's exp_avg and exp_avg_sq
 #: The evals after training (training/evaluation.py, which this stdlib module cannot import): eval_loss runs
 #: batches of EVAL_ROWS packed rows; its logits are never whole (a chunked loss, or batches whose logits at
 #: LOSS_BYTES_PER_LOGIT stay under EVAL_LOGITS_CAP, one row at least: evaluation.LOGITS_BYTES);
-#: exact_match generates for GENERATE_BATCH prompts at a time (their KV cache). A sharded model evaluates
-#: sharded on every rank and does not generate; rank 0 publishes from host memory (training/sharding.py).
+#: exact_match generates for up to GENERATE_BATCH prompts at a time, as many as the memory free after training
+#: holds (generate_batch, which the job asks), one at least: the plan must fit one prompt's generation. A
+#: sharded model evaluates sharded on every rank and does not generate; rank 0 publishes from host memory
+#: (training/sharding.py).
 EVAL_ROWS = 8
 EVAL_LOGITS_CAP = 1 << 30
 GENERATE_BATCH = 16
@@ -323,9 +325,24 @@ def _eval_logits(model: ModelShape, work: Workload) -> int:
 
 
 def _kv_cache(model: ModelShape, work: Workload) -> int:
-    """exact_match's KV cache: GENERATE_BATCH prompts of up to max_seq_len + max_new_tokens tokens."""
-    kv_per_token = 2 * model.layers * model.kv_dim * 2  # keys and values, bf16, every layer
-    return GENERATE_BATCH * (work.seq_len + work.eval_new_tokens) * kv_per_token if work.eval_new_tokens else 0
+    """exact_match's generation at its smallest: one prompt of up to max_seq_len + max_new_tokens tokens."""
+    return generation_bytes(model, work.seq_len + work.eval_new_tokens) if work.eval_new_tokens else 0
+
+
+def generation_bytes(model: ModelShape, tokens: int, prompts: int = 1) -> int:
+    """What generating for ``prompts`` prompts of up to ``tokens`` tokens (prompt and new ones) holds: their
+    KV cache (keys and values, bf16, every layer) and the prefill's largest transient (one MLP's gate, up
+    and their product in bf16 over every prompt token)."""
+    kv_per_token = 2 * model.layers * model.kv_dim * 2
+    prefill_per_token = 3 * model.intermediate * 2
+    return prompts * tokens * (kv_per_token + prefill_per_token)
+
+
+def generate_batch(model: ModelShape, tokens: int, free_bytes: float) -> int:
+    """How many prompts of up to ``tokens`` tokens to generate for at once with ``free_bytes`` of GPU memory
+    free: as many as fit with the allocator's slack, at most GENERATE_BATCH, one at least."""
+    fitting = int(free_bytes / (1 + FRAGMENTATION) // max(1, generation_bytes(model, tokens)))
+    return max(1, min(GENERATE_BATCH, fitting))
 
 
 def after_gib(model: ModelShape, work: Workload, trained: Estimate) -> float:
@@ -349,8 +366,8 @@ def _after_refusal(model_name: str, what: str, trained: Estimate, gib: float, mo
     if _after_unsharded(model, replace(work, seq_len=1)) <= gib:  # the eval shrinks with the sequence
         fixes.append(f"a smaller max_seq_len (now {work.seq_len})")
     fixes.append(_bigger(local, "an instance type with more memory per GPU", "GPUs with more memory"))
-    binding = (f"exact_match's KV cache for {GENERATE_BATCH} prompts of up to {work.seq_len + work.eval_new_tokens} "
-               f"tokens" if cache_binds else "eval_loss's logits")
+    binding = (f"exact_match's KV cache for one prompt of up to {work.seq_len + work.eval_new_tokens} tokens"
+               if cache_binds else "eval_loss's logits")
     return (f"{model_name}: {what} evaluating the model after training needs ~{after:.1f} GiB on one "
             f"GPU (the model as it trained and {binding}): {after - gib:.1f} GiB too much; use " + ", ".join(fixes))
 

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from ade_mlflow_plugin.memory_estimate import (EVAL_LOGITS_CAP, GIB, ModelShape, Workload, activation_bytes,
-                                               after_gib, decide, lora_path_bytes, estimate, eval_bytes, lora_params)
+from ade_mlflow_plugin.memory_estimate import (EVAL_LOGITS_CAP, GENERATE_BATCH, GIB, ModelShape, Workload,
+                                               activation_bytes, after_gib, decide, lora_path_bytes, estimate,
+                                               eval_bytes, generate_batch, generation_bytes, lora_params)
 
 # deepseek-coder's published config.json figures.
 CODER_1_3B = ModelShape.from_config({"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 24,
@@ -106,10 +107,11 @@ def test_a_model_one_gpu_cannot_hold_shards_over_the_instance():
 
 def test_the_evals_after_training_must_fit_too():
     # eval_loss: batches of 8 rows x 2048, but their logits (10 bytes each) stay under 1 GiB, one row at least
-    # (training/evaluation.py); exact_match: 16 prompts' KV cache, unless the model is sharded (it does not generate)
+    # (training/evaluation.py); exact_match: one prompt's KV cache and prefill at least (the job takes as many
+    # prompts as fit), unless the model is sharded (it does not generate)
     assert eval_bytes(CODER_1_3B, Workload(1, 256)) == 8 * 256 * 32256 * 10  # 8 rows of 256: under the cap
     assert eval_bytes(CODER_1_3B, Workload(1, 2048)) == EVAL_LOGITS_CAP
-    kv = 16 * (2048 + 64) * 2 * 24 * 2048 * 2
+    kv = (2048 + 64) * (2 * 24 * 2048 * 2 + 3 * 5504 * 2)
     assert eval_bytes(CODER_1_3B, Workload(1, 2048, eval_new_tokens=64)) == max(kv, EVAL_LOGITS_CAP)
     assert eval_bytes(CODER_1_3B, Workload(1, 2048, eval_new_tokens=64), generates=False) == EVAL_LOGITS_CAP
     qwen_1_5b = ModelShape(1536, 8960, 28, 12, 2, 151936, tied_embeddings=True)  # 152k vocab: one row is 2.9 GiB
@@ -173,3 +175,16 @@ def test_the_line_reads_in_gib():
     line = estimate(CODER_1_3B, Workload(1, 512)).line()
     assert line.startswith("~") and "GiB per GPU (weights 2.5" in line
     assert GIB == 2 ** 30
+
+
+def test_generation_takes_as_many_prompts_as_the_free_memory_holds():
+    one = generation_bytes(CODER_6_7B, 2112)
+    assert one == 2112 * (2 * 32 * 4096 * 2 + 3 * 11008 * 2)  # KV cache (bf16, every layer) + the prefill's MLP
+    assert generation_bytes(CODER_6_7B, 2112, prompts=16) / GIB == pytest.approx(18.6, abs=0.1)  # 16 would need
+    assert generate_batch(CODER_6_7B, 2112, 100 * GIB) == GENERATE_BATCH  # never more than 16
+    assert generate_batch(CODER_6_7B, 2112, 5 * one * 1.1) == 5  # the allocator's slack left free
+    assert generate_batch(CODER_6_7B, 2112, 5 * one) == 4
+    assert generate_batch(CODER_6_7B, 2112, 0) == 1  # one at least: the plan counted it
+    # The plan holds one prompt's generation (eval_bytes), so the canonical QLoRA case fits one A10G.
+    qlora = Workload(1, 2048, quantization="4bit", eval_new_tokens=64)
+    assert eval_bytes(CODER_6_7B, qlora) == max(one, EVAL_LOGITS_CAP)

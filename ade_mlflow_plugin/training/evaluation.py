@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from ade_mlflow_plugin import memory_estimate
 from ade_mlflow_plugin.training.packing import IGNORE, PackedCollator, encode_prompt
 
 logger = logging.getLogger(__name__)
@@ -83,11 +84,12 @@ def normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.replace("\r\n", "\n").strip().split("\n"))
 
 
-#: Prompts generated from together. One at a time, 32 samples x 64 tokens were 2048 sequential decode steps
-#: of a model that is idle at batch 1: the before/after evals took more of a short job than its training.
-#: In batches of 16 (sorted by length, so little padding) the same evals are 128 decode steps; the KV cache
-#: of 16 prompts of 2048 tokens is ~6 GB on the 1.3b model.
-GENERATE_BATCH = 16
+#: Prompts generated from together, at most. One at a time, 32 samples x 64 tokens were 2048 sequential decode
+#: steps of a model that is idle at batch 1: the before/after evals took more of a short job than its training.
+#: In batches of 16 (sorted by length, so little padding) the same evals are 128 decode steps. The KV cache of
+#: 16 prompts of 2048 tokens is ~6 GB on the 1.3b model but ~17 GB on the 6.7b: on a GPU each batch takes only
+#: as many prompts as the free memory holds (memory_estimate.generate_batch, which the fit check counts too).
+GENERATE_BATCH = memory_estimate.GENERATE_BATCH
 #: The before/after evals run under sdpa whatever the model trains with. Flex attention (training's) is
 #: compiled per shape, and each decode step is a new key length: on an H100 the "before" eval of a
 #: 1000-example job took 80 s, ten times its training. sdpa is exact for both: a generated prompt is one
@@ -113,7 +115,8 @@ def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
     Prompts of similar length go together, left-padded with an attention mask (generate derives the
     positions from it, so a padded prompt sees the positions it would alone); each row is cut to its own
     limit, and the pads after an early EOS are special tokens that decode drops. ``attention``: the
-    implementation generation runs under (None: the model's own).
+    implementation generation runs under (None: the model's own). On a GPU a batch holds at most as many
+    prompts as the free memory does (one at least).
     """
     import torch
 
@@ -127,9 +130,9 @@ def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
     model.eval()
     model.config.use_cache = True  # generation, not training: the KV cache is safe and fast here
     try:
+        fits = _prompts_that_fit(model, device)
         with torch.no_grad(), attention_as(model, attention):
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
+            for chunk in generate_chunks(order, [len(p) for p in prompts], limits, batch_size, fits):
                 ids, mask = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
                 out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                      max_new_tokens=max(limits[i] for i in chunk),
@@ -141,6 +144,45 @@ def completions(model: Any, tokenizer: Any, examples: list[dict[str, str]], max_
         model.config.use_cache = old_cache
         model.train(was_training)
     return texts
+
+
+def generate_chunks(order: list[int], prompt_lens: list[int], limits: list[int], most: int,
+                    fits: Callable[[int], int] | None = None) -> Iterator[list[int]]:
+    """``order``'s indices in consecutive chunks of at most ``most``. ``fits(tokens)``, when given, caps a chunk
+    at how many rows of ``tokens`` tokens fit the memory free now: a chunk's rows are padded to its longest
+    prompt and generate up to its largest limit."""
+    start = 0
+    while start < len(order):
+        size = min(most, len(order) - start)
+        while fits is not None and size > 1 and fits(_chunk_tokens(order[start:start + size], prompt_lens,
+                                                                     limits)) < size:
+            size -= 1
+        yield order[start:start + size]
+        start += size
+
+
+def _chunk_tokens(chunk: list[int], prompt_lens: list[int], limits: list[int]) -> int:
+    return max(prompt_lens[i] for i in chunk) + max(limits[i] for i in chunk)
+
+
+def _prompts_that_fit(model: Any, device: Any) -> Callable[[int], int] | None:
+    """On a GPU: tokens -> how many prompts of that length the free memory holds (memory_estimate's count for
+    this model's shape); None elsewhere, or for a model whose config is not a Llama-style decoder's."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    try:
+        shape = memory_estimate.ModelShape.from_config(model.config.to_dict())
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+    def fits(tokens: int) -> int:
+        free, _total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # the allocator's spare
+        return memory_estimate.generate_batch(shape, tokens, free)
+
+    return fits
 
 
 @contextmanager

@@ -199,8 +199,9 @@ def test_local_mode_with_gpus_is_checked_against_them(no_hub_cache):
 
 
 def test_local_hosts_are_checked_against_the_gpus_each_host_gets(no_hub_cache):
-    # local_hosts.host_devices gives each of 2 hosts 3 // 2 = 1 GPU: the job shards over 2, not 3
-    plan = plan_fit(cloud(mode="local", instance_count=2), training(base_model=CODER_6_7B),
+    # local_hosts.host_devices gives each of 2 hosts 3 // 2 = 1 GPU: the job shards over 2, not 3 (at batch 8 no
+    # count of recomputed layers fits one GPU)
+    plan = plan_fit(cloud(mode="local", instance_count=2), training(base_model=CODER_6_7B, batch_size=8),
                     local=Gpus(3, 22.0, "this machine's GPUs"))
     assert "over this machine's GPUs, 1 for each of 2 hosts (22 GiB per GPU, 2 GPU(s))" in plan.line, plan.line
     one_host = plan_fit(cloud(mode="local"), training(base_model=CODER_6_7B), local=Gpus(3, 22.0, "this machine's GPUs"))
@@ -224,8 +225,8 @@ def test_more_local_hosts_than_gpus_are_refused_naming_the_fixes(no_hub_cache):
 
 def test_a_local_refusal_offers_fixes_that_exist_in_local_mode(no_hub_cache):
     gpus = Gpus(1, 22.0, "this machine's GPUs")
-    with pytest.raises(ConfigError) as after:  # the evals after training bind
-        plan_fit(cloud(mode="local"), training(base_model=CODER_6_7B), local=gpus)
+    with pytest.raises(ConfigError) as after:  # the evals after training bind: one prompt of 16384 + 2048 tokens
+        plan_fit(cloud(mode="local"), training(base_model=CODER_6_7B, max_new_tokens=16384), local=gpus)
     with pytest.raises(ConfigError) as training_binds:
         plan_fit(cloud(mode="local"), training(base_model=CODER_33B, checkpoint_layers=0), local=gpus)
     for refused in (after, training_binds):
@@ -233,16 +234,24 @@ def test_a_local_refusal_offers_fixes_that_exist_in_local_mode(no_hub_cache):
         assert "than this machine's (or mode=sagemaker on a bigger GPU instance)" in refused.value.message
 
 
+def test_the_canonical_qlora_case_fits_the_cheapest_a10g_with_its_evals(no_hub_cache):
+    # 6.7b QLoRA on one A10G, defaults: the job generates as many prompts at once as the free memory holds
+    # (evaluation.completions), so the plan needs one prompt's KV cache, not 16 prompts' (16.5 GiB)
+    plan = plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_6_7B, quantization="4bit"))
+    assert "fits unsharded" in plan.line, plan.line
+
+
 def test_the_after_eval_refusal_names_the_kv_cache_and_offers_eval_samples_0(no_hub_cache):
-    # 6.7b QLoRA on one A10G: training fits, exact_match's KV cache (16 prompts x 2048+64 tokens) does not
+    # 6.7b QLoRA on one A10G generating 32768 new tokens: training fits, one prompt's KV cache after it does not
     config = cloud(instance_type="ml.g5.xlarge")
-    assert "fits" in plan_fit(config, training(base_model=CODER_6_7B, quantization="4bit", eval_samples=0)).line
+    long = {"base_model": CODER_6_7B, "quantization": "4bit", "max_new_tokens": 32768}
+    assert "fits" in plan_fit(config, training(**long, eval_samples=0)).line
     with pytest.raises(ConfigError) as refused:
-        plan_fit(config, training(base_model=CODER_6_7B, quantization="4bit"))
+        plan_fit(config, training(**long))
     message = refused.value.message
-    assert "(the model as it trained and exact_match's KV cache for 16 prompts of up to 2112 tokens)" in message
-    assert message.endswith("use eval_samples=0 (no exact_match generation after training), a smaller "
-                            "max_seq_len (now 2048), an instance type with more memory per GPU"), message
+    assert "(the model as it trained and exact_match's KV cache for one prompt of up to 34816 tokens)" in message
+    assert message.endswith("use eval_samples=0 (no exact_match generation after training), an instance type "
+                            "with more memory per GPU"), message
 
 
 def test_an_instance_type_without_gpu_figures_is_not_checked(no_hub_cache):
@@ -356,8 +365,10 @@ def test_a_refusal_offers_only_fixes_that_fit_on_their_own(no_hub_cache):
         plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_33B, batch_size=1, quantization="4bit"))
     assert "gradient_checkpointing" not in refused.value.message and "max_seq_len" in refused.value.message
     # 6.7b bf16 at batch 2 with nothing recomputed: a 4-bit base fits, but not with exact_match's KV cache after
+    # (one prompt of 2048 + 32768 tokens)
     with pytest.raises(ConfigError) as refused:
-        plan_fit(cloud(instance_type="ml.g5.xlarge"), training(base_model=CODER_6_7B, batch_size=2, checkpoint_layers=0))
+        plan_fit(cloud(instance_type="ml.g5.xlarge"),
+                 training(base_model=CODER_6_7B, batch_size=2, checkpoint_layers=0, max_new_tokens=32768))
     assert "use quantization=4bit with eval_samples=0, a smaller batch_size" in refused.value.message
 
 

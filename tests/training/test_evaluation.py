@@ -117,3 +117,21 @@ def test_eval_loss_without_whole_logits_equals_the_models_own_loss(tiny_model) -
     model.config.final_logit_softcapping = 30.0  # a head the chunked loss cannot take (Llama ignores the value)
     assert evaluation._plain_head(model) is None
     assert evaluation.eval_loss(model, rows, tokenizer.pad_token_id) == pytest.approx(expected, rel=1e-5)
+
+
+def test_generation_chunks_shrink_to_what_the_free_memory_holds() -> None:
+    # prompts sorted short to long; a chunk's rows are padded to its longest prompt and run to its largest limit
+    order, prompt_lens, limits = [0, 1, 2, 3, 4, 5], [10, 20, 30, 400, 500, 600], [5, 5, 5, 5, 5, 100]
+    asked = []
+
+    def fits(tokens: int) -> int:  # the memory holds 1100 tokens of rows at a time
+        asked.append(tokens)
+        return 1100 // tokens
+
+    chunks = list(evaluation.generate_chunks(order, prompt_lens, limits, 4, fits))
+
+    assert chunks == [[0, 1, 2], [3, 4], [5]]  # every index once, in order, as many as fit (4 at most)
+    assert asked == [405, 35, 700, 505]  # 4 rows of 400 + 5 tokens do not fit, 3 of 30 + 5 do; then 3 of 600 +
+    # 100 do not, 2 of 500 + 5 do
+    assert list(evaluation.generate_chunks(order, prompt_lens, limits, 4)) == [[0, 1, 2, 3], [4, 5]]  # no GPU
+    assert list(evaluation.generate_chunks([0, 1], [5000, 6000], [5, 5], 4, lambda tokens: 0)) == [[0], [1]]
