@@ -158,3 +158,21 @@ def lora_model(tiny_model):
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
     return model.train()
+
+
+@pytest.fixture
+def held_starts(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """The detached start held: a "wait": false submission records (request, root, clients) here and returns
+    its job root's handle, so the test runs the job itself (LocalJob) and can signal its launchers as SageMaker
+    would, then run the same request again as SageMaker restarts a job."""
+    from ade_mlflow_plugin.backend import local
+
+    held: list[tuple] = []
+
+    def hold(request, root, clients=None):  # noqa: ANN001, ANN202
+        held.append((request, root, clients))
+        root.mkdir(parents=True)
+        return local.JobRoot(root)
+
+    monkeypatch.setattr(local, "start_detached", hold)
+    return held

@@ -38,19 +38,10 @@ def _wait_for(what: str, check, timeout_s: float = 900) -> None:
         time.sleep(0.05)
 
 
-def _submit(tmp_path: Path, base: Path, tracking: str, name: str, monkeypatch) -> tuple[str, tuple]:
-    """Submit `main` for two local hosts with "wait": false, holding the detached start (the test runs it)."""
-    from ade_mlflow_plugin.backend import local
+def _submit(tmp_path: Path, base: Path, tracking: str, name: str, held: list[tuple]) -> tuple[str, tuple]:
+    """Submit `main` for two local hosts with "wait": false, the detached start held (the test runs it)."""
     from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
 
-    held: list[tuple] = []
-
-    def hold(request, root, clients=None):  # noqa: ANN001, ANN202
-        held.append((request, root, clients))
-        root.mkdir(parents=True)
-        return local.JobRoot(root)
-
-    monkeypatch.setattr(local, "start_detached", hold)
     params = {"codebase": str(FIXTURES / "codebases" / "polyglot"), "base_model": str(base), "num_examples": "40",
               "max_steps": str(STEPS), "batch_size": "2", "grad_accumulation": "1", "max_seq_len": "128",
               "eval_fraction": "0.2", "registered_model_name": name, "sharding": SHARDING}
@@ -123,10 +114,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_stop_on_one_host_then_the_restart_finishes_the_run_once(tiny_model, sqlite_tracking, tmp_path,
-                                                                   monkeypatch):
+                                                                   held_starts):
     client = MlflowClient(sqlite_tracking)
     name = f"ade-restart-hosts-{uuid.uuid4().hex[:6]}"
-    run_id, held = _submit(tmp_path, tiny_model, sqlite_tracking, name, monkeypatch)
+    run_id, held = _submit(tmp_path, tiny_model, sqlite_tracking, name, held_starts)
 
     first = _attempt(held)
     lead_log = first.hosts[0].log_path

@@ -27,21 +27,12 @@ def _wait_for(what: str, check, timeout_s: float = 600):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _submit(tmp_path, tiny_model, prepared_dataset, tracking_uri, monkeypatch, extra_config=None):
+def _submit(tmp_path, tiny_model, prepared_dataset, tracking_uri, held, extra_config=None):
     """Submit the `train` entry through the backend with "wait": false, holding the detached start:
     the test runs the job in-process (LocalJob) to signal its launcher as SageMaker would."""
-    from ade_mlflow_plugin.backend import local
     from ade_mlflow_plugin.backend.project_backend import AdeSageMakerBackend
     from tests.conftest import REPO_ROOT
 
-    held: list[tuple] = []
-
-    def hold(request, root, clients=None):  # noqa: ANN001, ANN202
-        held.append((request, root, clients))
-        root.mkdir(parents=True)
-        return local.JobRoot(root)
-
-    monkeypatch.setattr(local, "start_detached", hold)
     experiment = MlflowClient(tracking_uri).create_experiment(f"restart-{time.monotonic_ns()}")
     params = {"dataset": str(prepared_dataset), "base_model": str(tiny_model), "max_steps": str(STEPS),
               "save_steps": "4", "registered_model_name": "", "batch_size": "2", "grad_accumulation": "1",
@@ -69,9 +60,9 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 @pytest.mark.slow
 def test_spot_reclaim_then_restarts_continue_the_run_and_stop_at_max_steps(tiny_model, prepared_dataset,
-                                                                          tracking_uri, tmp_path, monkeypatch):
+                                                                          tracking_uri, tmp_path, held_starts):
     client = MlflowClient(tracking_uri)
-    run_id, held = _submit(tmp_path, tiny_model, prepared_dataset, tracking_uri, monkeypatch)
+    run_id, held = _submit(tmp_path, tiny_model, prepared_dataset, tracking_uri, held_starts)
 
     first = _attempt(held)
     _wait_for("train step 2", lambda: f"{contract.METRIC_LINE_PREFIX} step=2 " in first.log_path.read_text())
