@@ -27,6 +27,7 @@ from ade_mlflow_plugin.backend.local import STOP_DETAIL, STOP_REASONS, LocalJob,
 from ade_mlflow_plugin.backend.local_root import ENDED, HOST_LOGS_DIR, RUNNER_PID_FILE
 from ade_mlflow_plugin.errors import AdeError, ConfigError, describe, first_line
 from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job.gpus import gpu_count, visible_device_count
 
 #: Hosts of one machine start together: a peer missing this long is not coming (SageMaker keeps torch's 600 s).
 LOCAL_RENDEZVOUS_TIMEOUT_S = 120
@@ -44,8 +45,8 @@ def visible_gpus(request: dict[str, Any]) -> list[str]:
     nvidia-smi's."""
     given = {**os.environ, **(request.get("Environment") or {})}.get("CUDA_VISIBLE_DEVICES")
     if given is not None:
-        return [d.strip() for d in given.split(",")][:contract.visible_device_count(given)]
-    return [str(i) for i in range(contract.gpu_count())]
+        return [d.strip() for d in given.split(",")][:visible_device_count(given)]
+    return [str(i) for i in range(gpu_count())]
 
 
 def host_devices(count: int, gpus: list[str]) -> list[dict[str, str]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ade_mlflow_plugin.job import bootstrap, contract
+from ade_mlflow_plugin.job import bootstrap, contract, gpus
 from ade_mlflow_plugin.job.budget import budget_clock, start_budget_guard
 from ade_mlflow_plugin.job.deps import install_missing_requirements
 from ade_mlflow_plugin.job.procs import group_members, kill_tree, stops_held, wait_for_group
@@ -331,7 +331,7 @@ class SignalRouter:
 def prepare(paths: contract.ContainerPaths, launch: Launch) -> None:
     launch.project_dir = locate_project(paths, launch.job)
     install_missing_requirements(launch.project_dir)
-    num_gpus = contract.gpu_count()
+    num_gpus = gpus.gpu_count()
     launch.command = distributed(build_command(launch), launch.resource, num_gpus)
     launch.env = child_env(launch, num_gpus)
 

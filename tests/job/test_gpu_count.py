@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from ade_mlflow_plugin.job import contract
+from ade_mlflow_plugin.job import contract, gpus
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def four_gpus(tmp_path, monkeypatch):
 
 
 def test_every_installed_gpu_without_cuda_visible_devices(four_gpus):
-    assert contract.gpu_count() == 4
+    assert gpus.gpu_count() == 4
 
 
 @pytest.mark.parametrize("visible, expected", [("1", 1), ("0,2", 2), ("", 0), ("0,-1,3", 1), ("-1", 0),
@@ -31,14 +31,14 @@ def test_every_installed_gpu_without_cuda_visible_devices(four_gpus):
 def test_cuda_visible_devices_narrows_the_ranks(four_gpus, visible, expected):
     four_gpus.setenv("CUDA_VISIBLE_DEVICES", visible)
 
-    assert contract.gpu_count() == expected
+    assert gpus.gpu_count() == expected
 
 
 def test_sm_num_gpus_wins(four_gpus):
     four_gpus.setenv("CUDA_VISIBLE_DEVICES", "0")
     four_gpus.setenv(contract.ENV_NUM_GPUS, "2")
 
-    assert contract.gpu_count() == 2
+    assert gpus.gpu_count() == 2
 
 
 def test_no_nvidia_smi_means_no_gpu(monkeypatch, tmp_path):
@@ -46,4 +46,4 @@ def test_no_nvidia_smi_means_no_gpu(monkeypatch, tmp_path):
     monkeypatch.delenv(contract.ENV_NUM_GPUS, raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
 
-    assert contract.gpu_count() == 0
+    assert gpus.gpu_count() == 0

@@ -1,5 +1,5 @@
 """The GPUs a local multi-host job shares out are the ones CUDA sees: CUDA_VISIBLE_DEVICES up to its first invalid
-entry, as contract.gpu_count and the fit check count them (else a host would get a GPU CUDA hides from it)."""
+entry, as gpus.gpu_count and the fit check count them (else a host would get a GPU CUDA hides from it)."""
 from __future__ import annotations
 
 import pytest
