@@ -363,6 +363,9 @@ def _after_refusal(model_name: str, what: str, trained: Estimate, gib: float, mo
     fixes = [quantize.replace("quantization=4bit", "quantization=4bit with sharding=none")] if quantize else []
     if cache_binds and after_gib(model, replace(work, eval_new_tokens=0), trained) <= gib:
         fixes.append("eval_samples=0 (no exact_match generation after training)")
+        shorter = replace(work, eval_new_tokens=min(work.eval_new_tokens, work.seq_len))
+        if work.eval_new_tokens > work.seq_len and after_gib(model, shorter, trained) <= gib:  # the new tokens bind
+            fixes.append(f"a smaller max_new_tokens (now {work.eval_new_tokens})")
     if _after_unsharded(model, replace(work, seq_len=1)) <= gib:  # the eval shrinks with the sequence
         fixes.append(f"a smaller max_seq_len (now {work.seq_len})")
     fixes.append(_bigger(local, "an instance type with more memory per GPU", "GPUs with more memory"))

@@ -250,8 +250,9 @@ def test_the_after_eval_refusal_names_the_kv_cache_and_offers_eval_samples_0(no_
         plan_fit(config, training(**long))
     message = refused.value.message
     assert "(the model as it trained and exact_match's KV cache for one prompt of up to 34816 tokens)" in message
-    assert message.endswith("use eval_samples=0 (no exact_match generation after training), an instance type "
-                            "with more memory per GPU"), message
+    assert message.endswith("use eval_samples=0 (no exact_match generation after training), a smaller "
+                            "max_new_tokens (now 32768), an instance type with more memory per GPU"), message
+    assert "fits" in plan_fit(config, training(**{**long, "max_new_tokens": 2048})).line  # the fix it offers
 
 
 def test_an_instance_type_without_gpu_figures_is_not_checked(no_hub_cache):
