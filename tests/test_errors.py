@@ -1,19 +1,12 @@
 """One-line errors never carry credentials: MLflow repeats the tracking URI as given, user:password included."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from ade_mlflow_plugin.errors import first_line, mlflow_error, without_credentials
+from tests.conftest import free_port
 
 PASSWORD = "s3cretPassw0rd"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_real_mlflow_rest_error_keeps_the_host_and_loses_the_password(monkeypatch):
@@ -21,7 +14,7 @@ def test_a_real_mlflow_rest_error_keeps_the_host_and_loses_the_password(monkeypa
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    port = _closed_port()
+    port = free_port()  # bound, then closed: nothing listens
     with pytest.raises(Exception) as info:
         MlflowClient(f"http://ade:{PASSWORD}@127.0.0.1:{port}").search_experiments()
     assert PASSWORD in str(info.value)  # what MLflow itself says
