@@ -80,14 +80,18 @@ def _only_run(submitter: _Submitter):
     return run
 
 
+def _created(stubber: Stubber, job: str) -> None:
+    """CreateTrainingJob reached SageMaker, and the backend's "does it exist?" finds the job starting."""
+    stubber.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:::training-job/{job}"})
+    stubber.add_response("describe_training_job", _describe(job, "InProgress", "Starting"), {"TrainingJobName": job})
+
+
 def test_ctrl_c_after_create_training_job_reached_sagemaker_stops_the_job(tracking_uri, s3_bucket):
     names = []
 
     def created_then_stopped(stubber: Stubber, job: str) -> None:
         names.append(job)
-        stubber.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:::training-job/{job}"})
-        stubber.add_response("describe_training_job", _describe(job, "InProgress", "Starting"),
-                             {"TrainingJobName": job})  # does it exist? yes: its answer was lost, not the call
+        _created(stubber, job)  # does it exist? yes: its answer was lost, not the call
         stubber.add_response("stop_training_job", {}, {"TrainingJobName": job})
         stubber.add_response("describe_training_job", _describe(job, "Stopping", "Stopping"),
                              {"TrainingJobName": job})  # the run's tags
@@ -132,9 +136,7 @@ def test_a_refused_stop_leaves_the_run_running_with_the_job_named(tracking_uri, 
 
     def created_stop_refused(stubber: Stubber, job: str) -> None:
         names.append(job)
-        stubber.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:::training-job/{job}"})
-        stubber.add_response("describe_training_job", _describe(job, "InProgress", "Starting"),
-                             {"TrainingJobName": job})
+        _created(stubber, job)
         stubber.add_client_error("stop_training_job", "AccessDeniedException", "not allowed to sagemaker:Stop...",
                                  expected_params={"TrainingJobName": job})
         stubber.add_response("describe_training_job", _describe(job, "InProgress", "Training"),
